@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Runs every test: unit tests, and integration tests against real nats-server processes that the
+# tests start themselves on free loopback ports. Installs nats-server and nats-py into .tools/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/tools.sh
+ensure_nats_server
+ensure_nats_py
+export NEARKV_NATS_SERVER="$NATS_SERVER"
+export NEARKV_PYTHONPATH
+cargo test --locked "$@"

@@ -1,0 +1,230 @@
+//! A bucket's in-memory copy: the live entries, the highest revision applied, and a way to wait
+//! for a revision.
+//!
+//! Only the bucket actor writes; any number of request handlers read concurrently, straight from
+//! the `DashMap`, never through the actor. The actor applies an update in this order: the map,
+//! then `applied`, then the revision notification and the event broadcast. A watch that
+//! subscribes to the broadcast and then reads `applied` therefore finds every revision up to
+//! `applied` in the map and receives every later one as an event (see `watch.rs`).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use tokio::sync::{broadcast, watch};
+
+use crate::error::{Error, ErrorCode, Result};
+use crate::protocol::{Entry, Operation};
+
+/// A live value in the mirror. The key is the map's key.
+#[derive(Debug, Clone)]
+pub struct MirrorValue {
+    pub value: Bytes,
+    pub revision: u64,
+    pub created: i64,
+}
+
+pub struct Mirror {
+    entries: DashMap<Box<str>, MirrorValue>,
+    applied: AtomicU64,
+    synced: AtomicBool,
+    bytes: AtomicU64,
+    revision_tx: watch::Sender<u64>,
+    events: broadcast::Sender<Arc<Entry>>,
+}
+
+impl Mirror {
+    pub fn new(event_buffer: usize) -> Self {
+        Mirror {
+            entries: DashMap::new(),
+            applied: AtomicU64::new(0),
+            synced: AtomicBool::new(false),
+            bytes: AtomicU64::new(0),
+            revision_tx: watch::Sender::new(0),
+            events: broadcast::Sender::new(event_buffer),
+        }
+    }
+
+    pub fn get(&self, key: &str) -> Option<Entry> {
+        self.entries.get(key).map(|v| Entry {
+            key: key.to_string(),
+            value: v.value.clone(),
+            revision: v.revision,
+            created: v.created,
+            operation: Operation::Put,
+        })
+    }
+
+    /// Live keys matching `matches`, sorted.
+    pub fn keys(&self, matches: impl Fn(&str) -> bool) -> Vec<String> {
+        let mut keys: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|e| matches(e.key()))
+            .map(|e| e.key().to_string())
+            .collect();
+        keys.sort_unstable();
+        keys
+    }
+
+    /// Every live entry matching `matches`, in no particular order.
+    pub fn snapshot(&self, matches: impl Fn(&str) -> bool) -> Vec<Entry> {
+        self.entries
+            .iter()
+            .filter(|e| matches(e.key()))
+            .map(|e| Entry {
+                key: e.key().to_string(),
+                value: e.value.clone(),
+                revision: e.revision,
+                created: e.created,
+                operation: Operation::Put,
+            })
+            .collect()
+    }
+
+    pub fn applied(&self) -> u64 {
+        self.applied.load(Ordering::Acquire)
+    }
+
+    pub fn is_synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Entry>> {
+        self.events.subscribe()
+    }
+
+    /// Applies one update from the watcher. Returns false (and changes nothing) for a revision
+    /// already applied, which a recreated watcher may deliver again.
+    pub(crate) fn apply(&self, entry: Entry) -> bool {
+        if entry.revision <= self.applied() {
+            return false;
+        }
+        let size = |key: &str, value: &Bytes| (key.len() + value.len()) as u64;
+        match entry.operation {
+            Operation::Put => {
+                let added = size(&entry.key, &entry.value);
+                let old = self.entries.insert(
+                    entry.key.as_str().into(),
+                    MirrorValue {
+                        value: entry.value.clone(),
+                        revision: entry.revision,
+                        created: entry.created,
+                    },
+                );
+                let removed = old.map_or(0, |old| size(&entry.key, &old.value));
+                self.bytes.fetch_add(added, Ordering::Relaxed);
+                self.bytes.fetch_sub(removed, Ordering::Relaxed);
+            }
+            Operation::Delete | Operation::Purge => {
+                if let Some((key, old)) = self.entries.remove(entry.key.as_str()) {
+                    self.bytes
+                        .fetch_sub(size(&key, &old.value), Ordering::Relaxed);
+                }
+            }
+        }
+        self.advance(entry.revision);
+        // No receivers is normal: nobody is watching.
+        let _ = self.events.send(Arc::new(entry));
+        true
+    }
+
+    /// Records that every revision up to `revision` has been applied (also used when a filtered
+    /// mirror learns that revisions outside its filter exist).
+    pub(crate) fn advance(&self, revision: u64) {
+        if revision > self.applied() {
+            self.applied.store(revision, Ordering::Release);
+            self.revision_tx.send_replace(revision);
+        }
+    }
+
+    pub(crate) fn mark_synced(&self) {
+        self.synced.store(true, Ordering::Release);
+    }
+
+    /// Waits until the mirror has applied `revision`, by notification rather than polling.
+    pub async fn wait_for(&self, revision: u64, timeout: Duration) -> Result<()> {
+        if self.applied() >= revision {
+            return Ok(());
+        }
+        let mut rx = self.revision_tx.subscribe();
+        let outcome =
+            tokio::time::timeout(timeout, rx.wait_for(|applied| *applied >= revision)).await;
+        match outcome {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(Error::new(ErrorCode::Internal, "the bucket's mirror was shut down")),
+            Err(_) => Err(Error::new(
+                ErrorCode::Timeout,
+                format!(
+                    "the mirror had applied revision {} and did not reach revision {revision} within {} ms; \
+                     NATS may be unreachable, retry later or raise timeout_ms",
+                    self.applied(),
+                    timeout.as_millis()
+                ),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(key: &str, value: &str, revision: u64, operation: Operation) -> Entry {
+        Entry {
+            key: key.to_string(),
+            value: Bytes::from(value.to_string()),
+            revision,
+            created: 1,
+            operation,
+        }
+    }
+
+    #[test]
+    fn applies_in_revision_order_and_ignores_replays() {
+        let mirror = Mirror::new(16);
+        assert!(mirror.apply(entry("a", "1", 1, Operation::Put)));
+        assert!(mirror.apply(entry("b", "22", 2, Operation::Put)));
+        assert!(!mirror.apply(entry("a", "stale", 1, Operation::Put)));
+        assert_eq!(mirror.get("a").unwrap().value, Bytes::from("1"));
+        assert_eq!(mirror.bytes(), 2 + 3);
+        assert!(mirror.apply(entry("a", "", 3, Operation::Delete)));
+        assert!(mirror.get("a").is_none());
+        assert_eq!(mirror.applied(), 3);
+        assert_eq!(mirror.bytes(), 3);
+        assert!(mirror.apply(entry("b", "", 4, Operation::Purge)));
+        assert!(mirror.is_empty());
+        assert_eq!(mirror.bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn wait_for_wakes_on_apply_and_times_out_otherwise() {
+        let mirror = Arc::new(Mirror::new(16));
+        let err = mirror
+            .wait_for(1, Duration::from_millis(20))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::Timeout);
+        let waiter = {
+            let mirror = mirror.clone();
+            tokio::spawn(async move { mirror.wait_for(2, Duration::from_secs(30)).await })
+        };
+        mirror.apply(entry("a", "1", 1, Operation::Put));
+        mirror.apply(entry("a", "2", 2, Operation::Put));
+        waiter.await.unwrap().unwrap();
+    }
+}

@@ -1,0 +1,121 @@
+//! The embeddable cache: one mirrored bucket per configured bucket, each kept by its own actor.
+//!
+//! Usable in any Rust process without the socket server:
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use nearkv::config::{BucketConfig, NatsConfig};
+//! let cache = nearkv::Cache::connect(&NatsConfig::default(), vec![BucketConfig::named("shop_orders")]).await?;
+//! let orders = cache.bucket("shop_orders")?;
+//! orders.wait_synced(std::time::Duration::from_secs(10)).await?;
+//! let entry = orders.get_cached("order-1")?;
+//! # Ok(()) }
+//! ```
+
+mod bucket;
+mod mirror;
+mod watch;
+mod writes;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+pub use bucket::Bucket;
+pub use mirror::Mirror;
+pub use watch::{Watch, WatchItem};
+
+use crate::config::{BucketConfig, NatsConfig};
+use crate::error::{Error, Result};
+use crate::nats::{connect, ConnectError};
+
+pub struct Cache {
+    buckets: HashMap<String, Bucket>,
+    order: Vec<String>,
+    client: async_nats::Client,
+    shutdown: CancellationToken,
+    actors: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Cache {
+    /// Connects to NATS and starts mirroring `buckets`. Returns at once; each bucket serves reads
+    /// once its initial sync is done (see [`Bucket::wait_synced`]).
+    pub async fn connect(
+        nats: &NatsConfig,
+        buckets: Vec<BucketConfig>,
+    ) -> Result<Cache, ConnectError> {
+        let client = connect(nats).await?;
+        Ok(Cache::start(
+            client,
+            buckets,
+            nats.request_timeout,
+            nats.request_timeout,
+        ))
+    }
+
+    /// Starts mirroring `buckets` over an existing NATS connection. `nats_timeout` bounds each
+    /// NATS request; `default_timeout` bounds reads and writes that do not carry their own.
+    pub fn start(
+        client: async_nats::Client,
+        buckets: Vec<BucketConfig>,
+        nats_timeout: Duration,
+        default_timeout: Duration,
+    ) -> Cache {
+        let shutdown = CancellationToken::new();
+        let mut js = async_nats::jetstream::new(client.clone());
+        js.set_timeout(nats_timeout);
+        let mut map = HashMap::new();
+        let mut order = Vec::new();
+        let mut actors = Vec::new();
+        for config in buckets {
+            let name = config.name.clone();
+            let (bucket, task) = Bucket::spawn(
+                config,
+                client.clone(),
+                js.clone(),
+                default_timeout,
+                shutdown.child_token(),
+            );
+            order.push(name.clone());
+            map.insert(name, bucket);
+            actors.push(task);
+        }
+        Cache {
+            buckets: map,
+            order,
+            client,
+            shutdown,
+            actors,
+        }
+    }
+
+    pub fn bucket(&self, name: &str) -> Result<&Bucket> {
+        self.buckets
+            .get(name)
+            .ok_or_else(|| Error::unknown_bucket(name))
+    }
+
+    /// The buckets in configuration order.
+    pub fn buckets(&self) -> impl Iterator<Item = &Bucket> {
+        self.order.iter().filter_map(|name| self.buckets.get(name))
+    }
+
+    pub fn nats_client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    /// Stops every bucket actor and waits for them to finish.
+    pub async fn shutdown(mut self) {
+        self.shutdown.cancel();
+        for actor in self.actors.drain(..) {
+            let _ = actor.await;
+        }
+    }
+}
+
+impl Drop for Cache {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}

@@ -1,0 +1,110 @@
+//! A watch on a mirror: the live entries at the moment it starts, then every later change.
+//!
+//! It subscribes to the mirror's broadcast first and reads the applied revision A second (the
+//! mirror publishes in the opposite order), so every revision after A arrives as an event and
+//! every revision up to A is already in the map. The map is read without stopping the actor, so
+//! an entry in the snapshot may be newer than A; its older events are then skipped, keeping each
+//! key's events in revision order with no duplicates.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::sync::broadcast::{self, error::RecvError};
+
+use super::mirror::Mirror;
+use crate::error::{Error, ErrorCode};
+use crate::keys::filter_matches;
+use crate::protocol::Entry;
+
+/// What a watch yields.
+#[derive(Debug, Clone)]
+pub enum WatchItem {
+    /// A live entry of the initial snapshot, or a put, delete or purge applied later.
+    Event(Arc<Entry>),
+    /// The initial snapshot is complete.
+    Synced,
+}
+
+pub struct Watch {
+    events: broadcast::Receiver<Arc<Entry>>,
+    snapshot: std::vec::IntoIter<Entry>,
+    /// Keys whose snapshot entry is newer than `from`, with that entry's revision.
+    ahead: HashMap<String, u64>,
+    from: u64,
+    filter: Option<String>,
+    synced_pending: bool,
+}
+
+impl Watch {
+    pub(crate) fn start(mirror: &Mirror, filter: Option<String>, initial: bool) -> Watch {
+        let events = mirror.subscribe();
+        let from = mirror.applied();
+        let mut ahead = HashMap::new();
+        let snapshot = if initial {
+            let entries =
+                mirror.snapshot(|key| filter.as_deref().is_none_or(|f| filter_matches(f, key)));
+            for entry in &entries {
+                if entry.revision > from {
+                    ahead.insert(entry.key.clone(), entry.revision);
+                }
+            }
+            entries
+        } else {
+            Vec::new()
+        };
+        Watch {
+            events,
+            snapshot: snapshot.into_iter(),
+            ahead,
+            from,
+            filter,
+            synced_pending: initial,
+        }
+    }
+
+    /// The next item; `Err(slow_consumer)` when the watch fell too far behind to go on.
+    pub async fn next(&mut self) -> Result<WatchItem, Error> {
+        if let Some(entry) = self.snapshot.next() {
+            return Ok(WatchItem::Event(Arc::new(entry)));
+        }
+        if self.synced_pending {
+            self.synced_pending = false;
+            return Ok(WatchItem::Synced);
+        }
+        loop {
+            let entry = match self.events.recv().await {
+                Ok(entry) => entry,
+                Err(RecvError::Lagged(missed)) => {
+                    return Err(Error::new(
+                        ErrorCode::SlowConsumer,
+                        format!(
+                            "the watch fell {missed} updates behind and was ended; read faster, or \
+                             watch again to resume from a fresh snapshot"
+                        ),
+                    ))
+                }
+                Err(RecvError::Closed) => {
+                    return Err(Error::new(
+                        ErrorCode::Unavailable,
+                        "the bucket was shut down",
+                    ))
+                }
+            };
+            if entry.revision <= self.from {
+                continue;
+            }
+            if let Some(f) = &self.filter {
+                if !filter_matches(f, &entry.key) {
+                    continue;
+                }
+            }
+            if let Some(&seen) = self.ahead.get(&entry.key) {
+                if entry.revision <= seen {
+                    continue;
+                }
+                self.ahead.remove(&entry.key);
+            }
+            return Ok(WatchItem::Event(entry));
+        }
+    }
+}

@@ -1,0 +1,455 @@
+//! The `nearkv` command: `serve` runs the sidecar; the other subcommands are a client of it.
+//!
+//! Exit codes: 0 success, 1 `get` found no such key, 2 any error (one line on stderr).
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use base64::Engine;
+use clap::{Args, Parser, Subcommand};
+use futures::StreamExt;
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::client::{Client, ClientError, WatchEvent};
+use crate::config::{BucketConfig, Config, DEFAULT_SOCKET_PATH};
+use crate::protocol::{BucketStatus, Consistency, Entry, ReadOptions, WriteOptions};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "nearkv",
+    version,
+    about = "Microsecond reads of NATS JetStream KV buckets, from a sidecar"
+)]
+pub struct Cli {
+    /// The sidecar's Unix socket [default: the config's socket.path for serve, /tmp/nearkv.sock otherwise]
+    #[arg(long, global = true, env = "NEARKV_SOCKET")]
+    pub socket: Option<PathBuf>,
+    /// Print JSON for scripts (errors too, on stderr).
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the sidecar.
+    Serve(ServeArgs),
+    /// Print a key's value (raw bytes); exit 1 if the key is absent or deleted.
+    Get {
+        bucket: String,
+        key: String,
+        /// Wait until the mirror has applied at least this revision.
+        #[arg(long)]
+        min_revision: Option<u64>,
+        /// Reflect every write NATS acknowledged before the request (a linearizable read).
+        #[arg(long)]
+        strong: bool,
+        /// How long to wait for --min-revision or --strong.
+        #[arg(long)]
+        timeout_ms: Option<u64>,
+    },
+    /// Store a value and print its revision. VALUE `-` reads standard input.
+    Put {
+        bucket: String,
+        key: String,
+        value: String,
+        /// Compare-and-set: 0 = the key must be absent or deleted, N = its revision must be N.
+        #[arg(long)]
+        expect_revision: Option<u64>,
+    },
+    /// Delete a key (a delete marker; history is kept) and print the marker's revision.
+    Delete {
+        bucket: String,
+        key: String,
+        #[arg(long)]
+        expect_revision: Option<u64>,
+    },
+    /// Purge a key's history, leaving a purge marker, and print the marker's revision.
+    Purge {
+        bucket: String,
+        key: String,
+        #[arg(long)]
+        expect_revision: Option<u64>,
+    },
+    /// List live keys, sorted, optionally matching a NATS wildcard filter such as `orders.>`.
+    Keys {
+        bucket: String,
+        filter: Option<String>,
+    },
+    /// Print the bucket's live entries, then every change, until interrupted.
+    Watch {
+        bucket: String,
+        filter: Option<String>,
+        /// Only changes from now on, without the current values.
+        #[arg(long)]
+        no_initial: bool,
+    },
+    /// Show the mirrors' state.
+    Status { bucket: Option<String> },
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// A TOML config file (see config/nearkv.toml).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// NATS server URL(s), comma-separated; replaces the config's nats.servers.
+    #[arg(long)]
+    pub nats_url: Option<String>,
+    /// A bucket to mirror, in addition to the config's (repeatable).
+    #[arg(long = "bucket")]
+    pub buckets: Vec<String>,
+    /// Create every configured bucket that does not exist.
+    #[arg(long)]
+    pub create_buckets: bool,
+    /// Log filter, e.g. `info` or `nearkv=debug` (RUST_LOG takes precedence).
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+}
+
+const EXIT_NOT_FOUND: u8 = 1;
+const EXIT_ERROR: u8 = 2;
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Serve(args) => serve(args, cli.socket).await,
+        command => {
+            let socket = cli
+                .socket
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET_PATH));
+            let output = Output { json: cli.json };
+            match client_command(command, &socket, &output).await {
+                Ok(code) => code,
+                Err(err) => {
+                    output.error(&err);
+                    ExitCode::from(EXIT_ERROR)
+                }
+            }
+        }
+    }
+}
+
+/// Builds the sidecar's configuration: the file, then the flags on top.
+pub fn serve_config(
+    args: &ServeArgs,
+    socket: Option<PathBuf>,
+) -> Result<Config, crate::config::ConfigError> {
+    let mut config = match &args.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    if let Some(urls) = &args.nats_url {
+        config.nats.servers = urls.split(',').map(|u| u.trim().to_string()).collect();
+    }
+    if let Some(socket) = socket {
+        config.socket.path = socket;
+    }
+    for name in &args.buckets {
+        if !config.buckets.iter().any(|b| &b.name == name) {
+            config.buckets.push(BucketConfig::named(name));
+        }
+    }
+    if args.create_buckets {
+        for bucket in &mut config.buckets {
+            bucket.create = true;
+        }
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+async fn serve(args: ServeArgs, socket: Option<PathBuf>) -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&args.log_level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let config = match serve_config(&args, socket) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("nearkv: {err}");
+            return ExitCode::from(EXIT_ERROR);
+        }
+    };
+    let shutdown = CancellationToken::new();
+    let signal_shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down: no new connections; finishing in-flight requests");
+        signal_shutdown.cancel();
+    });
+    match crate::serve(config, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("nearkv: {err}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+async fn client_command(
+    command: Command,
+    socket: &std::path::Path,
+    output: &Output,
+) -> Result<ExitCode, ClientError> {
+    let client = Client::connect(socket).await?;
+    match command {
+        Command::Serve(_) => unreachable_serve(),
+        Command::Get {
+            bucket,
+            key,
+            min_revision,
+            strong,
+            timeout_ms,
+        } => {
+            let read = ReadOptions {
+                min_revision,
+                consistency: if strong {
+                    Consistency::Strong
+                } else {
+                    Consistency::Cached
+                },
+                timeout_ms,
+            };
+            match client.get_with(&bucket, &key, read).await? {
+                Some(entry) => {
+                    if output.json {
+                        output.line(&entry_json(&entry));
+                    } else {
+                        output.raw(&entry.value);
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                None => {
+                    if output.json {
+                        output.line(&json!({ "entry": null }));
+                    }
+                    eprintln!("nearkv: key `{key}` not found in bucket `{bucket}`");
+                    Ok(ExitCode::from(EXIT_NOT_FOUND))
+                }
+            }
+        }
+        Command::Put {
+            bucket,
+            key,
+            value,
+            expect_revision,
+        } => {
+            let value = if value == "-" {
+                let mut buf = Vec::new();
+                std::io::stdin().read_to_end(&mut buf).map_err(|e| {
+                    ClientError::Protocol(format!("cannot read standard input: {e}"))
+                })?;
+                buf
+            } else {
+                value.into_bytes()
+            };
+            let write = WriteOptions {
+                expect_revision,
+                timeout_ms: None,
+            };
+            let revision = client.put_with(&bucket, &key, &value, write).await?;
+            output.revision(revision);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Delete {
+            bucket,
+            key,
+            expect_revision,
+        } => {
+            let write = WriteOptions {
+                expect_revision,
+                timeout_ms: None,
+            };
+            output.revision(client.delete(&bucket, &key, write).await?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Purge {
+            bucket,
+            key,
+            expect_revision,
+        } => {
+            let write = WriteOptions {
+                expect_revision,
+                timeout_ms: None,
+            };
+            output.revision(client.purge(&bucket, &key, write).await?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keys { bucket, filter } => {
+            let keys = client.keys(&bucket, filter.as_deref()).await?;
+            if output.json {
+                output.line(&json!(keys));
+            } else {
+                for key in keys {
+                    output.text(&key);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Watch {
+            bucket,
+            filter,
+            no_initial,
+        } => {
+            let mut watch = client
+                .watch(&bucket, filter.as_deref(), !no_initial)
+                .await?;
+            while let Some(item) = watch.next().await {
+                match item? {
+                    WatchEvent::Synced if output.json => output.line(&json!({ "synced": true })),
+                    WatchEvent::Synced => output.text("# synced: live changes follow"),
+                    WatchEvent::Entry(entry) if output.json => output.line(&entry_json(&entry)),
+                    WatchEvent::Entry(entry) => output.text(&format!(
+                        "{} {} {} {}",
+                        entry.operation.as_str(),
+                        entry.key,
+                        entry.revision,
+                        String::from_utf8_lossy(&entry.value)
+                    )),
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { bucket } => {
+            let buckets = client.status(bucket.as_deref()).await?;
+            if output.json {
+                output.line(&json!({ "buckets": buckets }));
+            } else {
+                output.text(&status_table(&buckets));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn unreachable_serve() -> Result<ExitCode, ClientError> {
+    Err(ClientError::Protocol(
+        "serve is not a client command".to_string(),
+    ))
+}
+
+/// An entry as JSON: `value` is the text when it is UTF-8, else `value_base64` holds the bytes.
+pub fn entry_json(entry: &Entry) -> Value {
+    let mut object = json!({
+        "key": entry.key,
+        "revision": entry.revision,
+        "created": entry.created,
+        "operation": entry.operation.as_str(),
+    });
+    match std::str::from_utf8(&entry.value) {
+        Ok(text) => object["value"] = json!(text),
+        Err(_) => {
+            object["value_base64"] =
+                json!(base64::engine::general_purpose::STANDARD.encode(&entry.value))
+        }
+    }
+    object
+}
+
+fn status_table(buckets: &[BucketStatus]) -> String {
+    let mut rows = vec![[
+        "BUCKET".to_string(),
+        "KEYS".to_string(),
+        "BYTES".to_string(),
+        "REVISION".to_string(),
+        "SYNCED".to_string(),
+        "CONNECTED".to_string(),
+    ]];
+    for b in buckets {
+        rows.push([
+            b.bucket.clone(),
+            b.keys.to_string(),
+            b.bytes.to_string(),
+            b.revision.to_string(),
+            b.synced.to_string(),
+            b.connected.to_string(),
+        ]);
+    }
+    let widths: Vec<usize> = (0..6)
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    rows.iter()
+        .map(|row| {
+            row.iter()
+                .zip(&widths)
+                .map(|(cell, w)| format!("{cell:<w$}"))
+                .collect::<Vec<_>>()
+                .join("  ")
+                .trim_end()
+                .to_string()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+struct Output {
+    json: bool,
+}
+
+impl Output {
+    fn raw(&self, bytes: &[u8]) {
+        let mut stdout = std::io::stdout().lock();
+        let _ = stdout.write_all(bytes);
+        let _ = stdout.flush();
+    }
+
+    fn text(&self, line: &str) {
+        let mut stdout = std::io::stdout().lock();
+        let _ = writeln!(stdout, "{line}");
+        let _ = stdout.flush();
+    }
+
+    fn line(&self, value: &Value) {
+        self.text(&value.to_string());
+    }
+
+    fn revision(&self, revision: u64) {
+        if self.json {
+            self.line(&json!({ "revision": revision }));
+        } else {
+            self.text(&revision.to_string());
+        }
+    }
+
+    fn error(&self, err: &ClientError) {
+        if self.json {
+            let error = match err.server_error() {
+                Some(e) => json!({
+                    "code": e.code.as_str(),
+                    "message": e.message,
+                    "current_revision": e.current_revision,
+                    "revision": e.revision,
+                }),
+                None => json!({ "code": "client", "message": err.to_string() }),
+            };
+            eprintln!("{}", json!({ "error": error }));
+        } else {
+            eprintln!("nearkv: {}", err.to_string().replace('\n', " "));
+        }
+    }
+}

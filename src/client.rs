@@ -1,0 +1,381 @@
+//! The Rust client: one Unix-socket connection, shared by any number of concurrent calls.
+//!
+//! Requests are pipelined: each call gets a fresh id, its frame is queued for a writer task, and
+//! a reader task routes each response to the waiting call by id, so calls never wait for each
+//! other. Watches are `Stream`s fed by the same reader.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use tokio::io::AsyncWriteExt;
+use tokio::net::UnixStream;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::Error;
+use crate::protocol::frame::FrameReader;
+use crate::protocol::request::{encode, Request, WriteOptions};
+use crate::protocol::response::{
+    EntriesBody, EntryBody, Head, KeysBody, RevisionBody, StatusBody, WatchPush,
+};
+use crate::protocol::{BucketStatus, Entry, ReadOptions};
+
+/// Responses larger than this are refused (a server answer is never near it in practice).
+const MAX_RESPONSE: u32 = 256 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server answered with an error.
+    #[error(transparent)]
+    Server(#[from] Error),
+    #[error("cannot connect to nearkv at {path}: {source} (is `nearkv serve` running? set --socket or NEARKV_SOCKET)")]
+    Connect {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("the connection to nearkv was closed")]
+    Closed,
+    #[error("unexpected response from nearkv: {0}")]
+    Protocol(String),
+}
+
+impl ClientError {
+    /// The server's error, if that is what this is.
+    pub fn server_error(&self) -> Option<&Error> {
+        match self {
+            ClientError::Server(err) => Some(err),
+            _ => None,
+        }
+    }
+}
+
+enum Waiter {
+    Call(oneshot::Sender<Bytes>),
+    Watch(mpsc::UnboundedSender<Bytes>),
+}
+
+struct Shared {
+    waiters: Mutex<HashMap<u64, Waiter>>,
+    out: mpsc::UnboundedSender<Vec<u8>>,
+    next_id: AtomicU64,
+}
+
+/// A connection to a nearkv sidecar. Cheap to clone; clones share the connection.
+#[derive(Clone)]
+pub struct Client {
+    shared: Arc<Shared>,
+}
+
+/// A change pushed by a watch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchEvent {
+    /// A live entry of the initial snapshot, or a put, delete or purge.
+    Entry(Entry),
+    /// The initial values have all been sent.
+    Synced,
+}
+
+impl Client {
+    pub async fn connect(path: impl AsRef<Path>) -> Result<Client, ClientError> {
+        let path = path.as_ref();
+        let stream = UnixStream::connect(path)
+            .await
+            .map_err(|source| ClientError::Connect {
+                path: path.display().to_string(),
+                source,
+            })?;
+        let (read_half, mut write_half) = stream.into_split();
+        let (out, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+        let shared = Arc::new(Shared {
+            waiters: Mutex::new(HashMap::new()),
+            out,
+            next_id: AtomicU64::new(1),
+        });
+        tokio::spawn(async move {
+            while let Some(mut buf) = rx.recv().await {
+                while let Ok(more) = rx.try_recv() {
+                    buf.extend_from_slice(&more);
+                }
+                if write_half.write_all(&buf).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let reader_shared = Arc::downgrade(&shared);
+        tokio::spawn(async move {
+            let mut frames = FrameReader::new(read_half, MAX_RESPONSE);
+            while let Ok(Some(frame)) = frames.next_frame().await {
+                let Some(shared) = reader_shared.upgrade() else {
+                    return;
+                };
+                let Ok(head) = rmp_serde::from_slice::<IdOnly>(&frame) else {
+                    continue;
+                };
+                let Ok(mut waiters) = shared.waiters.lock() else {
+                    return;
+                };
+                match waiters.get(&head.id) {
+                    Some(Waiter::Call(_)) => {
+                        if let Some(Waiter::Call(tx)) = waiters.remove(&head.id) {
+                            let _ = tx.send(frame);
+                        }
+                    }
+                    Some(Waiter::Watch(tx)) => {
+                        let _ = tx.send(frame);
+                    }
+                    None => {}
+                }
+            }
+            // Dropping the waiters tells every pending call and watch that the connection is gone.
+            if let Some(shared) = reader_shared.upgrade() {
+                if let Ok(mut waiters) = shared.waiters.lock() {
+                    waiters.clear();
+                }
+            }
+        });
+        Ok(Client { shared })
+    }
+
+    fn send(
+        &self,
+        request: &Request<'_>,
+        waiter: impl FnOnce(u64) -> Waiter,
+    ) -> Result<u64, ClientError> {
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut buf = Vec::new();
+        encode(id, request, &mut buf);
+        self.shared
+            .waiters
+            .lock()
+            .map_err(|_| ClientError::Closed)?
+            .insert(id, waiter(id));
+        self.shared.out.send(buf).map_err(|_| ClientError::Closed)?;
+        Ok(id)
+    }
+
+    async fn call<T: DeserializeOwned>(&self, request: &Request<'_>) -> Result<T, ClientError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(request, |_| Waiter::Call(tx))?;
+        let frame = rx.await.map_err(|_| ClientError::Closed)?;
+        decode_response(&frame)
+    }
+
+    pub async fn ping(&self) -> Result<(), ClientError> {
+        let _: serde::de::IgnoredAny = self.call(&Request::Ping).await?;
+        Ok(())
+    }
+
+    /// The key's entry from the sidecar's mirror; `None` when the key is absent or deleted.
+    pub async fn get(&self, bucket: &str, key: &str) -> Result<Option<Entry>, ClientError> {
+        self.get_with(bucket, key, ReadOptions::default()).await
+    }
+
+    pub async fn get_with(
+        &self,
+        bucket: &str,
+        key: &str,
+        read: ReadOptions,
+    ) -> Result<Option<Entry>, ClientError> {
+        let body: EntryBody = self.call(&Request::Get { bucket, key, read }).await?;
+        Ok(body.entry)
+    }
+
+    pub async fn mget(
+        &self,
+        bucket: &str,
+        keys: &[&str],
+        read: ReadOptions,
+    ) -> Result<Vec<Option<Entry>>, ClientError> {
+        let request = Request::Mget {
+            bucket,
+            keys: keys.to_vec(),
+            read,
+        };
+        let body: EntriesBody = self.call(&request).await?;
+        Ok(body.entries)
+    }
+
+    /// Stores the value; returns its revision once this sidecar's mirror shows it.
+    pub async fn put(&self, bucket: &str, key: &str, value: &[u8]) -> Result<u64, ClientError> {
+        self.put_with(bucket, key, value, WriteOptions::default())
+            .await
+    }
+
+    /// A put with options: `expect_revision` makes it a compare-and-set.
+    pub async fn put_with(
+        &self,
+        bucket: &str,
+        key: &str,
+        value: &[u8],
+        write: WriteOptions,
+    ) -> Result<u64, ClientError> {
+        let request = Request::Put {
+            bucket,
+            key,
+            value,
+            write,
+        };
+        let body: RevisionBody = self.call(&request).await?;
+        Ok(body.revision)
+    }
+
+    /// Writes a delete marker; returns its revision.
+    pub async fn delete(
+        &self,
+        bucket: &str,
+        key: &str,
+        write: WriteOptions,
+    ) -> Result<u64, ClientError> {
+        let body: RevisionBody = self.call(&Request::Delete { bucket, key, write }).await?;
+        Ok(body.revision)
+    }
+
+    /// Removes the key's history, leaving a purge marker; returns its revision.
+    pub async fn purge(
+        &self,
+        bucket: &str,
+        key: &str,
+        write: WriteOptions,
+    ) -> Result<u64, ClientError> {
+        let body: RevisionBody = self.call(&Request::Purge { bucket, key, write }).await?;
+        Ok(body.revision)
+    }
+
+    /// Live keys, sorted, optionally matching a NATS wildcard filter.
+    pub async fn keys(
+        &self,
+        bucket: &str,
+        filter: Option<&str>,
+    ) -> Result<Vec<String>, ClientError> {
+        let body: KeysBody = self.call(&Request::Keys { bucket, filter }).await?;
+        Ok(body.keys)
+    }
+
+    pub async fn status(&self, bucket: Option<&str>) -> Result<Vec<BucketStatus>, ClientError> {
+        let body: StatusBody = self.call(&Request::Status { bucket }).await?;
+        Ok(body.buckets)
+    }
+
+    /// Watches the bucket: with `initial`, its live entries and then `Synced`; then every change.
+    /// Dropping the stream ends the watch on the server.
+    pub async fn watch(
+        &self,
+        bucket: &str,
+        filter: Option<&str>,
+        initial: bool,
+    ) -> Result<WatchStream, ClientError> {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let request = Request::Watch {
+            bucket,
+            filter,
+            initial,
+        };
+        let id = self.send(&request, |_| Waiter::Watch(tx))?;
+        let first = rx.recv().await.ok_or(ClientError::Closed)?;
+        if let Err(err) = decode_response::<serde::de::IgnoredAny>(&first) {
+            self.forget(id);
+            return Err(err);
+        }
+        Ok(WatchStream {
+            id,
+            rx,
+            client: self.clone(),
+            ended: false,
+        })
+    }
+
+    fn forget(&self, id: u64) {
+        if let Ok(mut waiters) = self.shared.waiters.lock() {
+            waiters.remove(&id);
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct IdOnly {
+    id: u64,
+}
+
+fn decode_response<T: DeserializeOwned>(frame: &[u8]) -> Result<T, ClientError> {
+    let head: Head =
+        rmp_serde::from_slice(frame).map_err(|e| ClientError::Protocol(e.to_string()))?;
+    if let Some(error) = head.error {
+        return Err(ClientError::Server(error.into()));
+    }
+    if head.ok != Some(true) {
+        return Err(ClientError::Protocol(format!(
+            "response {} has neither `ok: true` nor an error",
+            head.id
+        )));
+    }
+    rmp_serde::from_slice(frame).map_err(|e| ClientError::Protocol(e.to_string()))
+}
+
+/// The items of a watch; ends after the server's `end` message (an error item first if it ended
+/// with one) or when the connection closes.
+pub struct WatchStream {
+    id: u64,
+    rx: mpsc::UnboundedReceiver<Bytes>,
+    client: Client,
+    ended: bool,
+}
+
+impl WatchStream {
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+}
+
+impl futures::Stream for WatchStream {
+    type Item = Result<WatchEvent, ClientError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        let frame = match self.rx.poll_recv(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(None) => {
+                self.ended = true;
+                return Poll::Ready(Some(Err(ClientError::Closed)));
+            }
+            Poll::Ready(Some(frame)) => frame,
+        };
+        let push: WatchPush = match rmp_serde::from_slice(&frame) {
+            Ok(push) => push,
+            Err(err) => return Poll::Ready(Some(Err(ClientError::Protocol(err.to_string())))),
+        };
+        if push.end {
+            self.ended = true;
+            self.client.forget(self.id);
+            return Poll::Ready(push.error.map(|e| Err(ClientError::Server(e.into()))));
+        }
+        if push.synced {
+            return Poll::Ready(Some(Ok(WatchEvent::Synced)));
+        }
+        match push.event {
+            Some(entry) => Poll::Ready(Some(Ok(WatchEvent::Entry(entry)))),
+            None => Poll::Ready(Some(Err(ClientError::Protocol(
+                "watch message without event, synced or end".to_string(),
+            )))),
+        }
+    }
+}
+
+impl Drop for WatchStream {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.client.forget(self.id);
+            // Its answer finds no waiter and is dropped.
+            let id = self.client.shared.next_id.fetch_add(1, Ordering::Relaxed);
+            let mut buf = Vec::new();
+            encode(id, &Request::Unwatch { watch: self.id }, &mut buf);
+            let _ = self.client.shared.out.send(buf);
+        }
+    }
+}

@@ -1,0 +1,311 @@
+//! The sidecar's configuration: a TOML file (see config/nearkv.toml for every option and its
+//! default), overridden by command-line flags, validated once at start so that a mistake is
+//! reported with the field it is in rather than discovered by a failing request.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::keys::validate_filter;
+
+/// Why a configuration could not be used. The message always names the file or field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid config: {field}: {message}")]
+    Invalid { field: String, message: String },
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub nats: NatsConfig,
+    pub socket: SocketConfig,
+    pub buckets: Vec<BucketConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsConfig {
+    /// Server URLs; the client fails over between them.
+    pub servers: Vec<String>,
+    /// A `.creds` file (JWT and nkey seed).
+    pub credentials_file: Option<PathBuf>,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub token: Option<String>,
+    /// Shown by `nats server report connections`.
+    pub connection_name: String,
+    /// How long a NATS request (a write, a stream info) may take before it counts as `unavailable`.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            servers: vec!["nats://127.0.0.1:4222".to_string()],
+            credentials_file: None,
+            user: None,
+            password: None,
+            token: None,
+            connection_name: "nearkv".to_string(),
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SocketConfig {
+    pub path: PathBuf,
+    /// File mode of the socket, as an octal string such as "0660".
+    pub mode: String,
+    /// Largest frame (the length prefix's value) a client may send.
+    pub max_frame_size: u32,
+    /// Deadline of a request that does not carry `timeout_ms`.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+pub const DEFAULT_SOCKET_PATH: &str = "/tmp/nearkv.sock";
+pub const DEFAULT_MAX_FRAME_SIZE: u32 = 4 * 1024 * 1024;
+
+impl Default for SocketConfig {
+    fn default() -> Self {
+        SocketConfig {
+            path: PathBuf::from(DEFAULT_SOCKET_PATH),
+            mode: "0660".to_string(),
+            max_frame_size: DEFAULT_MAX_FRAME_SIZE,
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl SocketConfig {
+    /// The mode as permission bits; validated by [`Config::validate`].
+    pub fn mode_bits(&self) -> Result<u32, ConfigError> {
+        let digits = self.mode.trim_start_matches("0o");
+        u32::from_str_radix(digits, 8)
+            .ok()
+            .filter(|bits| *bits <= 0o777)
+            .ok_or_else(|| {
+                invalid(
+                    "socket.mode",
+                    format!("{:?} is not an octal file mode such as \"0660\"", self.mode),
+                )
+            })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Storage {
+    File,
+    Memory,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BucketConfig {
+    pub name: String,
+    /// Which keys to mirror, as a NATS wildcard filter; `>` mirrors the whole bucket.
+    pub filter: String,
+    /// Create the bucket with the settings below when it does not exist.
+    pub create: bool,
+    /// Values kept per key (1 to 64).
+    pub history: i64,
+    /// How long a value lives; 0 keeps values forever.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// Largest value in bytes; -1 leaves it to the server's `max_payload`.
+    pub max_value_size: i32,
+    pub storage: Storage,
+    pub replicas: usize,
+}
+
+impl Default for BucketConfig {
+    fn default() -> Self {
+        BucketConfig {
+            name: String::new(),
+            filter: ">".to_string(),
+            create: false,
+            history: 1,
+            max_age: Duration::ZERO,
+            max_value_size: -1,
+            storage: Storage::File,
+            replicas: 1,
+        }
+    }
+}
+
+impl BucketConfig {
+    pub fn named(name: impl Into<String>) -> Self {
+        BucketConfig {
+            name: name.into(),
+            ..BucketConfig::default()
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a TOML file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let config: Config = toml::from_str(&text).map_err(|err| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: err.to_string(),
+        })?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: names, ranges and combinations.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.nats.servers.is_empty() {
+            return Err(invalid("nats.servers", "give at least one NATS server URL"));
+        }
+        if self.nats.token.is_some() && self.nats.user.is_some() {
+            return Err(invalid(
+                "nats.token",
+                "use either token or user/password, not both",
+            ));
+        }
+        if self.nats.user.is_some() != self.nats.password.is_some() {
+            return Err(invalid("nats.user", "user and password go together"));
+        }
+        self.socket.mode_bits()?;
+        if self.socket.max_frame_size < 1024 {
+            return Err(invalid(
+                "socket.max_frame_size",
+                "must be at least 1024 bytes",
+            ));
+        }
+        if self.buckets.is_empty() {
+            return Err(invalid(
+                "buckets",
+                "no bucket configured: add a [[buckets]] table or pass --bucket NAME",
+            ));
+        }
+        for (i, bucket) in self.buckets.iter().enumerate() {
+            let field = |name: &str| format!("buckets[{i}].{name}");
+            let name_ok = !bucket.name.is_empty()
+                && bucket
+                    .name
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-');
+            if !name_ok {
+                return Err(invalid(
+                    field("name"),
+                    format!(
+                        "{:?} is not a bucket name: use letters, digits, `_` and `-`",
+                        bucket.name
+                    ),
+                ));
+            }
+            if self.buckets[..i].iter().any(|b| b.name == bucket.name) {
+                return Err(invalid(
+                    field("name"),
+                    format!("bucket {:?} is listed twice", bucket.name),
+                ));
+            }
+            validate_filter(&bucket.filter).map_err(|err| invalid(field("filter"), err.message))?;
+            if !(1..=64).contains(&bucket.history) {
+                return Err(invalid(field("history"), "must be between 1 and 64"));
+            }
+            if bucket.max_value_size == 0 || bucket.max_value_size < -1 {
+                return Err(invalid(
+                    field("max_value_size"),
+                    "must be positive, or -1 for no limit",
+                ));
+            }
+            if !(1..=5).contains(&bucket.replicas) {
+                return Err(invalid(field("replicas"), "must be between 1 and 5"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        let config: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        config.validate().map_err(|e| e.to_string())?;
+        Ok(config)
+    }
+
+    #[test]
+    fn the_documented_example_and_the_dev_config_are_valid() {
+        for file in ["config/nearkv.toml", "config/dev.toml"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+            let config = Config::from_file(&path).unwrap_or_else(|e| panic!("{file}: {e}"));
+            config.validate().unwrap_or_else(|e| panic!("{file}: {e}"));
+        }
+    }
+
+    #[test]
+    fn the_documented_example_lists_every_default() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/nearkv.toml");
+        let example = Config::from_file(&path).expect("example parses");
+        let defaults = Config::default();
+        assert_eq!(example.nats.servers, defaults.nats.servers);
+        assert_eq!(example.nats.connection_name, defaults.nats.connection_name);
+        assert_eq!(example.nats.request_timeout, defaults.nats.request_timeout);
+        assert_eq!(example.socket.path, defaults.socket.path);
+        assert_eq!(example.socket.mode, defaults.socket.mode);
+        assert_eq!(
+            example.socket.max_frame_size,
+            defaults.socket.max_frame_size
+        );
+        assert_eq!(
+            example.socket.request_timeout,
+            defaults.socket.request_timeout
+        );
+        let bucket = &example.buckets[0];
+        let default_bucket = BucketConfig::default();
+        assert_eq!(bucket.filter, default_bucket.filter);
+        assert_eq!(bucket.create, default_bucket.create);
+        assert_eq!(bucket.history, default_bucket.history);
+        assert_eq!(bucket.max_age, default_bucket.max_age);
+        assert_eq!(bucket.max_value_size, default_bucket.max_value_size);
+        assert_eq!(bucket.storage, default_bucket.storage);
+        assert_eq!(bucket.replicas, default_bucket.replicas);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let err = parse("[[buckets]]\nname = \"a b\"").unwrap_err();
+        assert!(err.contains("buckets[0].name"), "{err}");
+        let err = parse("[[buckets]]\nname = \"a\"\nfilter = \"a..b\"").unwrap_err();
+        assert!(err.contains("buckets[0].filter"), "{err}");
+        let err = parse("[socket]\nmode = \"999\"\n[[buckets]]\nname = \"a\"").unwrap_err();
+        assert!(err.contains("socket.mode"), "{err}");
+        let err = parse("[socket]\npaht = \"/x\"\n[[buckets]]\nname = \"a\"").unwrap_err();
+        assert!(err.contains("paht"), "{err}");
+        let err = parse("[[buckets]]\nname = \"a\"\nhistory = 0").unwrap_err();
+        assert!(err.contains("buckets[0].history"), "{err}");
+        let err = parse("").unwrap_err();
+        assert!(err.contains("buckets"), "{err}");
+        let err = parse("[[buckets]]\nname = \"a\"\nmax_age = \"soon\"").unwrap_err();
+        assert!(err.contains("max_age"), "{err}");
+    }
+}

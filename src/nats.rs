@@ -1,0 +1,109 @@
+//! The NATS side: connecting with the configured credentials, and opening (or creating) buckets.
+
+use async_nats::jetstream::{self, kv, stream::StorageType};
+use async_nats::{ConnectOptions, Event};
+
+use crate::config::{BucketConfig, NatsConfig, Storage};
+
+/// Connects to NATS. The connection is established in the background and re-established forever
+/// after a loss, so the sidecar can start before NATS and outlive an outage.
+pub async fn connect(config: &NatsConfig) -> Result<async_nats::Client, ConnectError> {
+    let mut options = match &config.credentials_file {
+        Some(path) => ConnectOptions::with_credentials_file(path)
+            .await
+            .map_err(|source| ConnectError::Credentials {
+                path: path.display().to_string(),
+                source,
+            })?,
+        None => ConnectOptions::new(),
+    };
+    if let (Some(user), Some(password)) = (&config.user, &config.password) {
+        options = options.user_and_password(user.clone(), password.clone());
+    }
+    if let Some(token) = &config.token {
+        options = options.token(token.clone());
+    }
+    options = options
+        .name(&config.connection_name)
+        .request_timeout(Some(config.request_timeout))
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .event_callback(|event| async move {
+            match event {
+                Event::Connected => tracing::info!("connected to NATS"),
+                Event::Disconnected => tracing::warn!("disconnected from NATS; reconnecting"),
+                other => tracing::warn!(event = %other, "NATS connection event"),
+            }
+        });
+    async_nats::connect_with_options(config.servers.join(","), options)
+        .await
+        .map_err(|err| ConnectError::Connect(err.to_string()))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("cannot read NATS credentials file {path}: {source}")]
+    Credentials {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot connect to NATS: {0}")]
+    Connect(String),
+}
+
+/// Why a bucket could not be opened; the actor retries, and `not_ready` answers carry this text.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum OpenError {
+    #[error(
+        "bucket `{0}` does not exist in NATS: create it (`nats kv add {0}`) or set `create = true` for it in the config"
+    )]
+    Missing(String),
+    #[error("cannot open bucket `{bucket}`: {message}")]
+    Failed { bucket: String, message: String },
+}
+
+/// Opens the bucket, creating it with the configured settings when it is missing and `create` is set.
+pub async fn open_bucket(
+    js: &jetstream::Context,
+    config: &BucketConfig,
+) -> Result<kv::Store, OpenError> {
+    let failed = |message: String| OpenError::Failed {
+        bucket: config.name.clone(),
+        message,
+    };
+    match js.get_stream(format!("KV_{}", config.name)).await {
+        Ok(_) => {}
+        Err(err) => {
+            let missing = matches!(
+                err.kind(),
+                jetstream::context::GetStreamErrorKind::JetStream(ref e)
+                    if e.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+            );
+            if !missing {
+                return Err(failed(err.to_string()));
+            }
+            if !config.create {
+                return Err(OpenError::Missing(config.name.clone()));
+            }
+            tracing::info!(bucket = %config.name, "creating bucket");
+            return js
+                .create_key_value(kv::Config {
+                    bucket: config.name.clone(),
+                    history: config.history,
+                    max_age: config.max_age,
+                    max_value_size: config.max_value_size,
+                    storage: match config.storage {
+                        Storage::File => StorageType::File,
+                        Storage::Memory => StorageType::Memory,
+                    },
+                    num_replicas: config.replicas,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|err| failed(format!("create failed: {err}")));
+        }
+    }
+    js.get_key_value(&config.name)
+        .await
+        .map_err(|err| failed(err.to_string()))
+}

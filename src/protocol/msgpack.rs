@@ -1,0 +1,198 @@
+//! The few MessagePack encodings the protocol writes, appended to a `Vec<u8>`.
+//!
+//! Written out rather than going through serde so that a response is encoded straight from the
+//! mirror's entry into the connection's output buffer, with no intermediate struct, and so the
+//! bytes on the wire are exactly the ones docs/PROTOCOL.md shows (smallest encoding of each value).
+
+pub struct Writer<'a>(pub &'a mut Vec<u8>);
+
+impl Writer<'_> {
+    pub fn map(&mut self, len: u32) -> &mut Self {
+        match len {
+            0..=15 => self.0.push(0x80 | len as u8),
+            16..=0xffff => {
+                self.0.push(0xde);
+                self.0.extend_from_slice(&(len as u16).to_be_bytes());
+            }
+            _ => {
+                self.0.push(0xdf);
+                self.0.extend_from_slice(&len.to_be_bytes());
+            }
+        }
+        self
+    }
+
+    pub fn array(&mut self, len: u32) -> &mut Self {
+        match len {
+            0..=15 => self.0.push(0x90 | len as u8),
+            16..=0xffff => {
+                self.0.push(0xdc);
+                self.0.extend_from_slice(&(len as u16).to_be_bytes());
+            }
+            _ => {
+                self.0.push(0xdd);
+                self.0.extend_from_slice(&len.to_be_bytes());
+            }
+        }
+        self
+    }
+
+    pub fn str(&mut self, s: &str) -> &mut Self {
+        let len = s.len();
+        match len {
+            0..=31 => self.0.push(0xa0 | len as u8),
+            32..=0xff => self.0.extend_from_slice(&[0xd9, len as u8]),
+            0x100..=0xffff => {
+                self.0.push(0xda);
+                self.0.extend_from_slice(&(len as u16).to_be_bytes());
+            }
+            _ => {
+                self.0.push(0xdb);
+                self.0.extend_from_slice(&(len as u32).to_be_bytes());
+            }
+        }
+        self.0.extend_from_slice(s.as_bytes());
+        self
+    }
+
+    pub fn bin(&mut self, b: &[u8]) -> &mut Self {
+        let len = b.len();
+        match len {
+            0..=0xff => self.0.extend_from_slice(&[0xc4, len as u8]),
+            0x100..=0xffff => {
+                self.0.push(0xc5);
+                self.0.extend_from_slice(&(len as u16).to_be_bytes());
+            }
+            _ => {
+                self.0.push(0xc6);
+                self.0.extend_from_slice(&(len as u32).to_be_bytes());
+            }
+        }
+        self.0.extend_from_slice(b);
+        self
+    }
+
+    pub fn uint(&mut self, v: u64) -> &mut Self {
+        match v {
+            0..=0x7f => self.0.push(v as u8),
+            0x80..=0xff => self.0.extend_from_slice(&[0xcc, v as u8]),
+            0x100..=0xffff => {
+                self.0.push(0xcd);
+                self.0.extend_from_slice(&(v as u16).to_be_bytes());
+            }
+            0x1_0000..=0xffff_ffff => {
+                self.0.push(0xce);
+                self.0.extend_from_slice(&(v as u32).to_be_bytes());
+            }
+            _ => {
+                self.0.push(0xcf);
+                self.0.extend_from_slice(&v.to_be_bytes());
+            }
+        }
+        self
+    }
+
+    /// A signed integer: non-negative values use the unsigned encodings, as MessagePack prefers.
+    pub fn int(&mut self, v: i64) -> &mut Self {
+        if v >= 0 {
+            return self.uint(v as u64);
+        }
+        match v {
+            -32..=-1 => self.0.push(v as i8 as u8),
+            -128..=-33 => self.0.extend_from_slice(&[0xd0, v as i8 as u8]),
+            -32768..=-129 => {
+                self.0.push(0xd1);
+                self.0.extend_from_slice(&(v as i16).to_be_bytes());
+            }
+            -2147483648..=-32769 => {
+                self.0.push(0xd2);
+                self.0.extend_from_slice(&(v as i32).to_be_bytes());
+            }
+            _ => {
+                self.0.push(0xd3);
+                self.0.extend_from_slice(&v.to_be_bytes());
+            }
+        }
+        self
+    }
+
+    pub fn bool(&mut self, v: bool) -> &mut Self {
+        self.0.push(if v { 0xc3 } else { 0xc2 });
+        self
+    }
+
+    pub fn nil(&mut self) -> &mut Self {
+        self.0.push(0xc0);
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every encoding must decode to the same value through an independent decoder.
+    #[test]
+    fn encodings_round_trip_through_rmp_serde() {
+        let ints = [
+            0i64,
+            1,
+            127,
+            128,
+            255,
+            256,
+            65535,
+            65536,
+            4294967295,
+            4294967296,
+            i64::MAX,
+            -1,
+            -32,
+            -33,
+            -128,
+            -129,
+            -32768,
+            -32769,
+            -2147483648,
+            -2147483649,
+            i64::MIN,
+        ];
+        for v in ints {
+            let mut buf = Vec::new();
+            Writer(&mut buf).int(v);
+            assert_eq!(rmp_serde::from_slice::<i64>(&buf).unwrap(), v, "{v}");
+        }
+        for len in [0usize, 31, 32, 255, 256, 65535, 65536] {
+            let s = "x".repeat(len);
+            let mut buf = Vec::new();
+            Writer(&mut buf).str(&s);
+            assert_eq!(rmp_serde::from_slice::<String>(&buf).unwrap(), s);
+            let mut buf = Vec::new();
+            Writer(&mut buf).bin(s.as_bytes());
+            let back: serde_bytes::ByteBuf = rmp_serde::from_slice(&buf).unwrap();
+            assert_eq!(back.as_ref(), s.as_bytes());
+        }
+        for len in [0u32, 15, 16, 65535, 65536] {
+            let mut buf = Vec::new();
+            let mut w = Writer(&mut buf);
+            w.array(len);
+            for _ in 0..len {
+                w.nil();
+            }
+            assert_eq!(
+                rmp_serde::from_slice::<Vec<()>>(&buf).unwrap().len(),
+                len as usize
+            );
+        }
+        let mut buf = Vec::new();
+        Writer(&mut buf)
+            .map(2)
+            .str("a")
+            .bool(true)
+            .str("b")
+            .bool(false);
+        let map: std::collections::BTreeMap<String, bool> = rmp_serde::from_slice(&buf).unwrap();
+        assert_eq!(map.len(), 2);
+        assert!(map["a"] && !map["b"]);
+    }
+}

@@ -1,0 +1,419 @@
+//! Requests: parsed by the server straight from the frame's bytes (keys and values are borrowed,
+//! not copied), and encoded by the client.
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use super::msgpack::Writer;
+use super::types::{Consistency, ReadOptions};
+use crate::error::{Error, ErrorCode};
+
+/// A request of protocol v1, borrowing its strings and bytes from the frame it came in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request<'a> {
+    Ping,
+    Get {
+        bucket: &'a str,
+        key: &'a str,
+        read: ReadOptions,
+    },
+    Mget {
+        bucket: &'a str,
+        keys: Vec<&'a str>,
+        read: ReadOptions,
+    },
+    Put {
+        bucket: &'a str,
+        key: &'a str,
+        value: &'a [u8],
+        write: WriteOptions,
+    },
+    Delete {
+        bucket: &'a str,
+        key: &'a str,
+        write: WriteOptions,
+    },
+    Purge {
+        bucket: &'a str,
+        key: &'a str,
+        write: WriteOptions,
+    },
+    Keys {
+        bucket: &'a str,
+        filter: Option<&'a str>,
+    },
+    Status {
+        bucket: Option<&'a str>,
+    },
+    Watch {
+        bucket: &'a str,
+        filter: Option<&'a str>,
+        initial: bool,
+    },
+    Unwatch {
+        watch: u64,
+    },
+}
+
+/// Conditions and deadline of a `put`, `delete` or `purge`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteOptions {
+    /// 0: the key must be absent or deleted; N: the key's latest revision must be N.
+    pub expect_revision: Option<u64>,
+    pub timeout_ms: Option<u64>,
+}
+
+impl Request<'_> {
+    pub fn op(&self) -> &'static str {
+        match self {
+            Request::Ping => "ping",
+            Request::Get { .. } => "get",
+            Request::Mget { .. } => "mget",
+            Request::Put { .. } => "put",
+            Request::Delete { .. } => "delete",
+            Request::Purge { .. } => "purge",
+            Request::Keys { .. } => "keys",
+            Request::Status { .. } => "status",
+            Request::Watch { .. } => "watch",
+            Request::Unwatch { .. } => "unwatch",
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Header<'a> {
+    id: u64,
+    #[serde(borrow, default)]
+    op: Option<&'a str>,
+}
+
+#[derive(Deserialize)]
+struct IdOnly {
+    id: u64,
+}
+
+#[derive(Deserialize)]
+struct Read {
+    min_revision: Option<u64>,
+    #[serde(default)]
+    consistency: Consistency,
+    timeout_ms: Option<u64>,
+}
+
+impl From<Read> for ReadOptions {
+    fn from(r: Read) -> Self {
+        ReadOptions {
+            min_revision: r.min_revision,
+            consistency: r.consistency,
+            timeout_ms: r.timeout_ms,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct KeyBody<'a> {
+    bucket: &'a str,
+    key: &'a str,
+}
+
+#[derive(Deserialize)]
+struct MgetBody<'a> {
+    bucket: &'a str,
+    #[serde(borrow)]
+    keys: Vec<&'a str>,
+}
+
+#[derive(Deserialize)]
+struct PutBody<'a> {
+    bucket: &'a str,
+    key: &'a str,
+    #[serde(with = "serde_bytes")]
+    value: &'a [u8],
+}
+
+#[derive(Deserialize)]
+struct Write {
+    expect_revision: Option<u64>,
+    timeout_ms: Option<u64>,
+}
+
+impl From<Write> for WriteOptions {
+    fn from(w: Write) -> Self {
+        WriteOptions {
+            expect_revision: w.expect_revision,
+            timeout_ms: w.timeout_ms,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct FilterBody<'a> {
+    bucket: &'a str,
+    #[serde(borrow, default)]
+    filter: Option<&'a str>,
+}
+
+#[derive(Deserialize)]
+struct StatusBody<'a> {
+    #[serde(borrow, default)]
+    bucket: Option<&'a str>,
+}
+
+#[derive(Deserialize)]
+struct WatchBody<'a> {
+    bucket: &'a str,
+    #[serde(borrow, default)]
+    filter: Option<&'a str>,
+    initial: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct UnwatchBody {
+    watch: u64,
+}
+
+/// A request that could not be parsed: the id to answer with (0 when none could be read) and why.
+#[derive(Debug)]
+pub struct ParseError {
+    pub id: u64,
+    pub error: Error,
+}
+
+fn bad_request(id: u64, message: String) -> ParseError {
+    ParseError {
+        id,
+        error: Error::new(ErrorCode::BadRequest, message),
+    }
+}
+
+/// Decodes one part of a request, naming the field that is wrong when it fails.
+fn body<'a, T: Deserialize<'a>>(frame: &'a [u8], id: u64, op: &str) -> Result<T, ParseError> {
+    let mut de = rmp_serde::Deserializer::from_read_ref(frame);
+    serde_path_to_error::deserialize(&mut de).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        let message = if path == "." {
+            format!("invalid `{op}` request: {inner}")
+        } else {
+            format!("invalid `{op}` request: field `{path}`: {inner}")
+        };
+        bad_request(id, message)
+    })
+}
+
+fn owned<T: DeserializeOwned>(frame: &[u8]) -> Option<T> {
+    rmp_serde::from_slice(frame).ok()
+}
+
+/// Parses a request frame's body (the bytes after the length prefix).
+pub fn parse(frame: &[u8]) -> Result<(u64, Request<'_>), ParseError> {
+    let header: Header = match rmp_serde::from_slice(frame) {
+        Ok(header) => header,
+        Err(err) => {
+            let id = owned::<IdOnly>(frame).map_or(0, |h| h.id);
+            return Err(bad_request(
+                id,
+                format!(
+                    "a request must be a MessagePack map with an unsigned integer `id` and a string `op` ({err})"
+                ),
+            ));
+        }
+    };
+    let id = header.id;
+    let Some(op) = header.op else {
+        return Err(bad_request(id, "the request has no `op` field".to_string()));
+    };
+    let request = match op {
+        "ping" => Request::Ping,
+        "get" => {
+            let b: KeyBody = body(frame, id, op)?;
+            let read: Read = body(frame, id, op)?;
+            Request::Get {
+                bucket: b.bucket,
+                key: b.key,
+                read: read.into(),
+            }
+        }
+        "mget" => {
+            let b: MgetBody = body(frame, id, op)?;
+            let read: Read = body(frame, id, op)?;
+            Request::Mget {
+                bucket: b.bucket,
+                keys: b.keys,
+                read: read.into(),
+            }
+        }
+        "put" => {
+            let b: PutBody = body(frame, id, op)?;
+            let write: Write = body(frame, id, op)?;
+            Request::Put {
+                bucket: b.bucket,
+                key: b.key,
+                value: b.value,
+                write: write.into(),
+            }
+        }
+        "delete" | "purge" => {
+            let b: KeyBody = body(frame, id, op)?;
+            let write: WriteOptions = body::<Write>(frame, id, op)?.into();
+            if op == "delete" {
+                Request::Delete {
+                    bucket: b.bucket,
+                    key: b.key,
+                    write,
+                }
+            } else {
+                Request::Purge {
+                    bucket: b.bucket,
+                    key: b.key,
+                    write,
+                }
+            }
+        }
+        "keys" => {
+            let b: FilterBody = body(frame, id, op)?;
+            Request::Keys {
+                bucket: b.bucket,
+                filter: b.filter,
+            }
+        }
+        "status" => {
+            let b: StatusBody = body(frame, id, op)?;
+            Request::Status { bucket: b.bucket }
+        }
+        "watch" => {
+            let b: WatchBody = body(frame, id, op)?;
+            Request::Watch {
+                bucket: b.bucket,
+                filter: b.filter,
+                initial: b.initial.unwrap_or(true),
+            }
+        }
+        "unwatch" => {
+            let b: UnwatchBody = body(frame, id, op)?;
+            Request::Unwatch { watch: b.watch }
+        }
+        other => {
+            return Err(ParseError {
+                id,
+                error: Error::new(
+                    ErrorCode::UnknownOp,
+                    format!(
+                        "unknown op {other:?}; protocol v1 ops are ping, get, mget, put, delete, purge, keys, \
+                         status, watch, unwatch"
+                    ),
+                ),
+            })
+        }
+    };
+    Ok((id, request))
+}
+
+/// Appends the request as one frame (length prefix included) to `buf`. Optional fields that are
+/// `None` are left out, so the bytes match docs/PROTOCOL.md's test vectors.
+pub fn encode(id: u64, request: &Request<'_>, buf: &mut Vec<u8>) {
+    let start = super::frame::begin(buf);
+    let mut fields: Vec<(&str, Field<'_>)> = Vec::with_capacity(8);
+    fields.push(("id", Field::Uint(id)));
+    fields.push(("op", Field::Str(request.op())));
+    let read_fields = |fields: &mut Vec<(&str, Field<'_>)>, read: &ReadOptions| {
+        if let Some(rev) = read.min_revision {
+            fields.push(("min_revision", Field::Uint(rev)));
+        }
+        if read.consistency != Consistency::Cached {
+            fields.push(("consistency", Field::Str(read.consistency.as_str())));
+        }
+        if let Some(ms) = read.timeout_ms {
+            fields.push(("timeout_ms", Field::Uint(ms)));
+        }
+    };
+    let write_fields = |fields: &mut Vec<(&str, Field<'_>)>, write: &WriteOptions| {
+        if let Some(rev) = write.expect_revision {
+            fields.push(("expect_revision", Field::Uint(rev)));
+        }
+        if let Some(ms) = write.timeout_ms {
+            fields.push(("timeout_ms", Field::Uint(ms)));
+        }
+    };
+    match request {
+        Request::Ping => {}
+        Request::Get { bucket, key, read } => {
+            fields.push(("bucket", Field::Str(bucket)));
+            fields.push(("key", Field::Str(key)));
+            read_fields(&mut fields, read);
+        }
+        Request::Mget { bucket, keys, read } => {
+            fields.push(("bucket", Field::Str(bucket)));
+            fields.push(("keys", Field::Strs(keys)));
+            read_fields(&mut fields, read);
+        }
+        Request::Put {
+            bucket,
+            key,
+            value,
+            write,
+        } => {
+            fields.push(("bucket", Field::Str(bucket)));
+            fields.push(("key", Field::Str(key)));
+            fields.push(("value", Field::Bin(value)));
+            write_fields(&mut fields, write);
+        }
+        Request::Delete { bucket, key, write } | Request::Purge { bucket, key, write } => {
+            fields.push(("bucket", Field::Str(bucket)));
+            fields.push(("key", Field::Str(key)));
+            write_fields(&mut fields, write);
+        }
+        Request::Keys { bucket, filter } => {
+            fields.push(("bucket", Field::Str(bucket)));
+            if let Some(filter) = filter {
+                fields.push(("filter", Field::Str(filter)));
+            }
+        }
+        Request::Status { bucket } => {
+            if let Some(bucket) = bucket {
+                fields.push(("bucket", Field::Str(bucket)));
+            }
+        }
+        Request::Watch {
+            bucket,
+            filter,
+            initial,
+        } => {
+            fields.push(("bucket", Field::Str(bucket)));
+            if let Some(filter) = filter {
+                fields.push(("filter", Field::Str(filter)));
+            }
+            if !initial {
+                fields.push(("initial", Field::Bool(false)));
+            }
+        }
+        Request::Unwatch { watch } => fields.push(("watch", Field::Uint(*watch))),
+    }
+    let mut w = Writer(buf);
+    w.map(fields.len() as u32);
+    for (name, field) in &fields {
+        w.str(name);
+        match field {
+            Field::Uint(v) => w.uint(*v),
+            Field::Str(s) => w.str(s),
+            Field::Bin(b) => w.bin(b),
+            Field::Bool(b) => w.bool(*b),
+            Field::Strs(list) => {
+                w.array(list.len() as u32);
+                for s in list.iter() {
+                    w.str(s);
+                }
+                &mut w
+            }
+        };
+    }
+    super::frame::end(buf, start);
+}
+
+enum Field<'a> {
+    Uint(u64),
+    Str(&'a str),
+    Bin(&'a [u8]),
+    Bool(bool),
+    Strs(&'a [&'a str]),
+}

@@ -1,0 +1,219 @@
+//! Responses and pushed watch messages: encoded by the server, decoded by the client.
+
+use serde::Deserialize;
+
+use super::frame;
+use super::msgpack::Writer;
+use super::types::{BucketStatus, Entry};
+use crate::error::{Error, ErrorCode};
+
+/// The success payload of each op.
+pub enum Body<'a> {
+    /// `ping`, `watch`, `unwatch`.
+    Empty,
+    /// `get`.
+    Entry(Option<&'a Entry>),
+    /// `mget`.
+    Entries(&'a [Option<Entry>]),
+    /// `put`, `delete`, `purge`.
+    Revision(u64),
+    /// `keys`.
+    Keys(&'a [String]),
+    /// `status`.
+    Status(&'a [BucketStatus]),
+}
+
+fn entry(w: &mut Writer<'_>, e: &Entry) {
+    w.map(5)
+        .str("key")
+        .str(&e.key)
+        .str("value")
+        .bin(&e.value)
+        .str("revision")
+        .uint(e.revision)
+        .str("created")
+        .int(e.created)
+        .str("operation")
+        .str(e.operation.as_str());
+}
+
+fn optional_entry(w: &mut Writer<'_>, e: Option<&Entry>) {
+    match e {
+        Some(e) => entry(w, e),
+        None => {
+            w.nil();
+        }
+    }
+}
+
+/// Appends a success response frame.
+pub fn encode_ok(buf: &mut Vec<u8>, id: u64, body: &Body<'_>) {
+    let start = frame::begin(buf);
+    let mut w = Writer(buf);
+    let fields = if matches!(body, Body::Empty) { 2 } else { 3 };
+    w.map(fields).str("id").uint(id).str("ok").bool(true);
+    match body {
+        Body::Empty => {}
+        Body::Entry(e) => optional_entry(w.str("entry"), *e),
+        Body::Entries(list) => {
+            w.str("entries").array(list.len() as u32);
+            for e in list.iter() {
+                optional_entry(&mut w, e.as_ref());
+            }
+        }
+        Body::Revision(rev) => {
+            w.str("revision").uint(*rev);
+        }
+        Body::Keys(keys) => {
+            w.str("keys").array(keys.len() as u32);
+            for k in keys.iter() {
+                w.str(k);
+            }
+        }
+        Body::Status(list) => {
+            w.str("buckets").array(list.len() as u32);
+            for s in list.iter() {
+                w.map(6)
+                    .str("bucket")
+                    .str(&s.bucket)
+                    .str("synced")
+                    .bool(s.synced)
+                    .str("connected")
+                    .bool(s.connected)
+                    .str("keys")
+                    .uint(s.keys)
+                    .str("bytes")
+                    .uint(s.bytes)
+                    .str("revision")
+                    .uint(s.revision);
+            }
+        }
+    }
+    frame::end(buf, start);
+}
+
+fn error_map(w: &mut Writer<'_>, error: &Error) {
+    let details = error.current_revision.is_some() as u32 + error.revision.is_some() as u32;
+    w.map(2 + details)
+        .str("code")
+        .str(error.code.as_str())
+        .str("message")
+        .str(&error.message);
+    if let Some(rev) = error.current_revision {
+        w.str("current_revision").uint(rev);
+    }
+    if let Some(rev) = error.revision {
+        w.str("revision").uint(rev);
+    }
+}
+
+/// Appends an error response frame.
+pub fn encode_error(buf: &mut Vec<u8>, id: u64, error: &Error) {
+    let start = frame::begin(buf);
+    let mut w = Writer(buf);
+    w.map(3)
+        .str("id")
+        .uint(id)
+        .str("ok")
+        .bool(false)
+        .str("error");
+    error_map(&mut w, error);
+    frame::end(buf, start);
+}
+
+/// Appends a pushed watch message: an event, the end of the initial values, or the watch's end.
+pub fn encode_watch(buf: &mut Vec<u8>, id: u64, message: WatchMessage<'_>) {
+    let start = frame::begin(buf);
+    let mut w = Writer(buf);
+    match message {
+        WatchMessage::Event(e) => {
+            w.map(2).str("id").uint(id).str("event");
+            entry(&mut w, e);
+        }
+        WatchMessage::Synced => {
+            w.map(2).str("id").uint(id).str("synced").bool(true);
+        }
+        WatchMessage::End(None) => {
+            w.map(2).str("id").uint(id).str("end").bool(true);
+        }
+        WatchMessage::End(Some(error)) => {
+            w.map(3)
+                .str("id")
+                .uint(id)
+                .str("end")
+                .bool(true)
+                .str("error");
+            error_map(&mut w, error);
+        }
+    }
+    frame::end(buf, start);
+}
+
+pub enum WatchMessage<'a> {
+    Event(&'a Entry),
+    Synced,
+    End(Option<&'a Error>),
+}
+
+/// The part of every server message the client reads first: whose it is and whether it failed.
+#[derive(Debug, Deserialize)]
+pub struct Head {
+    pub id: u64,
+    pub ok: Option<bool>,
+    pub error: Option<WireError>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct WireError {
+    pub code: ErrorCode,
+    pub message: String,
+    pub current_revision: Option<u64>,
+    pub revision: Option<u64>,
+}
+
+impl From<WireError> for Error {
+    fn from(e: WireError) -> Self {
+        Error {
+            code: e.code,
+            message: e.message,
+            current_revision: e.current_revision,
+            revision: e.revision,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct EntryBody {
+    pub entry: Option<Entry>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct EntriesBody {
+    pub entries: Vec<Option<Entry>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RevisionBody {
+    pub revision: u64,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct KeysBody {
+    pub keys: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct StatusBody {
+    pub buckets: Vec<BucketStatus>,
+}
+
+/// A pushed watch message as the client decodes it.
+#[derive(Debug, Deserialize)]
+pub struct WatchPush {
+    pub event: Option<Entry>,
+    #[serde(default)]
+    pub synced: bool,
+    #[serde(default)]
+    pub end: bool,
+    pub error: Option<WireError>,
+}

@@ -1,0 +1,346 @@
+use bytes::Bytes;
+
+use super::request::{encode, parse, Request, WriteOptions};
+use super::response::{
+    encode_error, encode_ok, encode_watch, Body, EntriesBody, EntryBody, Head, KeysBody,
+    RevisionBody, StatusBody, WatchMessage, WatchPush,
+};
+use super::types::{BucketStatus, Consistency, Entry, Operation, ReadOptions};
+use crate::error::{Error, ErrorCode};
+
+fn body_of(frame: &[u8]) -> &[u8] {
+    &frame[4..]
+}
+
+fn all_requests() -> Vec<Request<'static>> {
+    let read = ReadOptions {
+        min_revision: Some(7),
+        consistency: Consistency::Strong,
+        timeout_ms: Some(250),
+    };
+    let write = WriteOptions {
+        expect_revision: Some(0),
+        timeout_ms: Some(1000),
+    };
+    vec![
+        Request::Ping,
+        Request::Get {
+            bucket: "b",
+            key: "k",
+            read: ReadOptions::default(),
+        },
+        Request::Get {
+            bucket: "b",
+            key: "k",
+            read,
+        },
+        Request::Mget {
+            bucket: "b",
+            keys: vec!["a", "b.c"],
+            read,
+        },
+        Request::Put {
+            bucket: "b",
+            key: "k",
+            value: b"\x00\xffvalue",
+            write,
+        },
+        Request::Put {
+            bucket: "b",
+            key: "k",
+            value: b"",
+            write: WriteOptions::default(),
+        },
+        Request::Delete {
+            bucket: "b",
+            key: "k",
+            write,
+        },
+        Request::Purge {
+            bucket: "b",
+            key: "k",
+            write: WriteOptions::default(),
+        },
+        Request::Keys {
+            bucket: "b",
+            filter: Some("a.>"),
+        },
+        Request::Keys {
+            bucket: "b",
+            filter: None,
+        },
+        Request::Status { bucket: None },
+        Request::Status { bucket: Some("b") },
+        Request::Watch {
+            bucket: "b",
+            filter: Some("*"),
+            initial: false,
+        },
+        Request::Watch {
+            bucket: "b",
+            filter: None,
+            initial: true,
+        },
+        Request::Unwatch { watch: 99 },
+    ]
+}
+
+#[test]
+fn every_request_round_trips() {
+    for request in all_requests() {
+        let mut buf = Vec::new();
+        encode(42, &request, &mut buf);
+        assert_eq!(
+            u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize,
+            buf.len() - 4
+        );
+        let (id, parsed) = parse(body_of(&buf)).unwrap_or_else(|e| panic!("{request:?}: {e:?}"));
+        assert_eq!(id, 42);
+        assert_eq!(parsed, request);
+    }
+}
+
+fn msgpack(value: &serde_json::Value) -> Vec<u8> {
+    rmp_serde::to_vec(value).unwrap()
+}
+
+fn parse_error(bytes: &[u8]) -> (u64, Error) {
+    let err = parse(bytes).unwrap_err();
+    (err.id, err.error)
+}
+
+#[test]
+fn malformed_requests_get_typed_errors() {
+    let (id, err) = parse_error(b"\xc1garbage");
+    assert_eq!((id, err.code), (0, ErrorCode::BadRequest));
+    let (id, err) = parse_error(&msgpack(&serde_json::json!([1, "get"])));
+    assert_eq!((id, err.code), (0, ErrorCode::BadRequest));
+    let (id, err) = parse_error(&msgpack(&serde_json::json!({"op": "ping"})));
+    assert_eq!((id, err.code), (0, ErrorCode::BadRequest));
+    let (id, err) = parse_error(&msgpack(&serde_json::json!({"id": 5})));
+    assert_eq!((id, err.code), (5, ErrorCode::BadRequest));
+    let (id, err) = parse_error(&msgpack(&serde_json::json!({"id": 6, "op": "fly"})));
+    assert_eq!((id, err.code), (6, ErrorCode::UnknownOp));
+    let (id, err) = parse_error(&msgpack(
+        &serde_json::json!({"id": 7, "op": "get", "bucket": "b", "key": 3}),
+    ));
+    assert_eq!((id, err.code), (7, ErrorCode::BadRequest));
+    assert!(err.message.contains("`key`"), "{}", err.message);
+    let (id, err) = parse_error(&msgpack(
+        &serde_json::json!({"id": 8, "op": "put", "bucket": "b", "key": "k"}),
+    ));
+    assert_eq!((id, err.code), (8, ErrorCode::BadRequest));
+    assert!(err.message.contains("value"), "{}", err.message);
+    let (_, err) = parse_error(&msgpack(
+        &serde_json::json!({"id": 9, "op": "get", "bucket": "b", "key": "k", "consistency": "eventual"}),
+    ));
+    assert!(err.message.contains("consistency"), "{}", err.message);
+    // A wrong `id` type still gets an answer, with id 0.
+    let (id, err) = parse_error(&msgpack(&serde_json::json!({"id": "x", "op": "ping"})));
+    assert_eq!((id, err.code), (0, ErrorCode::BadRequest));
+}
+
+#[test]
+fn unknown_fields_are_ignored_and_values_may_be_strings() {
+    let bytes = msgpack(
+        &serde_json::json!({"id": 1, "op": "put", "bucket": "b", "key": "k", "value": "text", "x": [1]}),
+    );
+    let (_, request) = parse(&bytes).unwrap();
+    assert!(matches!(request, Request::Put { value: b"text", .. }));
+}
+
+#[test]
+fn random_bytes_never_panic_the_parser() {
+    let mut state: u64 = 0x9e3779b97f4a7c15;
+    for len in 0..2000 {
+        let bytes: Vec<u8> = (0..len % 64)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        let _ = parse(&bytes);
+    }
+}
+
+fn entry() -> Entry {
+    Entry {
+        key: "order-1".to_string(),
+        value: Bytes::from_static(b"{\"id\":1}"),
+        revision: 3,
+        created: 1_700_000_000_000_000_000,
+        operation: Operation::Put,
+    }
+}
+
+#[test]
+fn every_response_decodes_as_the_client_reads_it() {
+    let e = entry();
+    let mut buf = Vec::new();
+    encode_ok(&mut buf, 1, &Body::Entry(Some(&e)));
+    let got: EntryBody = rmp_serde::from_slice(body_of(&buf)).unwrap();
+    assert_eq!(got.entry, Some(e.clone()));
+
+    let mut buf = Vec::new();
+    encode_ok(&mut buf, 1, &Body::Entry(None));
+    let got: EntryBody = rmp_serde::from_slice(body_of(&buf)).unwrap();
+    assert_eq!(got.entry, None);
+
+    let list = vec![Some(e.clone()), None];
+    let mut buf = Vec::new();
+    encode_ok(&mut buf, 1, &Body::Entries(&list));
+    let got: EntriesBody = rmp_serde::from_slice(body_of(&buf)).unwrap();
+    assert_eq!(got.entries, list);
+
+    let mut buf = Vec::new();
+    encode_ok(&mut buf, 1, &Body::Revision(u64::MAX));
+    let got: RevisionBody = rmp_serde::from_slice(body_of(&buf)).unwrap();
+    assert_eq!(got.revision, u64::MAX);
+
+    let keys = vec!["a".to_string(), "b".to_string()];
+    let mut buf = Vec::new();
+    encode_ok(&mut buf, 1, &Body::Keys(&keys));
+    let got: KeysBody = rmp_serde::from_slice(body_of(&buf)).unwrap();
+    assert_eq!(got.keys, keys);
+
+    let status = vec![BucketStatus {
+        bucket: "b".to_string(),
+        synced: true,
+        connected: false,
+        keys: 2,
+        bytes: 30,
+        revision: 9,
+    }];
+    let mut buf = Vec::new();
+    encode_ok(&mut buf, 1, &Body::Status(&status));
+    let got: StatusBody = rmp_serde::from_slice(body_of(&buf)).unwrap();
+    assert_eq!(got.buckets, status);
+
+    let mut buf = Vec::new();
+    encode_error(&mut buf, 5, &Error::wrong_revision("k", 1, 2));
+    let head: Head = rmp_serde::from_slice(body_of(&buf)).unwrap();
+    assert_eq!((head.id, head.ok), (5, Some(false)));
+    let error = head.error.unwrap();
+    assert_eq!(
+        (error.code, error.current_revision),
+        (ErrorCode::WrongRevision, Some(2))
+    );
+
+    let mut buf = Vec::new();
+    encode_watch(&mut buf, 8, WatchMessage::Event(&e));
+    let push: WatchPush = rmp_serde::from_slice(body_of(&buf)).unwrap();
+    assert_eq!(push.event, Some(e));
+    let mut buf = Vec::new();
+    encode_watch(&mut buf, 8, WatchMessage::Synced);
+    let push: WatchPush = rmp_serde::from_slice(body_of(&buf)).unwrap();
+    assert!(push.synced && !push.end);
+    let mut buf = Vec::new();
+    let slow = Error::new(ErrorCode::SlowConsumer, "behind");
+    encode_watch(&mut buf, 8, WatchMessage::End(Some(&slow)));
+    let push: WatchPush = rmp_serde::from_slice(body_of(&buf)).unwrap();
+    assert!(push.end);
+    assert_eq!(push.error.unwrap().code, ErrorCode::SlowConsumer);
+}
+
+/// The hex test vectors in docs/PROTOCOL.md, produced by the encoders and checked against the doc.
+fn vectors() -> Vec<(&'static str, Vec<u8>)> {
+    let e = entry();
+    let mut out = Vec::new();
+    let mut add = |name: &'static str, f: &dyn Fn(&mut Vec<u8>)| {
+        let mut buf = Vec::new();
+        f(&mut buf);
+        out.push((name, buf));
+    };
+    add("ping request", &|b| encode(1, &Request::Ping, b));
+    add("ping response", &|b| encode_ok(b, 1, &Body::Empty));
+    add("get request", &|b| {
+        encode(
+            2,
+            &Request::Get {
+                bucket: "shop_orders",
+                key: "order-1",
+                read: ReadOptions::default(),
+            },
+            b,
+        )
+    });
+    add("get response", &|b| encode_ok(b, 2, &Body::Entry(Some(&e))));
+    add("get response, key absent", &|b| {
+        encode_ok(b, 2, &Body::Entry(None))
+    });
+    add("put request with expect_revision", &|b| {
+        encode(
+            3,
+            &Request::Put {
+                bucket: "shop_orders",
+                key: "order-1",
+                value: b"{\"id\":1}",
+                write: WriteOptions {
+                    expect_revision: Some(0),
+                    timeout_ms: None,
+                },
+            },
+            b,
+        )
+    });
+    add("put response", &|b| encode_ok(b, 3, &Body::Revision(3)));
+    add("wrong_revision error", &|b| {
+        let error = Error::new(ErrorCode::WrongRevision, "conflict");
+        encode_error(
+            b,
+            3,
+            &Error {
+                current_revision: Some(3),
+                ..error
+            },
+        )
+    });
+    add("watch event", &|b| {
+        encode_watch(b, 4, WatchMessage::Event(&e))
+    });
+    add("watch synced", &|b| {
+        encode_watch(b, 4, WatchMessage::Synced)
+    });
+    add("watch end", &|b| {
+        encode_watch(b, 4, WatchMessage::End(None))
+    });
+    out
+}
+
+#[test]
+fn the_protocol_doc_holds_the_current_test_vectors() {
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/PROTOCOL.md")).unwrap();
+    let doc: String = doc.split_whitespace().collect::<Vec<_>>().join(" ");
+    for (name, bytes) in vectors() {
+        let hex = bytes
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(
+            doc.contains(&hex),
+            "docs/PROTOCOL.md lacks the vector for {name}:\n{hex}\n(run `cargo test print_vectors -- --ignored --nocapture`)"
+        );
+    }
+}
+
+#[test]
+#[ignore = "prints the vectors for docs/PROTOCOL.md"]
+fn print_vectors() {
+    for (name, bytes) in vectors() {
+        println!("{name}:");
+        for chunk in bytes.chunks(16) {
+            println!(
+                "    {}",
+                chunk
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+        }
+    }
+}

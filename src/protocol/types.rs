@@ -1,0 +1,81 @@
+//! Values that travel in both directions: what an entry is, what a bucket's status is.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// What produced an entry. A mirror only holds `Put` entries; watches also see the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Operation {
+    Put,
+    Delete,
+    Purge,
+}
+
+impl Operation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Put => "put",
+            Operation::Delete => "delete",
+            Operation::Purge => "purge",
+        }
+    }
+}
+
+/// One key's value at one revision, as NATS KV stores it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub key: String,
+    pub value: Bytes,
+    /// The bucket stream's sequence number of the message that holds this value.
+    pub revision: u64,
+    /// When NATS stored the message, in nanoseconds since the Unix epoch.
+    pub created: i64,
+    pub operation: Operation,
+}
+
+/// How fresh a read must be.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Consistency {
+    /// Answer from the mirror at once.
+    #[default]
+    Cached,
+    /// Reflect every write NATS acknowledged before the request arrived.
+    Strong,
+}
+
+impl Consistency {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Consistency::Cached => "cached",
+            Consistency::Strong => "strong",
+        }
+    }
+}
+
+/// Freshness requirements of a `get` or `mget`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadOptions {
+    /// Wait until the mirror has applied at least this revision.
+    pub min_revision: Option<u64>,
+    pub consistency: Consistency,
+    /// How long to wait for `min_revision` or a strong read; the server's default when `None`.
+    pub timeout_ms: Option<u64>,
+}
+
+/// A mirror's state, as `status` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BucketStatus {
+    pub bucket: String,
+    /// The initial snapshot has been applied; reads are served.
+    pub synced: bool,
+    /// The sidecar's NATS connection is up.
+    pub connected: bool,
+    /// Live keys in the mirror.
+    pub keys: u64,
+    /// Bytes of keys and values in the mirror.
+    pub bytes: u64,
+    /// The highest revision the mirror has applied.
+    pub revision: u64,
+}

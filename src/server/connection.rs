@@ -1,0 +1,230 @@
+//! One client connection: a reader that parses frames and answers or dispatches them, a writer
+//! that coalesces responses into as few socket writes as possible, and the connection's watches.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::io::AsyncWriteExt;
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::net::UnixStream;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::dispatch::{self, Route};
+use crate::cache::{Cache, WatchItem};
+use crate::error::{Error, ErrorCode};
+use crate::protocol::frame::{FrameError, FrameReader};
+use crate::protocol::request::{self, Request};
+use crate::protocol::response::{encode_error, encode_ok, encode_watch, Body, WatchMessage};
+
+/// Response batches queued for the writer before the reader (and watches) must wait: this bounds
+/// a connection's memory when its client stops reading.
+const OUTPUT_QUEUE: usize = 256;
+/// The writer sends at most this much in one write.
+const MAX_WRITE: usize = 256 * 1024;
+
+pub struct Connection {
+    cache: Arc<Cache>,
+    out: mpsc::Sender<Vec<u8>>,
+    watches: HashMap<u64, CancellationToken>,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl Connection {
+    pub async fn run(
+        stream: UnixStream,
+        cache: Arc<Cache>,
+        max_frame_size: u32,
+        shutdown: CancellationToken,
+    ) {
+        let (read_half, write_half) = stream.into_split();
+        let (out, rx) = mpsc::channel(OUTPUT_QUEUE);
+        let writer = tokio::spawn(write_loop(write_half, rx));
+        let mut connection = Connection {
+            cache,
+            out,
+            watches: HashMap::new(),
+            tasks: TaskTracker::new(),
+            shutdown,
+        };
+        let mut frames = FrameReader::new(read_half, max_frame_size);
+        let mut batch = Vec::new();
+        connection.read_loop(&mut frames, &mut batch).await;
+        if !batch.is_empty() {
+            let _ = connection.out.send(batch).await;
+        }
+        // Stop watches; let requests already started finish and send their answers.
+        for (_, watch) in connection.watches.drain() {
+            watch.cancel();
+        }
+        connection.tasks.close();
+        connection.tasks.wait().await;
+        drop(connection);
+        let _ = writer.await;
+    }
+
+    async fn read_loop<R: tokio::io::AsyncRead + Unpin>(
+        &mut self,
+        frames: &mut FrameReader<R>,
+        batch: &mut Vec<u8>,
+    ) {
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => return,
+                next = frames.next_frame() => next,
+            };
+            let frame = match next {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return,
+                Err(FrameError::TooLarge { len, max }) => {
+                    let error = Error::new(
+                        ErrorCode::FrameTooLarge,
+                        format!(
+                            "frame of {len} bytes exceeds the maximum frame size of {max} bytes; \
+                             the connection is closed"
+                        ),
+                    );
+                    encode_error(batch, 0, &error);
+                    return;
+                }
+                Err(err) => {
+                    tracing::debug!(error = %err, "connection closed");
+                    return;
+                }
+            };
+            self.handle(frame, batch);
+            // Answer a pipelined burst in one write: flush only when no whole frame is waiting.
+            if !frames.has_buffered_frame()
+                && !batch.is_empty()
+                && self.out.send(std::mem::take(batch)).await.is_err()
+            {
+                return;
+            }
+        }
+    }
+
+    fn handle(&mut self, frame: Bytes, batch: &mut Vec<u8>) {
+        let (id, request) = match request::parse(&frame) {
+            Ok(parsed) => parsed,
+            Err(err) => return encode_error(batch, err.id, &err.error),
+        };
+        match dispatch::route(&request) {
+            Route::Immediate => dispatch::immediate(&self.cache, id, &request, batch),
+            Route::Waiting => {
+                let cache = self.cache.clone();
+                let out = self.out.clone();
+                self.tasks.spawn(async move {
+                    let mut response = Vec::new();
+                    dispatch::waiting(&cache, &frame, &mut response).await;
+                    let _ = out.send(response).await;
+                });
+            }
+            Route::Watch => self.watch(id, &request, batch),
+        }
+    }
+
+    fn watch(&mut self, id: u64, request: &Request<'_>, batch: &mut Vec<u8>) {
+        self.watches.retain(|_, token| !token.is_cancelled());
+        match *request {
+            Request::Watch {
+                bucket,
+                filter,
+                initial,
+            } => {
+                if self.watches.contains_key(&id) {
+                    let error = Error::new(
+                        ErrorCode::BadRequest,
+                        format!(
+                            "watch id {id} is already in use on this connection; choose another id"
+                        ),
+                    );
+                    return encode_error(batch, id, &error);
+                }
+                let started = self
+                    .cache
+                    .bucket(bucket)
+                    .and_then(|b| b.watch(filter, initial));
+                let watch = match started {
+                    Ok(watch) => watch,
+                    Err(err) => return encode_error(batch, id, &err),
+                };
+                encode_ok(batch, id, &Body::Empty);
+                let token = self.shutdown.child_token();
+                self.watches.insert(id, token.clone());
+                self.tasks
+                    .spawn(run_watch(id, watch, self.out.clone(), token));
+            }
+            Request::Unwatch { watch } => match self.watches.remove(&watch) {
+                Some(token) => {
+                    token.cancel();
+                    encode_ok(batch, id, &Body::Empty);
+                }
+                None => encode_error(
+                    batch,
+                    id,
+                    &Error::new(
+                        ErrorCode::BadRequest,
+                        format!("no active watch with id {watch} on this connection"),
+                    ),
+                ),
+            },
+            _ => {}
+        }
+    }
+}
+
+/// Sends a watch's items until it is cancelled, falls behind, or the connection goes away.
+async fn run_watch(
+    id: u64,
+    mut watch: crate::cache::Watch,
+    out: mpsc::Sender<Vec<u8>>,
+    token: CancellationToken,
+) {
+    let end = loop {
+        let item = tokio::select! {
+            biased;
+            _ = token.cancelled() => break None,
+            item = watch.next() => item,
+        };
+        let mut frame = Vec::new();
+        match item {
+            Ok(WatchItem::Event(entry)) => {
+                encode_watch(&mut frame, id, WatchMessage::Event(&entry))
+            }
+            Ok(WatchItem::Synced) => encode_watch(&mut frame, id, WatchMessage::Synced),
+            Err(err) => break Some(err),
+        }
+        let sent = tokio::select! {
+            biased;
+            _ = token.cancelled() => break None,
+            sent = out.send(frame) => sent,
+        };
+        if sent.is_err() {
+            return;
+        }
+    };
+    token.cancel();
+    let mut frame = Vec::new();
+    encode_watch(&mut frame, id, WatchMessage::End(end.as_ref()));
+    let _ = out.send(frame).await;
+}
+
+async fn write_loop(mut socket: OwnedWriteHalf, mut rx: mpsc::Receiver<Vec<u8>>) {
+    while let Some(mut buf) = rx.recv().await {
+        while buf.len() < MAX_WRITE {
+            match rx.try_recv() {
+                Ok(more) => buf.extend_from_slice(&more),
+                Err(_) => break,
+            }
+        }
+        if let Err(err) = socket.write_all(&buf).await {
+            tracing::debug!(error = %err, "client stopped reading; dropping its responses");
+            return;
+        }
+    }
+    let _ = socket.shutdown().await;
+}

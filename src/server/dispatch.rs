@@ -1,0 +1,147 @@
+//! Executes one parsed request against the cache and encodes its response.
+//!
+//! Requests that can be answered from memory at once are answered inline by the connection's
+//! reader, so pipelined reads cost no task spawn; requests that wait (writes, `min_revision`,
+//! strong reads) run in their own task so they never hold up the requests behind them.
+
+use bytes::Bytes;
+
+use crate::cache::{Bucket, Cache};
+use crate::error::Result;
+use crate::protocol::request::{self, Request};
+use crate::protocol::response::{encode_error, encode_ok, Body};
+
+/// How the connection must run a request.
+pub enum Route {
+    /// Answer now, inline.
+    Immediate,
+    /// Spawn a task; it may wait on NATS or the mirror.
+    Waiting,
+    /// Start or stop a watch.
+    Watch,
+}
+
+pub fn route(request: &Request<'_>) -> Route {
+    match request {
+        Request::Get { read, .. } | Request::Mget { read, .. } if !Bucket::is_immediate(read) => {
+            Route::Waiting
+        }
+        Request::Put { .. } | Request::Delete { .. } | Request::Purge { .. } => Route::Waiting,
+        Request::Watch { .. } | Request::Unwatch { .. } => Route::Watch,
+        _ => Route::Immediate,
+    }
+}
+
+fn respond<T>(out: &mut Vec<u8>, id: u64, result: Result<T>, body: impl FnOnce(&T) -> Body<'_>) {
+    match result {
+        Ok(value) => encode_ok(out, id, &body(&value)),
+        Err(err) => encode_error(out, id, &err),
+    }
+}
+
+/// Answers a request routed `Immediate`.
+pub fn immediate(cache: &Cache, id: u64, request: &Request<'_>, out: &mut Vec<u8>) {
+    match request {
+        Request::Ping => encode_ok(out, id, &Body::Empty),
+        Request::Get { bucket, key, .. } => {
+            let result = cache.bucket(bucket).and_then(|b| b.get_cached(key));
+            respond(out, id, result, |entry| Body::Entry(entry.as_ref()));
+        }
+        Request::Mget { bucket, keys, .. } => {
+            let result = cache.bucket(bucket).and_then(|b| {
+                keys.iter()
+                    .map(|key| b.get_cached(key))
+                    .collect::<Result<Vec<_>>>()
+            });
+            respond(out, id, result, |entries| Body::Entries(entries));
+        }
+        Request::Keys { bucket, filter } => {
+            let result = cache.bucket(bucket).and_then(|b| b.keys(*filter));
+            respond(out, id, result, |keys| Body::Keys(keys));
+        }
+        Request::Status { bucket } => {
+            let result = match bucket {
+                Some(name) => cache.bucket(name).map(|b| vec![b.status()]),
+                None => Ok(cache.buckets().map(Bucket::status).collect()),
+            };
+            respond(out, id, result, |list| Body::Status(list));
+        }
+        // Routed elsewhere; answering them here would be a bug in `route`.
+        Request::Put { .. }
+        | Request::Delete { .. }
+        | Request::Purge { .. }
+        | Request::Watch { .. }
+        | Request::Unwatch { .. } => encode_error(
+            out,
+            id,
+            &crate::error::Error::new(
+                crate::error::ErrorCode::Internal,
+                format!("op `{}` was routed to the inline path", request.op()),
+            ),
+        ),
+    }
+}
+
+/// Answers a request routed `Waiting`. Takes the whole frame so that the task owns what the
+/// request borrows; the value of a put is handed to NATS as a slice of the frame, not a copy.
+pub async fn waiting(cache: &Cache, frame: &Bytes, out: &mut Vec<u8>) {
+    let (id, request) = match request::parse(frame) {
+        Ok(parsed) => parsed,
+        Err(err) => return encode_error(out, err.id, &err.error),
+    };
+    match request {
+        Request::Get { bucket, key, read } => {
+            let result = match cache.bucket(bucket) {
+                Ok(b) => b.get(key, read).await,
+                Err(err) => Err(err),
+            };
+            respond(out, id, result, |entry| Body::Entry(entry.as_ref()));
+        }
+        Request::Mget { bucket, keys, read } => {
+            let result = match cache.bucket(bucket) {
+                Ok(b) => b.mget(&keys, read).await,
+                Err(err) => Err(err),
+            };
+            respond(out, id, result, |entries| Body::Entries(entries));
+        }
+        Request::Put {
+            bucket,
+            key,
+            value,
+            write,
+        } => {
+            let result = match cache.bucket(bucket) {
+                Ok(b) => b.put(key, share(frame, value), write).await,
+                Err(err) => Err(err),
+            };
+            respond(out, id, result, |rev| Body::Revision(*rev));
+        }
+        Request::Delete { bucket, key, write } => {
+            let result = match cache.bucket(bucket) {
+                Ok(b) => b.delete(key, write).await,
+                Err(err) => Err(err),
+            };
+            respond(out, id, result, |rev| Body::Revision(*rev));
+        }
+        Request::Purge { bucket, key, write } => {
+            let result = match cache.bucket(bucket) {
+                Ok(b) => b.purge(key, write).await,
+                Err(err) => Err(err),
+            };
+            respond(out, id, result, |rev| Body::Revision(*rev));
+        }
+        other => immediate(cache, id, &other, out),
+    }
+}
+
+/// The part of `frame` that `part` points at, shared rather than copied; a copy if `part` is not
+/// inside `frame` (it always is when it was decoded from it).
+fn share(frame: &Bytes, part: &[u8]) -> Bytes {
+    let start = frame.as_ptr() as usize;
+    let at = part.as_ptr() as usize;
+    if part.is_empty() || at < start || at + part.len() > start + frame.len() {
+        Bytes::copy_from_slice(part)
+    } else {
+        frame.slice_ref(part)
+    }
+}

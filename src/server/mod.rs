@@ -1,0 +1,107 @@
+//! The Unix-socket server: binds the socket, accepts connections, and shuts down cleanly.
+
+mod connection;
+mod dispatch;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::net::UnixListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::cache::Cache;
+use crate::config::SocketConfig;
+
+use connection::Connection;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error(
+        "socket {0} is in use by a running process (another nearkv?); stop it or choose another --socket"
+    )]
+    InUse(PathBuf),
+    #[error("cannot create socket {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+pub struct Server {
+    listener: UnixListener,
+    path: PathBuf,
+    max_frame_size: u32,
+}
+
+impl Server {
+    /// Binds the socket with the configured mode. A socket file left by a crashed run (nobody
+    /// accepts on it) is replaced; one that a live process still serves is left alone.
+    pub async fn bind(config: &SocketConfig, mode: u32) -> Result<Server, BindError> {
+        let path = config.path.clone();
+        let io = |source| BindError::Io {
+            path: path.clone(),
+            source,
+        };
+        if path.exists() {
+            if tokio::net::UnixStream::connect(&path).await.is_ok() {
+                return Err(BindError::InUse(path));
+            }
+            std::fs::remove_file(&path).map_err(io)?;
+        }
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let listener = UnixListener::bind(&path).map_err(io)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).map_err(io)?;
+        Ok(Server {
+            listener,
+            path,
+            max_frame_size: config.max_frame_size,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Serves connections until `shutdown` is cancelled; then stops accepting, lets in-flight
+    /// requests finish, ends watches, and removes the socket file.
+    pub async fn run(self, cache: Arc<Cache>, shutdown: CancellationToken) {
+        let connections = TaskTracker::new();
+        let mut next_connection: u64 = 0;
+        loop {
+            let accepted = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                accepted = self.listener.accept() => accepted,
+            };
+            match accepted {
+                Ok((stream, _)) => {
+                    next_connection += 1;
+                    let span = tracing::debug_span!("connection", id = next_connection);
+                    connections.spawn(tracing::Instrument::instrument(
+                        Connection::run(
+                            stream,
+                            cache.clone(),
+                            self.max_frame_size,
+                            shutdown.clone(),
+                        ),
+                        span,
+                    ));
+                }
+                Err(err) => {
+                    // Out of file descriptors and the like: wait a little rather than spin.
+                    tracing::warn!(error = %err, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+        drop(self.listener);
+        if let Err(err) = std::fs::remove_file(&self.path) {
+            tracing::warn!(error = %err, path = %self.path.display(), "cannot remove socket file");
+        }
+        connections.close();
+        connections.wait().await;
+    }
+}
