@@ -207,6 +207,14 @@ fn owned<T: DeserializeOwned>(frame: &[u8]) -> Option<T> {
 
 /// Parses a request frame's body (the bytes after the length prefix).
 pub fn parse(frame: &[u8]) -> Result<(u64, Request<'_>), ParseError> {
+    // rmp-serde would also accept a struct encoded as an array; the protocol allows maps only.
+    let is_map = matches!(frame.first(), Some(0x80..=0x8f | 0xde | 0xdf));
+    if !is_map {
+        return Err(bad_request(
+            0,
+            "a request must be a MessagePack map with string keys, such as {\"id\": 1, \"op\": \"ping\"}".to_string(),
+        ));
+    }
     let header: Header = match rmp_serde::from_slice(frame) {
         Ok(header) => header,
         Err(err) => {

@@ -53,8 +53,22 @@ impl Server {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
-        let listener = UnixListener::bind(&path).map_err(io)?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).map_err(io)?;
+        // Bind under a temporary name, set the mode, then rename: the socket never appears at its
+        // path with the umask's wider permissions, not even for a moment.
+        let staging = path.with_file_name(format!(
+            ".{}.{}",
+            path.file_name()
+                .map_or("nearkv.sock".into(), |n| n.to_string_lossy()),
+            std::process::id()
+        ));
+        let _ = std::fs::remove_file(&staging);
+        let listener = UnixListener::bind(&staging).map_err(io)?;
+        let placed = std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(mode))
+            .and_then(|()| std::fs::rename(&staging, &path));
+        if let Err(err) = placed {
+            let _ = std::fs::remove_file(&staging);
+            return Err(io(err));
+        }
         Ok(Server {
             listener,
             path,

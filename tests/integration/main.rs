@@ -1,0 +1,11 @@
+//! Integration tests: nearkv against real nats-server processes on loopback.
+//! Run them with ./scripts/test.sh, which installs nats-server and nats-py first.
+
+mod harness;
+
+mod cli;
+mod consistency;
+mod interop;
+mod ops;
+mod outage;
+mod raw_socket;
