@@ -9,3 +9,4 @@ ensure_nats_py
 export NEARKV_NATS_SERVER="$NATS_SERVER"
 export NEARKV_PYTHONPATH
 cargo test --locked "$@"
+./scripts/check-deploy.sh

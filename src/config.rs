@@ -35,6 +35,8 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError 
 pub struct Config {
     pub nats: NatsConfig,
     pub socket: SocketConfig,
+    pub http: HttpConfig,
+    pub log: LogConfig,
     pub buckets: Vec<BucketConfig>,
 }
 
@@ -109,6 +111,68 @@ impl SocketConfig {
                     format!("{:?} is not an octal file mode such as \"0660\"", self.mode),
                 )
             })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address of the /metrics, /healthz and /readyz endpoint; "" turns it off.
+    pub listen: String,
+}
+
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:9464";
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: DEFAULT_HTTP_LISTEN.to_string(),
+        }
+    }
+}
+
+impl HttpConfig {
+    /// The address to listen on, or `None` when the endpoint is off.
+    pub fn address(&self) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+        if self.listen.is_empty() {
+            return Ok(None);
+        }
+        self.listen.parse().map(Some).map_err(|_| {
+            invalid(
+                "http.listen",
+                format!(
+                    "{:?} is not an address such as \"127.0.0.1:9464\" or \"0.0.0.0:9464\"",
+                    self.listen
+                ),
+            )
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter such as "info" or "nearkv=debug"; RUST_LOG takes precedence.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".to_string(),
+            format: LogFormat::Text,
+        }
     }
 }
 
@@ -191,6 +255,7 @@ impl Config {
             return Err(invalid("nats.user", "user and password go together"));
         }
         self.socket.mode_bits()?;
+        self.http.address()?;
         if self.socket.max_frame_size < 1024 {
             return Err(invalid(
                 "socket.max_frame_size",
@@ -280,6 +345,9 @@ mod tests {
             example.socket.request_timeout,
             defaults.socket.request_timeout
         );
+        assert_eq!(example.http.listen, defaults.http.listen);
+        assert_eq!(example.log.level, defaults.log.level);
+        assert_eq!(example.log.format, defaults.log.format);
         let bucket = &example.buckets[0];
         let default_bucket = BucketConfig::default();
         assert_eq!(bucket.filter, default_bucket.filter);

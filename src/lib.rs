@@ -10,7 +10,9 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod http;
 pub mod keys;
+pub mod metrics;
 pub mod nats;
 pub mod protocol;
 pub mod server;
@@ -31,6 +33,11 @@ pub enum ServeError {
     Bind(#[from] server::BindError),
     #[error(transparent)]
     Connect(#[from] nats::ConnectError),
+    #[error("cannot listen on http.listen {address}: {source}")]
+    Http {
+        address: std::net::SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// Runs the sidecar until `shutdown` is cancelled: binds the socket, connects to NATS, mirrors
@@ -38,23 +45,47 @@ pub enum ServeError {
 pub async fn serve(config: config::Config, shutdown: CancellationToken) -> Result<(), ServeError> {
     config.validate()?;
     let mode = config.socket.mode_bits()?;
+    let http_listener = match config.http.address()? {
+        Some(address) => Some(
+            tokio::net::TcpListener::bind(address)
+                .await
+                .map_err(|source| ServeError::Http { address, source })?,
+        ),
+        None => None,
+    };
     let server = server::Server::bind(&config.socket, mode).await?;
-    let client = nats::connect(&config.nats).await?;
-    let cache = Cache::start(
+    let metrics = metrics::Metrics::new();
+    let client = nats::connect(&config.nats, Some(metrics.nats_reconnects.clone())).await?;
+    let cache = Arc::new(Cache::start(
         client,
         config.buckets.clone(),
         config.nats.request_timeout,
         config.socket.request_timeout,
-    );
+    ));
+    metrics.watch_cache(cache.clone());
+    let http = http_listener.map(|listener| {
+        tracing::info!(address = %config.http.listen, "HTTP endpoint: /metrics /healthz /readyz");
+        tokio::spawn(http::serve(
+            listener,
+            cache.clone(),
+            metrics.clone(),
+            server.path().to_path_buf(),
+            shutdown.clone(),
+        ))
+    });
     tracing::info!(
         socket = %server.path().display(),
         buckets = ?config.buckets.iter().map(|b| b.name.as_str()).collect::<Vec<_>>(),
         "nearkv serving"
     );
-    let cache = Arc::new(cache);
-    server.run(cache.clone(), shutdown).await;
-    if let Ok(cache) = Arc::try_unwrap(cache) {
-        cache.shutdown().await;
+    let ctx = Arc::new(server::Context {
+        cache: cache.clone(),
+        metrics,
+    });
+    server.run(ctx, shutdown).await;
+    cache.shutdown().await;
+    if let Some(http) = http {
+        let _ = http.await;
     }
     tracing::info!("nearkv stopped");
     Ok(())

@@ -1,5 +1,8 @@
 //! The NATS side: connecting with the configured credentials, and opening (or creating) buckets.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use async_nats::jetstream::{self, kv, stream::StorageType};
 use async_nats::{ConnectOptions, Event};
 
@@ -7,7 +10,13 @@ use crate::config::{BucketConfig, NatsConfig, Storage};
 
 /// Connects to NATS. The connection is established in the background and re-established forever
 /// after a loss, so the sidecar can start before NATS and outlive an outage.
-pub async fn connect(config: &NatsConfig) -> Result<async_nats::Client, ConnectError> {
+///
+/// `reconnects` counts every connection after the first.
+pub async fn connect(
+    config: &NatsConfig,
+    reconnects: Option<prometheus::IntCounter>,
+) -> Result<async_nats::Client, ConnectError> {
+    let connected_before = Arc::new(AtomicBool::new(false));
     let mut options = match &config.credentials_file {
         Some(path) => ConnectOptions::with_credentials_file(path)
             .await
@@ -28,11 +37,24 @@ pub async fn connect(config: &NatsConfig) -> Result<async_nats::Client, ConnectE
         .request_timeout(Some(config.request_timeout))
         .retry_on_initial_connect()
         .max_reconnects(None)
-        .event_callback(|event| async move {
-            match event {
-                Event::Connected => tracing::info!("connected to NATS"),
-                Event::Disconnected => tracing::warn!("disconnected from NATS; reconnecting"),
-                other => tracing::warn!(event = %other, "NATS connection event"),
+        .event_callback(move |event| {
+            let connected_before = connected_before.clone();
+            let reconnects = reconnects.clone();
+            async move {
+                match event {
+                    Event::Connected => {
+                        if connected_before.swap(true, Ordering::Relaxed) {
+                            if let Some(counter) = &reconnects {
+                                counter.inc();
+                            }
+                            tracing::info!("reconnected to NATS");
+                        } else {
+                            tracing::info!("connected to NATS");
+                        }
+                    }
+                    Event::Disconnected => tracing::warn!("disconnected from NATS; reconnecting"),
+                    other => tracing::warn!(event = %other, "NATS connection event"),
+                }
             }
         });
     async_nats::connect_with_options(config.servers.join(","), options)

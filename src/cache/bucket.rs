@@ -1,6 +1,7 @@
 //! One mirrored bucket: a cheap cloneable handle that serves reads from the mirror and sends
 //! writes to NATS, and the actor task that owns the bucket's KV watcher and feeds the mirror.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -37,6 +38,9 @@ struct Shared {
     /// Why the bucket is not (yet) serving, for `not_ready` answers.
     problem: Mutex<Option<String>>,
     default_timeout: Duration,
+    /// The stream's latest revision as last learned from NATS.
+    server_revision: AtomicU64,
+    watcher_restarts: AtomicU64,
 }
 
 impl Bucket {
@@ -56,6 +60,8 @@ impl Bucket {
             store: OnceLock::new(),
             problem: Mutex::new(Some("the bucket is being opened".to_string())),
             default_timeout,
+            server_revision: AtomicU64::new(0),
+            watcher_restarts: AtomicU64::new(0),
         });
         let actor = Actor {
             shared: shared.clone(),
@@ -211,6 +217,12 @@ impl Bucket {
 
     pub fn status(&self) -> BucketStatus {
         let mirror = &self.shared.mirror;
+        let revision = mirror.applied();
+        let server_revision = self
+            .shared
+            .server_revision
+            .load(Ordering::Relaxed)
+            .max(revision);
         BucketStatus {
             bucket: self.shared.config.name.clone(),
             synced: mirror.is_synced(),
@@ -218,8 +230,30 @@ impl Bucket {
                 == async_nats::connection::State::Connected,
             keys: mirror.len() as u64,
             bytes: mirror.bytes(),
-            revision: mirror.applied(),
+            revision,
+            server_revision,
+            lag: server_revision - revision,
+            last_update: mirror.last_update(),
         }
+    }
+
+    /// Whether the bucket should receive traffic: synced, and connected to NATS.
+    pub fn readiness(&self) -> Result<(), String> {
+        if !self.shared.mirror.is_synced() {
+            return Err(self.not_ready().message);
+        }
+        if self.shared.client.connection_state() != async_nats::connection::State::Connected {
+            return Err(
+                "the NATS connection is down; reads are served from the last known state"
+                    .to_string(),
+            );
+        }
+        Ok(())
+    }
+
+    /// Times the bucket's KV watcher was recreated after a loss.
+    pub fn watcher_restarts(&self) -> u64 {
+        self.shared.watcher_restarts.load(Ordering::Relaxed)
     }
 
     /// Waits until the initial snapshot is applied, for embedders that want to start serving only then.
@@ -356,6 +390,9 @@ enum WatchEnd {
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How often an initial sync logs its progress, and how often the stream's revision is polled.
+const SYNC_PROGRESS_EVERY: Duration = Duration::from_secs(2);
+const STREAM_POLL_EVERY: Duration = Duration::from_secs(5);
 /// Errors in a row after which a watcher is recreated instead of left to recover by itself.
 const WATCHER_ERROR_LIMIT: u32 = 3;
 
@@ -399,11 +436,17 @@ impl Actor {
         };
         let _ = self.shared.store.set(store.clone());
         self.set_problem(None);
+        tokio::spawn(poll_stream_revision(
+            self.shared.clone(),
+            store.stream.clone(),
+            self.shutdown.clone(),
+        ));
         attempt = 0;
         loop {
             match self.watch(&store).await {
                 WatchEnd::Shutdown => return,
                 WatchEnd::Lost(reason) => {
+                    self.shared.watcher_restarts.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(
                         %reason,
                         applied = self.shared.mirror.applied(),
@@ -438,6 +481,7 @@ impl Actor {
             },
         };
         let mut errors = 0;
+        let mut progress_logged = tokio::time::Instant::now();
         loop {
             let item = tokio::select! {
                 _ = self.shutdown.cancelled() => return WatchEnd::Shutdown,
@@ -473,6 +517,15 @@ impl Actor {
                     kv::Operation::Purge => Operation::Purge,
                 },
             });
+            if !mirror.is_synced() && progress_logged.elapsed() >= SYNC_PROGRESS_EVERY {
+                progress_logged = tokio::time::Instant::now();
+                tracing::info!(
+                    keys_loaded = mirror.len(),
+                    revision,
+                    target_revision = self.sync_target.unwrap_or(0),
+                    "initial sync in progress"
+                );
+            }
             if !mirror.is_synced() {
                 if let Some(target) = self.sync_target {
                     if revision >= target || (filtered && seen_current) {
@@ -501,7 +554,9 @@ async fn create_watcher(
     let mirror = &shared.mirror;
     let mut target = None;
     if mirror.applied() == 0 && !mirror.is_synced() {
-        target = Some(initial_sync_target(mirror, store, filter).await?);
+        let last = initial_sync_target(mirror, store, filter).await?;
+        shared.server_revision.fetch_max(last, Ordering::Relaxed);
+        target = Some(last);
         if !mirror.is_synced() {
             let watcher = store
                 .watch_with_history(filter)
@@ -546,4 +601,25 @@ async fn initial_sync_target(
         tracing::info!(revision = last, "mirror synced (no keys)");
     }
     Ok(last)
+}
+
+/// Keeps the bucket's `server_revision` current, so lag can be reported even when no update
+/// reaches the watcher. Stops on shutdown; failures (NATS away) are simply retried next time.
+async fn poll_stream_revision(
+    shared: Arc<Shared>,
+    stream: jetstream::stream::Stream,
+    shutdown: CancellationToken,
+) {
+    let mut ticks = tokio::time::interval(STREAM_POLL_EVERY);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        if let Ok(info) = stream.get_info().await {
+            shared
+                .server_revision
+                .fetch_max(info.state.last_sequence, Ordering::Relaxed);
+        }
+    }
 }

@@ -7,7 +7,7 @@
 //! subscribes to the broadcast and then reads `applied` therefore finds every revision up to
 //! `applied` in the map and receives every later one as an event (see `watch.rs`).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +31,7 @@ pub struct Mirror {
     applied: AtomicU64,
     synced: AtomicBool,
     bytes: AtomicU64,
+    last_update: AtomicI64,
     revision_tx: watch::Sender<u64>,
     events: broadcast::Sender<Arc<Entry>>,
 }
@@ -42,6 +43,7 @@ impl Mirror {
             applied: AtomicU64::new(0),
             synced: AtomicBool::new(false),
             bytes: AtomicU64::new(0),
+            last_update: AtomicI64::new(0),
             revision_tx: watch::Sender::new(0),
             events: broadcast::Sender::new(event_buffer),
         }
@@ -104,6 +106,11 @@ impl Mirror {
         self.bytes.load(Ordering::Relaxed)
     }
 
+    /// When NATS stored the last update applied, in Unix nanoseconds; 0 if none.
+    pub fn last_update(&self) -> i64 {
+        self.last_update.load(Ordering::Relaxed)
+    }
+
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Entry>> {
         self.events.subscribe()
     }
@@ -137,6 +144,7 @@ impl Mirror {
                 }
             }
         }
+        self.last_update.store(entry.created, Ordering::Relaxed);
         self.advance(entry.revision);
         // No receivers is normal: nobody is watching.
         let _ = self.events.send(Arc::new(entry));

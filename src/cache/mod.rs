@@ -35,7 +35,7 @@ pub struct Cache {
     order: Vec<String>,
     client: async_nats::Client,
     shutdown: CancellationToken,
-    actors: Vec<tokio::task::JoinHandle<()>>,
+    actors: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Cache {
@@ -45,7 +45,7 @@ impl Cache {
         nats: &NatsConfig,
         buckets: Vec<BucketConfig>,
     ) -> Result<Cache, ConnectError> {
-        let client = connect(nats).await?;
+        let client = connect(nats, None).await?;
         Ok(Cache::start(
             client,
             buckets,
@@ -86,7 +86,7 @@ impl Cache {
             order,
             client,
             shutdown,
-            actors,
+            actors: std::sync::Mutex::new(actors),
         }
     }
 
@@ -106,9 +106,14 @@ impl Cache {
     }
 
     /// Stops every bucket actor and waits for them to finish.
-    pub async fn shutdown(mut self) {
+    pub async fn shutdown(&self) {
         self.shutdown.cancel();
-        for actor in self.actors.drain(..) {
+        let actors: Vec<_> = self
+            .actors
+            .lock()
+            .map(|mut actors| actors.drain(..).collect())
+            .unwrap_or_default();
+        for actor in actors {
             let _ = actor.await;
         }
     }

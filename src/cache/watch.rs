@@ -33,6 +33,7 @@ pub struct Watch {
     from: u64,
     filter: Option<String>,
     synced_pending: bool,
+    missed: u64,
 }
 
 impl Watch {
@@ -59,7 +60,13 @@ impl Watch {
             from,
             filter,
             synced_pending: initial,
+            missed: 0,
         }
+    }
+
+    /// Updates this watch missed because it fell behind (it then ends with `slow_consumer`).
+    pub fn missed(&self) -> u64 {
+        self.missed
     }
 
     /// The next item; `Err(slow_consumer)` when the watch fell too far behind to go on.
@@ -75,13 +82,14 @@ impl Watch {
             let entry = match self.events.recv().await {
                 Ok(entry) => entry,
                 Err(RecvError::Lagged(missed)) => {
+                    self.missed += missed;
                     return Err(Error::new(
                         ErrorCode::SlowConsumer,
                         format!(
                             "the watch fell {missed} updates behind and was ended; read faster, or \
                              watch again to resume from a fresh snapshot"
                         ),
-                    ))
+                    ));
                 }
                 Err(RecvError::Closed) => {
                     return Err(Error::new(

@@ -64,6 +64,21 @@ pub struct WriteOptions {
 }
 
 impl Request<'_> {
+    /// The bucket the request names, if any.
+    pub fn bucket(&self) -> Option<&str> {
+        match self {
+            Request::Get { bucket, .. }
+            | Request::Mget { bucket, .. }
+            | Request::Put { bucket, .. }
+            | Request::Delete { bucket, .. }
+            | Request::Purge { bucket, .. }
+            | Request::Keys { bucket, .. }
+            | Request::Watch { bucket, .. } => Some(bucket),
+            Request::Status { bucket } => *bucket,
+            Request::Ping | Request::Unwatch { .. } => None,
+        }
+    }
+
     pub fn op(&self) -> &'static str {
         match self {
             Request::Ping => "ping",

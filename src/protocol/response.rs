@@ -73,7 +73,7 @@ pub fn encode_ok(buf: &mut Vec<u8>, id: u64, body: &Body<'_>) {
         Body::Status(list) => {
             w.str("buckets").array(list.len() as u32);
             for s in list.iter() {
-                w.map(6)
+                w.map(9)
                     .str("bucket")
                     .str(&s.bucket)
                     .str("synced")
@@ -85,7 +85,13 @@ pub fn encode_ok(buf: &mut Vec<u8>, id: u64, body: &Body<'_>) {
                     .str("bytes")
                     .uint(s.bytes)
                     .str("revision")
-                    .uint(s.revision);
+                    .uint(s.revision)
+                    .str("server_revision")
+                    .uint(s.server_revision)
+                    .str("lag")
+                    .uint(s.lag)
+                    .str("last_update")
+                    .int(s.last_update);
             }
         }
     }

@@ -212,6 +212,9 @@ fn every_response_decodes_as_the_client_reads_it() {
         keys: 2,
         bytes: 30,
         revision: 9,
+        server_revision: 11,
+        lag: 2,
+        last_update: 1_700_000_000_000_000_000,
     }];
     let mut buf = Vec::new();
     encode_ok(&mut buf, 1, &Body::Status(&status));

@@ -78,4 +78,10 @@ pub struct BucketStatus {
     pub bytes: u64,
     /// The highest revision the mirror has applied.
     pub revision: u64,
+    /// The bucket stream's latest revision, as last learned from NATS (polled every few seconds).
+    pub server_revision: u64,
+    /// `server_revision - revision`, 0 when the mirror is current.
+    pub lag: u64,
+    /// When the last update the mirror applied was stored by NATS, in Unix nanoseconds; 0 if none.
+    pub last_update: i64,
 }

@@ -12,8 +12,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::dispatch::{self, Route};
-use crate::cache::{Cache, WatchItem};
+use super::dispatch::{self, Context, Route};
+use crate::cache::WatchItem;
 use crate::error::{Error, ErrorCode};
 use crate::protocol::frame::{FrameError, FrameReader};
 use crate::protocol::request::{self, Request};
@@ -26,7 +26,7 @@ const OUTPUT_QUEUE: usize = 256;
 const MAX_WRITE: usize = 256 * 1024;
 
 pub struct Connection {
-    cache: Arc<Cache>,
+    ctx: Arc<Context>,
     out: mpsc::Sender<Vec<u8>>,
     watches: HashMap<u64, CancellationToken>,
     tasks: TaskTracker,
@@ -36,15 +36,16 @@ pub struct Connection {
 impl Connection {
     pub async fn run(
         stream: UnixStream,
-        cache: Arc<Cache>,
+        ctx: Arc<Context>,
         max_frame_size: u32,
         shutdown: CancellationToken,
     ) {
+        ctx.metrics.connections.inc();
         let (read_half, write_half) = stream.into_split();
         let (out, rx) = mpsc::channel(OUTPUT_QUEUE);
         let writer = tokio::spawn(write_loop(write_half, rx));
         let mut connection = Connection {
-            cache,
+            ctx: ctx.clone(),
             out,
             watches: HashMap::new(),
             tasks: TaskTracker::new(),
@@ -64,6 +65,7 @@ impl Connection {
         connection.tasks.wait().await;
         drop(connection);
         let _ = writer.await;
+        ctx.metrics.connections.dec();
     }
 
     async fn read_loop<R: tokio::io::AsyncRead + Unpin>(
@@ -108,27 +110,57 @@ impl Connection {
     }
 
     fn handle(&mut self, frame: Bytes, batch: &mut Vec<u8>) {
+        let started = std::time::Instant::now();
         let (id, request) = match request::parse(&frame) {
             Ok(parsed) => parsed,
-            Err(err) => return encode_error(batch, err.id, &err.error),
+            Err(err) => {
+                encode_error(batch, err.id, &err.error);
+                self.ctx.metrics.request(
+                    "",
+                    "invalid",
+                    started.elapsed().as_secs_f64(),
+                    Some(err.error.code),
+                );
+                return;
+            }
         };
+        let op = request.op();
         match dispatch::route(&request) {
-            Route::Immediate => dispatch::immediate(&self.cache, id, &request, batch),
+            Route::Immediate => {
+                let error = dispatch::immediate(&self.ctx, id, &request, batch);
+                let bucket = self.ctx.bucket_label(&request);
+                self.ctx
+                    .metrics
+                    .request(bucket, op, started.elapsed().as_secs_f64(), error);
+            }
             Route::Waiting => {
-                let cache = self.cache.clone();
+                let ctx = self.ctx.clone();
+                let bucket = ctx.bucket_label(&request).to_string();
                 let out = self.out.clone();
                 self.tasks.spawn(async move {
                     let mut response = Vec::new();
-                    dispatch::waiting(&cache, &frame, &mut response).await;
+                    let error = dispatch::waiting(&ctx, &frame, &mut response).await;
+                    ctx.metrics
+                        .request(&bucket, op, started.elapsed().as_secs_f64(), error);
                     let _ = out.send(response).await;
                 });
             }
-            Route::Watch => self.watch(id, &request, batch),
+            Route::Watch => {
+                let error = self.watch(id, &request, batch);
+                let bucket = self.ctx.bucket_label(&request);
+                self.ctx
+                    .metrics
+                    .request(bucket, op, started.elapsed().as_secs_f64(), error);
+            }
         }
     }
 
-    fn watch(&mut self, id: u64, request: &Request<'_>, batch: &mut Vec<u8>) {
+    fn watch(&mut self, id: u64, request: &Request<'_>, batch: &mut Vec<u8>) -> Option<ErrorCode> {
         self.watches.retain(|_, token| !token.is_cancelled());
+        let fail = |batch: &mut Vec<u8>, error: Error| {
+            encode_error(batch, id, &error);
+            Some(error.code)
+        };
         match *request {
             Request::Watch {
                 bucket,
@@ -142,37 +174,46 @@ impl Connection {
                             "watch id {id} is already in use on this connection; choose another id"
                         ),
                     );
-                    return encode_error(batch, id, &error);
+                    return fail(batch, error);
                 }
                 let started = self
+                    .ctx
                     .cache
                     .bucket(bucket)
                     .and_then(|b| b.watch(filter, initial));
                 let watch = match started {
                     Ok(watch) => watch,
-                    Err(err) => return encode_error(batch, id, &err),
+                    Err(err) => return fail(batch, err),
                 };
                 encode_ok(batch, id, &Body::Empty);
                 let token = self.shutdown.child_token();
                 self.watches.insert(id, token.clone());
-                self.tasks
-                    .spawn(run_watch(id, watch, self.out.clone(), token));
+                let task = run_watch(
+                    id,
+                    watch,
+                    self.out.clone(),
+                    token,
+                    self.ctx.clone(),
+                    bucket.to_string(),
+                );
+                self.tasks.spawn(task);
+                None
             }
             Request::Unwatch { watch } => match self.watches.remove(&watch) {
                 Some(token) => {
                     token.cancel();
                     encode_ok(batch, id, &Body::Empty);
+                    None
                 }
-                None => encode_error(
+                None => fail(
                     batch,
-                    id,
-                    &Error::new(
+                    Error::new(
                         ErrorCode::BadRequest,
                         format!("no active watch with id {watch} on this connection"),
                     ),
                 ),
             },
-            _ => {}
+            _ => None,
         }
     }
 }
@@ -183,7 +224,12 @@ async fn run_watch(
     mut watch: crate::cache::Watch,
     out: mpsc::Sender<Vec<u8>>,
     token: CancellationToken,
+    ctx: Arc<Context>,
+    bucket: String,
 ) {
+    let metrics = &ctx.metrics;
+    metrics.watches.inc();
+    let delivered = metrics.watch_delivered(&bucket);
     let end = loop {
         let item = tokio::select! {
             biased;
@@ -204,9 +250,13 @@ async fn run_watch(
             sent = out.send(frame) => sent,
         };
         if sent.is_err() {
+            metrics.watches.dec();
             return;
         }
+        delivered.inc();
     };
+    metrics.watches.dec();
+    metrics.watch_dropped(&bucket, watch.missed());
     token.cancel();
     let mut frame = Vec::new();
     encode_watch(&mut frame, id, WatchMessage::End(end.as_ref()));

@@ -7,7 +7,8 @@
 use bytes::Bytes;
 
 use crate::cache::{Bucket, Cache};
-use crate::error::Result;
+use crate::error::{ErrorCode, Result};
+use crate::metrics::Metrics;
 use crate::protocol::request::{self, Request};
 use crate::protocol::response::{encode_error, encode_ok, Body};
 
@@ -32,20 +33,77 @@ pub fn route(request: &Request<'_>) -> Route {
     }
 }
 
-fn respond<T>(out: &mut Vec<u8>, id: u64, result: Result<T>, body: impl FnOnce(&T) -> Body<'_>) {
-    match result {
-        Ok(value) => encode_ok(out, id, &body(&value)),
-        Err(err) => encode_error(out, id, &err),
+/// What the server shares with every connection.
+pub struct Context {
+    pub cache: std::sync::Arc<Cache>,
+    pub metrics: std::sync::Arc<Metrics>,
+}
+
+impl Context {
+    /// The `bucket` label for a request: its bucket when configured, else "" so that clients
+    /// cannot create label values at will.
+    pub fn bucket_label(&self, request: &Request<'_>) -> &str {
+        match request.bucket() {
+            Some(name) => self.cache.bucket(name).map_or("", Bucket::name),
+            None => "",
+        }
     }
 }
 
-/// Answers a request routed `Immediate`.
-pub fn immediate(cache: &Cache, id: u64, request: &Request<'_>, out: &mut Vec<u8>) {
+/// Encodes the result; returns its error code, if it failed.
+fn respond<T>(
+    out: &mut Vec<u8>,
+    id: u64,
+    result: Result<T>,
+    body: impl FnOnce(&T) -> Body<'_>,
+) -> Option<ErrorCode> {
+    match result {
+        Ok(value) => {
+            encode_ok(out, id, &body(&value));
+            None
+        }
+        Err(err) => {
+            encode_error(out, id, &err);
+            Some(err.code)
+        }
+    }
+}
+
+fn count_lookups<'a>(
+    metrics: &Metrics,
+    bucket: &str,
+    entries: impl Iterator<Item = &'a Option<crate::protocol::Entry>>,
+) {
+    let (mut hits, mut misses) = (0, 0);
+    for entry in entries {
+        if entry.is_some() {
+            hits += 1;
+        } else {
+            misses += 1;
+        }
+    }
+    metrics.lookups(bucket, hits, misses);
+}
+
+/// Answers a request routed `Immediate`; returns its error code, if it failed.
+pub fn immediate(
+    ctx: &Context,
+    id: u64,
+    request: &Request<'_>,
+    out: &mut Vec<u8>,
+) -> Option<ErrorCode> {
+    let cache = &ctx.cache;
     match request {
-        Request::Ping => encode_ok(out, id, &Body::Empty),
+        Request::Ping => {
+            encode_ok(out, id, &Body::Empty);
+            None
+        }
         Request::Get { bucket, key, .. } => {
             let result = cache.bucket(bucket).and_then(|b| b.get_cached(key));
-            respond(out, id, result, |entry| Body::Entry(entry.as_ref()));
+            if let Ok(entry) = &result {
+                count_lookups(&ctx.metrics, bucket, std::iter::once(entry));
+            }
+            respond(out, id, result, |entry| Body::Entry(entry.as_ref()))
         }
         Request::Mget { bucket, keys, .. } => {
             let result = cache.bucket(bucket).and_then(|b| {
@@ -53,41 +111,48 @@ pub fn immediate(cache: &Cache, id: u64, request: &Request<'_>, out: &mut Vec<u8
                     .map(|key| b.get_cached(key))
                     .collect::<Result<Vec<_>>>()
             });
-            respond(out, id, result, |entries| Body::Entries(entries));
+            if let Ok(entries) = &result {
+                count_lookups(&ctx.metrics, bucket, entries.iter());
+            }
+            respond(out, id, result, |entries| Body::Entries(entries))
         }
         Request::Keys { bucket, filter } => {
             let result = cache.bucket(bucket).and_then(|b| b.keys(*filter));
-            respond(out, id, result, |keys| Body::Keys(keys));
+            respond(out, id, result, |keys| Body::Keys(keys))
         }
         Request::Status { bucket } => {
             let result = match bucket {
                 Some(name) => cache.bucket(name).map(|b| vec![b.status()]),
                 None => Ok(cache.buckets().map(Bucket::status).collect()),
             };
-            respond(out, id, result, |list| Body::Status(list));
+            respond(out, id, result, |list| Body::Status(list))
         }
         // Routed elsewhere; answering them here would be a bug in `route`.
         Request::Put { .. }
         | Request::Delete { .. }
         | Request::Purge { .. }
         | Request::Watch { .. }
-        | Request::Unwatch { .. } => encode_error(
-            out,
-            id,
-            &crate::error::Error::new(
-                crate::error::ErrorCode::Internal,
+        | Request::Unwatch { .. } => {
+            let error = crate::error::Error::new(
+                ErrorCode::Internal,
                 format!("op `{}` was routed to the inline path", request.op()),
-            ),
-        ),
+            );
+            encode_error(out, id, &error);
+            Some(error.code)
+        }
     }
 }
 
 /// Answers a request routed `Waiting`. Takes the whole frame so that the task owns what the
 /// request borrows; the value of a put is handed to NATS as a slice of the frame, not a copy.
-pub async fn waiting(cache: &Cache, frame: &Bytes, out: &mut Vec<u8>) {
+pub async fn waiting(ctx: &Context, frame: &Bytes, out: &mut Vec<u8>) -> Option<ErrorCode> {
+    let cache = &ctx.cache;
     let (id, request) = match request::parse(frame) {
         Ok(parsed) => parsed,
-        Err(err) => return encode_error(out, err.id, &err.error),
+        Err(err) => {
+            encode_error(out, err.id, &err.error);
+            return Some(err.error.code);
+        }
     };
     match request {
         Request::Get { bucket, key, read } => {
@@ -95,14 +160,20 @@ pub async fn waiting(cache: &Cache, frame: &Bytes, out: &mut Vec<u8>) {
                 Ok(b) => b.get(key, read).await,
                 Err(err) => Err(err),
             };
-            respond(out, id, result, |entry| Body::Entry(entry.as_ref()));
+            if let Ok(entry) = &result {
+                count_lookups(&ctx.metrics, bucket, std::iter::once(entry));
+            }
+            respond(out, id, result, |entry| Body::Entry(entry.as_ref()))
         }
         Request::Mget { bucket, keys, read } => {
             let result = match cache.bucket(bucket) {
                 Ok(b) => b.mget(&keys, read).await,
                 Err(err) => Err(err),
             };
-            respond(out, id, result, |entries| Body::Entries(entries));
+            if let Ok(entries) = &result {
+                count_lookups(&ctx.metrics, bucket, entries.iter());
+            }
+            respond(out, id, result, |entries| Body::Entries(entries))
         }
         Request::Put {
             bucket,
@@ -114,23 +185,23 @@ pub async fn waiting(cache: &Cache, frame: &Bytes, out: &mut Vec<u8>) {
                 Ok(b) => b.put(key, share(frame, value), write).await,
                 Err(err) => Err(err),
             };
-            respond(out, id, result, |rev| Body::Revision(*rev));
+            respond(out, id, result, |rev| Body::Revision(*rev))
         }
         Request::Delete { bucket, key, write } => {
             let result = match cache.bucket(bucket) {
                 Ok(b) => b.delete(key, write).await,
                 Err(err) => Err(err),
             };
-            respond(out, id, result, |rev| Body::Revision(*rev));
+            respond(out, id, result, |rev| Body::Revision(*rev))
         }
         Request::Purge { bucket, key, write } => {
             let result = match cache.bucket(bucket) {
                 Ok(b) => b.purge(key, write).await,
                 Err(err) => Err(err),
             };
-            respond(out, id, result, |rev| Body::Revision(*rev));
+            respond(out, id, result, |rev| Body::Revision(*rev))
         }
-        other => immediate(cache, id, &other, out),
+        other => immediate(ctx, id, &other, out),
     }
 }
 

@@ -11,10 +11,10 @@ use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::cache::Cache;
 use crate::config::SocketConfig;
 
 use connection::Connection;
+pub use dispatch::Context;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BindError {
@@ -82,7 +82,7 @@ impl Server {
 
     /// Serves connections until `shutdown` is cancelled; then stops accepting, lets in-flight
     /// requests finish, ends watches, and removes the socket file.
-    pub async fn run(self, cache: Arc<Cache>, shutdown: CancellationToken) {
+    pub async fn run(self, ctx: Arc<Context>, shutdown: CancellationToken) {
         let connections = TaskTracker::new();
         let mut next_connection: u64 = 0;
         loop {
@@ -95,12 +95,7 @@ impl Server {
                     next_connection += 1;
                     let span = tracing::debug_span!("connection", id = next_connection);
                     connections.spawn(tracing::Instrument::instrument(
-                        Connection::run(
-                            stream,
-                            cache.clone(),
-                            self.max_frame_size,
-                            shutdown.clone(),
-                        ),
+                        Connection::run(stream, ctx.clone(), self.max_frame_size, shutdown.clone()),
                         span,
                     ));
                 }

@@ -226,6 +226,7 @@ async fn serve_binary_stops_on_sigterm_and_removes_its_socket() {
     let nats = NatsServer::start().await;
     let dir = tempfile::TempDir::new().unwrap();
     let socket = dir.path().join("n.sock");
+    let log_file = tempfile::NamedTempFile::new().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_nearkv"))
         .args([
             "serve",
@@ -234,10 +235,14 @@ async fn serve_binary_stops_on_sigterm_and_removes_its_socket() {
             "--bucket",
             "sig",
             "--create-buckets",
+            "--http-listen",
+            &format!("127.0.0.1:{}", crate::harness::free_port()),
+            "--log-format",
+            "json",
             "--socket",
         ])
         .arg(&socket)
-        .stderr(Stdio::null())
+        .stderr(log_file.reopen().unwrap())
         .spawn()
         .unwrap();
     crate::harness::eventually(Duration::from_secs(20), "the socket to appear", || {
@@ -260,6 +265,16 @@ async fn serve_binary_stops_on_sigterm_and_removes_its_socket() {
         .unwrap();
     assert!(status.success(), "clean exit on SIGTERM: {status:?}");
     assert!(!socket.exists(), "socket removed");
+    let logs = std::fs::read_to_string(log_file.path()).unwrap();
+    assert!(logs.lines().count() >= 3, "{logs}");
+    for line in logs.lines() {
+        let record: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("--log-format json writes JSON lines ({e}): {line}"));
+        assert!(
+            record["level"].is_string() && record["fields"].is_object(),
+            "{line}"
+        );
+    }
 
     // Invalid configuration fails at start, naming the field.
     let bad = dir.path().join("bad.toml");

@@ -143,6 +143,8 @@ pub fn bucket(name: &str) -> BucketConfig {
 /// A nearkv sidecar running in this process, on a socket in a temporary directory.
 pub struct Sidecar {
     pub socket: PathBuf,
+    /// host:port of the HTTP endpoint.
+    pub http: String,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<()>,
     _dir: TempDir,
@@ -164,9 +166,11 @@ impl Sidecar {
         config.nats.servers = vec![nats_url.to_string()];
         config.nats.request_timeout = Duration::from_secs(2);
         config.socket.path = socket.clone();
+        config.http.listen = format!("127.0.0.1:{}", free_port());
         config.buckets = buckets;
         adjust(&mut config);
         let socket = config.socket.path.clone();
+        let http = config.http.listen.clone();
         let shutdown = CancellationToken::new();
         let task = {
             let shutdown = shutdown.clone();
@@ -183,6 +187,7 @@ impl Sidecar {
         }
         Sidecar {
             socket,
+            http,
             shutdown,
             task,
             _dir: dir,

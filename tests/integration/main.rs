@@ -6,6 +6,7 @@ mod harness;
 mod cli;
 mod consistency;
 mod interop;
+mod operability;
 mod ops;
 mod outage;
 mod raw_socket;

@@ -1,0 +1,292 @@
+//! Prometheus metrics, in base units, labelled by `bucket` (and `op`, `code` where they apply),
+//! never by key. docs/METRICS.md lists each one.
+//!
+//! Request counters are updated on the request path; the mirror's state (keys, bytes, revisions,
+//! lag, synced) is read from the cache when Prometheus scrapes, so applying an update costs no
+//! metric work at all.
+
+use std::sync::{Arc, Mutex};
+
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::cache::Cache;
+use crate::error::ErrorCode;
+
+/// Metrics updated on the request path.
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    errors: IntCounterVec,
+    cache_hits: IntCounterVec,
+    cache_misses: IntCounterVec,
+    write_conflicts: IntCounterVec,
+    pub connections: IntGauge,
+    pub watches: IntGauge,
+    watch_delivered: IntCounterVec,
+    watch_dropped: IntCounterVec,
+    pub nats_reconnects: IntCounter,
+}
+
+/// Builds a metric and registers it; the names and labels are fixed, so failure is a bug caught
+/// by the tests.
+fn registered<T: Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: prometheus::Result<T>,
+) -> T {
+    let metric = metric.unwrap_or_else(|err| panic!("invalid metric definition: {err}"));
+    registry
+        .register(Box::new(metric.clone()))
+        .unwrap_or_else(|err| panic!("metric registered twice: {err}"));
+    metric
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let registry = Registry::new();
+        let r = &registry;
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            registered(r, IntCounterVec::new(Opts::new(name, help), labels))
+        };
+        let metrics = Metrics {
+            requests: counter(
+                "nearkv_requests_total",
+                "Requests answered, by bucket and op.",
+                &["bucket", "op"],
+            ),
+            duration: registered(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "nearkv_request_duration_seconds",
+                        "Time from reading a request to queueing its response, by bucket and op.",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                    &["bucket", "op"],
+                ),
+            ),
+            errors: counter(
+                "nearkv_errors_total",
+                "Requests answered with an error, by bucket, op and error code.",
+                &["bucket", "op", "code"],
+            ),
+            cache_hits: counter(
+                "nearkv_cache_hits_total",
+                "get/mget keys found in the mirror.",
+                &["bucket"],
+            ),
+            cache_misses: counter(
+                "nearkv_cache_misses_total",
+                "get/mget keys absent from the mirror (absent or deleted in the bucket).",
+                &["bucket"],
+            ),
+            write_conflicts: counter(
+                "nearkv_write_conflicts_total",
+                "Writes refused with wrong_revision.",
+                &["bucket"],
+            ),
+            connections: registered(
+                r,
+                IntGauge::new(
+                    "nearkv_socket_connections",
+                    "Open client connections on the socket.",
+                ),
+            ),
+            watches: registered(
+                r,
+                IntGauge::new("nearkv_watches_active", "Active client watches."),
+            ),
+            watch_delivered: counter(
+                "nearkv_watch_events_delivered_total",
+                "Watch messages queued to clients.",
+                &["bucket"],
+            ),
+            watch_dropped: counter(
+                "nearkv_watch_events_dropped_total",
+                "Updates a slow watch missed before it was ended with slow_consumer.",
+                &["bucket"],
+            ),
+            nats_reconnects: registered(
+                r,
+                IntCounter::new(
+                    "nearkv_nats_reconnects_total",
+                    "Times the NATS connection was re-established.",
+                ),
+            ),
+            registry,
+        };
+        let process = prometheus::process_collector::ProcessCollector::for_self();
+        let _ = metrics.registry.register(Box::new(process));
+        Arc::new(metrics)
+    }
+
+    /// Adds the collector that reads the cache's state at scrape time.
+    pub fn watch_cache(&self, cache: Arc<Cache>) {
+        let _ = self.registry.register(Box::new(CacheCollector::new(cache)));
+    }
+
+    pub fn request(&self, bucket: &str, op: &str, seconds: f64, error: Option<ErrorCode>) {
+        self.requests.with_label_values(&[bucket, op]).inc();
+        self.duration
+            .with_label_values(&[bucket, op])
+            .observe(seconds);
+        if let Some(code) = error {
+            self.errors
+                .with_label_values(&[bucket, op, code.as_str()])
+                .inc();
+            if code == ErrorCode::WrongRevision {
+                self.write_conflicts.with_label_values(&[bucket]).inc();
+            }
+        }
+    }
+
+    pub fn lookups(&self, bucket: &str, hits: u64, misses: u64) {
+        if hits > 0 {
+            self.cache_hits.with_label_values(&[bucket]).inc_by(hits);
+        }
+        if misses > 0 {
+            self.cache_misses
+                .with_label_values(&[bucket])
+                .inc_by(misses);
+        }
+    }
+
+    pub fn watch_delivered(&self, bucket: &str) -> IntCounter {
+        self.watch_delivered.with_label_values(&[bucket])
+    }
+
+    pub fn watch_dropped(&self, bucket: &str, missed: u64) {
+        self.watch_dropped
+            .with_label_values(&[bucket])
+            .inc_by(missed);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// Reads each bucket's mirror state when Prometheus scrapes.
+struct CacheCollector {
+    cache: Arc<Cache>,
+    gauges: Mutex<Gauges>,
+    descs: Vec<Desc>,
+}
+
+struct Gauges {
+    keys: IntGaugeVec,
+    bytes: IntGaugeVec,
+    revision: IntGaugeVec,
+    server_revision: IntGaugeVec,
+    lag: IntGaugeVec,
+    last_event: IntGaugeVec,
+    synced: IntGaugeVec,
+    watcher_restarts: IntCounterVec,
+    nats_connected: IntGauge,
+}
+
+impl CacheCollector {
+    fn new(cache: Arc<Cache>) -> CacheCollector {
+        let gauge = |name: &str, help: &str| {
+            IntGaugeVec::new(Opts::new(name, help), &["bucket"])
+                .unwrap_or_else(|err| panic!("invalid metric definition: {err}"))
+        };
+        let gauges = Gauges {
+            keys: gauge("nearkv_mirror_keys", "Live keys in the mirror."),
+            bytes: gauge("nearkv_mirror_bytes", "Bytes of keys and values in the mirror."),
+            revision: gauge("nearkv_mirror_revision", "Highest revision the mirror has applied."),
+            server_revision: gauge(
+                "nearkv_stream_revision",
+                "Latest revision of the bucket's stream, as last learned from NATS.",
+            ),
+            lag: gauge(
+                "nearkv_mirror_lag_revisions",
+                "Revisions the stream is ahead of the mirror (stream revision minus mirror revision).",
+            ),
+            last_event: gauge(
+                "nearkv_mirror_last_event_timestamp_seconds",
+                "Unix time of the last update the mirror applied (0: none yet).",
+            ),
+            synced: gauge("nearkv_mirror_synced", "1 once the initial snapshot is applied, else 0."),
+            watcher_restarts: IntCounterVec::new(
+                Opts::new("nearkv_watcher_restarts_total", "Times a bucket's KV watcher was recreated."),
+                &["bucket"],
+            )
+            .unwrap_or_else(|err| panic!("invalid metric definition: {err}")),
+            nats_connected: IntGauge::new("nearkv_nats_connected", "1 while the NATS connection is up, else 0.")
+                .unwrap_or_else(|err| panic!("invalid metric definition: {err}")),
+        };
+        let mut descs = Vec::new();
+        for collector in gauges.collectors() {
+            descs.extend(collector.desc().into_iter().cloned());
+        }
+        CacheCollector {
+            cache,
+            gauges: Mutex::new(gauges),
+            descs,
+        }
+    }
+}
+
+impl Gauges {
+    fn collectors(&self) -> [&dyn Collector; 9] {
+        [
+            &self.keys,
+            &self.bytes,
+            &self.revision,
+            &self.server_revision,
+            &self.lag,
+            &self.last_event,
+            &self.synced,
+            &self.watcher_restarts,
+            &self.nats_connected,
+        ]
+    }
+}
+
+impl Collector for CacheCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let Ok(g) = self.gauges.lock() else {
+            return Vec::new();
+        };
+        for bucket in self.cache.buckets() {
+            let s = bucket.status();
+            let name = [s.bucket.as_str()];
+            let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+            g.keys.with_label_values(&name).set(clamp(s.keys));
+            g.bytes.with_label_values(&name).set(clamp(s.bytes));
+            g.revision.with_label_values(&name).set(clamp(s.revision));
+            g.server_revision
+                .with_label_values(&name)
+                .set(clamp(s.server_revision));
+            g.lag.with_label_values(&name).set(clamp(s.lag));
+            g.last_event
+                .with_label_values(&name)
+                .set(s.last_update / 1_000_000_000);
+            g.synced.with_label_values(&name).set(i64::from(s.synced));
+            let restarts = g.watcher_restarts.with_label_values(&name);
+            restarts.inc_by(bucket.watcher_restarts().saturating_sub(restarts.get()));
+        }
+        g.nats_connected.set(i64::from(
+            self.cache.nats_client().connection_state() == async_nats::connection::State::Connected,
+        ));
+        g.collectors().iter().flat_map(|c| c.collect()).collect()
+    }
+}

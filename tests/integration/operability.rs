@@ -1,0 +1,262 @@
+//! What operators see: /metrics moving by the right amounts, /healthz, /readyz through the
+//! initial sync and a NATS outage, and the Grafana dashboard querying only exported metrics.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use futures::StreamExt;
+use nearkv::protocol::WriteOptions;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::harness::{bucket, eventually, NatsServer, Sidecar};
+
+/// A plain HTTP/1.1 GET; returns the status code and body.
+async fn http_get(address: &str, path: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("HTTP endpoint reachable");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
+        .await
+        .expect("HTTP response in time")
+        .unwrap();
+    let response = String::from_utf8_lossy(&response).to_string();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("an HTTP status line");
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    // Bodies may be chunked; the tests only search them for lines and names.
+    (status, body.to_string())
+}
+
+/// The value of one sample, e.g. `nearkv_requests_total{bucket="m",op="put"}`; 0 when absent.
+fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|line| line.rsplit_once(' '))
+        .filter(|(series, _)| {
+            let (series_name, series_labels) = series.split_once('{').unwrap_or((series, ""));
+            series_name == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| series_labels.contains(&format!("{k}=\"{v}\"")))
+        })
+        .map(|(_, value)| value.parse::<f64>().unwrap_or(0.0))
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_requests_hits_conflicts_and_watch_events() {
+    let nats = NatsServer::start().await;
+    let sidecar = Sidecar::start(&nats.url(), vec![bucket("m")]).await;
+    let client = sidecar.synced_client().await;
+    let mut watch = client.watch("m", None, false).await.unwrap();
+
+    let mut revision = 0;
+    for i in 0..10 {
+        revision = client
+            .put("m", &format!("k{i}"), b"0123456789")
+            .await
+            .unwrap();
+    }
+    for i in 0..5 {
+        assert!(client.get("m", &format!("k{i}")).await.unwrap().is_some());
+    }
+    for i in 0..3 {
+        assert!(client
+            .get("m", &format!("absent{i}"))
+            .await
+            .unwrap()
+            .is_none());
+    }
+    let stale = WriteOptions {
+        expect_revision: Some(1),
+        timeout_ms: None,
+    };
+    assert!(client.put_with("m", "k9", b"x", stale).await.is_err());
+    assert!(client.get("nope", "k").await.is_err());
+    for _ in 0..10 {
+        watch.next().await.unwrap().unwrap();
+    }
+
+    let (status, metrics) = http_get(&sidecar.http, "/metrics").await;
+    assert_eq!(status, 200);
+    let m = |name: &str, labels: &[(&str, &str)]| sample(&metrics, name, labels);
+    assert_eq!(
+        m("nearkv_requests_total", &[("bucket", "m"), ("op", "put")]),
+        11.0
+    );
+    assert_eq!(
+        m("nearkv_requests_total", &[("bucket", "m"), ("op", "get")]),
+        8.0
+    );
+    assert_eq!(
+        m("nearkv_requests_total", &[("bucket", ""), ("op", "get")]),
+        1.0,
+        "unknown buckets share one label"
+    );
+    assert_eq!(
+        m(
+            "nearkv_request_duration_seconds_count",
+            &[("bucket", "m"), ("op", "put")]
+        ),
+        11.0
+    );
+    assert_eq!(m("nearkv_cache_hits_total", &[("bucket", "m")]), 5.0);
+    assert_eq!(m("nearkv_cache_misses_total", &[("bucket", "m")]), 3.0);
+    assert_eq!(m("nearkv_write_conflicts_total", &[("bucket", "m")]), 1.0);
+    assert_eq!(
+        m(
+            "nearkv_errors_total",
+            &[("bucket", "m"), ("op", "put"), ("code", "wrong_revision")]
+        ),
+        1.0
+    );
+    assert_eq!(m("nearkv_errors_total", &[("code", "unknown_bucket")]), 1.0);
+    assert_eq!(m("nearkv_mirror_keys", &[("bucket", "m")]), 10.0);
+    assert_eq!(
+        m("nearkv_mirror_bytes", &[("bucket", "m")]),
+        10.0 * (2.0 + 10.0)
+    );
+    assert_eq!(
+        m("nearkv_mirror_revision", &[("bucket", "m")]),
+        revision as f64
+    );
+    assert_eq!(m("nearkv_mirror_synced", &[("bucket", "m")]), 1.0);
+    assert_eq!(m("nearkv_mirror_lag_revisions", &[("bucket", "m")]), 0.0);
+    assert!(
+        m(
+            "nearkv_mirror_last_event_timestamp_seconds",
+            &[("bucket", "m")]
+        ) > 1.6e9
+    );
+    assert_eq!(
+        m("nearkv_watch_events_delivered_total", &[("bucket", "m")]),
+        10.0
+    );
+    assert_eq!(m("nearkv_watches_active", &[]), 1.0);
+    assert_eq!(m("nearkv_socket_connections", &[]), 1.0);
+    assert_eq!(m("nearkv_nats_connected", &[]), 1.0);
+    assert!(m("process_resident_memory_bytes", &[]) > 0.0);
+    assert!(!metrics.contains("k0"), "no per-key labels");
+
+    let (status, body) = http_get(&sidecar.http, "/healthz").await;
+    assert_eq!((status, body.trim()), (200, "ok"));
+    drop(watch);
+    sidecar.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_follows_the_initial_sync_and_the_nats_connection() {
+    let mut nats = NatsServer::start().await;
+    // A bucket big enough that its initial sync can be observed from outside.
+    let kv = nats.kv("big").await;
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let mut acks = Vec::new();
+    for i in 0..100_000u32 {
+        acks.push(
+            js.publish(format!("$KV.big.key{i}"), "0123456789".into())
+                .await
+                .unwrap(),
+        );
+        if acks.len() == 2_000 {
+            for ack in acks.drain(..) {
+                ack.await.unwrap();
+            }
+        }
+    }
+    for ack in acks {
+        ack.await.unwrap();
+    }
+    drop(kv);
+
+    let sidecar = Sidecar::start(&nats.url(), vec![bucket("big")]).await;
+    let (status, body) = http_get(&sidecar.http, "/readyz").await;
+    assert_eq!(status, 503, "not ready before the initial sync: {body}");
+    assert!(body.contains("big: not ready"), "{body}");
+    eventually(Duration::from_secs(60), "/readyz to turn 200", || async {
+        http_get(&sidecar.http, "/readyz").await.0 == 200
+    })
+    .await;
+    let client = sidecar.client().await;
+    assert_eq!(client.status(Some("big")).await.unwrap()[0].keys, 100_000);
+
+    nats.stop();
+    eventually(
+        Duration::from_secs(20),
+        "/readyz to turn 503 without NATS",
+        || async {
+            let (status, body) = http_get(&sidecar.http, "/readyz").await;
+            status == 503 && body.contains("NATS connection is down")
+        },
+    )
+    .await;
+    // Still alive and still serving from memory.
+    assert_eq!(http_get(&sidecar.http, "/healthz").await.0, 200);
+    assert!(client.get("big", "key7").await.unwrap().is_some());
+    sidecar.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_queries_only_metrics_nearkv_exports() {
+    let dashboard = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/grafana/nearkv-dashboard.json"
+    ))
+    .unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&dashboard).unwrap();
+    let mut queried = BTreeSet::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if word.starts_with("nearkv_") || word.starts_with("process_") {
+                    queried.insert(word.to_string());
+                }
+            }
+        }
+    }
+    assert!(queried.len() >= 10, "{queried:?}");
+
+    // Exercise every metric so each has a series, then scrape.
+    let nats = NatsServer::start().await;
+    let sidecar = Sidecar::start(&nats.url(), vec![bucket("d")]).await;
+    let client = sidecar.synced_client().await;
+    let mut watch = client.watch("d", None, false).await.unwrap();
+    let r = client.put("d", "k", b"v").await.unwrap();
+    watch.next().await.unwrap().unwrap();
+    drop(watch);
+    client.get("d", "k").await.unwrap();
+    client.get("d", "absent").await.unwrap();
+    let conflict = WriteOptions {
+        expect_revision: Some(r + 100),
+        timeout_ms: None,
+    };
+    assert!(client.put_with("d", "k", b"v", conflict).await.is_err());
+    eventually(Duration::from_secs(10), "the watch to end", || async {
+        let (_, metrics) = http_get(&sidecar.http, "/metrics").await;
+        sample(&metrics, "nearkv_watches_active", &[]) == 0.0
+    })
+    .await;
+    let (_, metrics) = http_get(&sidecar.http, "/metrics").await;
+    let exported: BTreeSet<String> = metrics
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| l.split(['{', ' ']).next().unwrap_or("").to_string())
+        .collect();
+    let missing: Vec<&String> = queried
+        .iter()
+        .filter(|name| !exported.contains(*name))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "the dashboard queries metrics nearkv does not export: {missing:?}"
+    );
+    sidecar.stop().await;
+}
