@@ -93,7 +93,7 @@ impl Server {
             match accepted {
                 Ok((stream, _)) => {
                     next_connection += 1;
-                    let span = tracing::debug_span!("connection", id = next_connection);
+                    let span = tracing::info_span!("connection", id = next_connection);
                     connections.spawn(tracing::Instrument::instrument(
                         Connection::run(stream, ctx.clone(), self.max_frame_size, shutdown.clone()),
                         span,

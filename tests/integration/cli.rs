@@ -227,9 +227,13 @@ async fn serve_binary_stops_on_sigterm_and_removes_its_socket() {
     let dir = tempfile::TempDir::new().unwrap();
     let socket = dir.path().join("n.sock");
     let log_file = tempfile::NamedTempFile::new().unwrap();
+    // A token the (auth-less) test server ignores: it must never reach the logs.
+    let config = dir.path().join("nearkv.toml");
+    std::fs::write(&config, "[nats]\ntoken = \"s3cr3t-t0ken\"\n").unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_nearkv"))
+        .args(["serve", "--config"])
+        .arg(&config)
         .args([
-            "serve",
             "--nats-url",
             &nats.url(),
             "--bucket",
@@ -267,6 +271,10 @@ async fn serve_binary_stops_on_sigterm_and_removes_its_socket() {
     assert!(!socket.exists(), "socket removed");
     let logs = std::fs::read_to_string(log_file.path()).unwrap();
     assert!(logs.lines().count() >= 3, "{logs}");
+    assert!(
+        !logs.contains("s3cr3t"),
+        "a secret reached the logs: {logs}"
+    );
     for line in logs.lines() {
         let record: serde_json::Value = serde_json::from_str(line)
             .unwrap_or_else(|e| panic!("--log-format json writes JSON lines ({e}): {line}"));
