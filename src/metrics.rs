@@ -5,21 +5,42 @@
 //! lag, synced) is read from the cache when Prometheus scrapes, so applying an update costs no
 //! metric work at all.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::cache::Cache;
 use crate::error::ErrorCode;
 
+/// The ops a request can be counted under; `invalid` is a frame that did not parse.
+const OPS: [&str; 11] = [
+    "ping", "get", "mget", "put", "delete", "purge", "keys", "status", "watch", "unwatch",
+    "invalid",
+];
+
+fn op_slot(op: &str) -> usize {
+    OPS.iter().position(|o| *o == op).unwrap_or(OPS.len() - 1)
+}
+
+/// One bucket's request-path metrics, resolved once so that counting a request takes no lock:
+/// `MetricVec::with_label_values` takes a read lock shared by every connection.
+struct BucketMetrics {
+    requests: Vec<IntCounter>,
+    duration: Vec<Histogram>,
+    hits: IntCounter,
+    misses: IntCounter,
+}
+
 /// Metrics updated on the request path.
 pub struct Metrics {
     registry: Registry,
+    by_bucket: HashMap<String, BucketMetrics>,
     requests: IntCounterVec,
     duration: HistogramVec,
     errors: IntCounterVec,
@@ -52,7 +73,8 @@ const LATENCY_BUCKETS: &[f64] = &[
 ];
 
 impl Metrics {
-    pub fn new() -> Arc<Metrics> {
+    /// Metrics for a sidecar serving `buckets`.
+    pub fn new(buckets: &[&str]) -> Arc<Metrics> {
         let registry = Registry::new();
         let r = &registry;
         let counter = |name: &str, help: &str, labels: &[&str]| {
@@ -124,7 +146,25 @@ impl Metrics {
                 ),
             ),
             registry,
+            by_bucket: HashMap::new(),
         };
+        let mut metrics = metrics;
+        // "" stands for requests without a (known) bucket.
+        for bucket in buckets.iter().copied().chain([""]) {
+            let resolved = BucketMetrics {
+                requests: OPS
+                    .iter()
+                    .map(|op| metrics.requests.with_label_values(&[bucket, op]))
+                    .collect(),
+                duration: OPS
+                    .iter()
+                    .map(|op| metrics.duration.with_label_values(&[bucket, op]))
+                    .collect(),
+                hits: metrics.cache_hits.with_label_values(&[bucket]),
+                misses: metrics.cache_misses.with_label_values(&[bucket]),
+            };
+            metrics.by_bucket.insert(bucket.to_string(), resolved);
+        }
         let process = prometheus::process_collector::ProcessCollector::for_self();
         let _ = metrics.registry.register(Box::new(process));
         Arc::new(metrics)
@@ -136,10 +176,19 @@ impl Metrics {
     }
 
     pub fn request(&self, bucket: &str, op: &str, seconds: f64, error: Option<ErrorCode>) {
-        self.requests.with_label_values(&[bucket, op]).inc();
-        self.duration
-            .with_label_values(&[bucket, op])
-            .observe(seconds);
+        let slot = op_slot(op);
+        match self.by_bucket.get(bucket) {
+            Some(m) => {
+                m.requests[slot].inc();
+                m.duration[slot].observe(seconds);
+            }
+            None => {
+                self.requests.with_label_values(&[bucket, op]).inc();
+                self.duration
+                    .with_label_values(&[bucket, op])
+                    .observe(seconds);
+            }
+        }
         if let Some(code) = error {
             self.errors
                 .with_label_values(&[bucket, op, code.as_str()])
@@ -151,13 +200,17 @@ impl Metrics {
     }
 
     pub fn lookups(&self, bucket: &str, hits: u64, misses: u64) {
-        if hits > 0 {
-            self.cache_hits.with_label_values(&[bucket]).inc_by(hits);
-        }
-        if misses > 0 {
-            self.cache_misses
-                .with_label_values(&[bucket])
-                .inc_by(misses);
+        match self.by_bucket.get(bucket) {
+            Some(m) => {
+                m.hits.inc_by(hits);
+                m.misses.inc_by(misses);
+            }
+            None => {
+                self.cache_hits.with_label_values(&[bucket]).inc_by(hits);
+                self.cache_misses
+                    .with_label_values(&[bucket])
+                    .inc_by(misses);
+            }
         }
     }
 

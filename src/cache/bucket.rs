@@ -133,6 +133,18 @@ impl Bucket {
         Ok(self.shared.mirror.get(key))
     }
 
+    /// Calls `f` with the key's entry as the mirror holds it now, borrowed rather than copied:
+    /// the read path of the socket server.
+    pub fn read_cached<R>(
+        &self,
+        key: &str,
+        f: impl FnOnce(Option<crate::protocol::types::EntryRef<'_>>) -> R,
+    ) -> Result<R> {
+        self.check_readable_key(key)?;
+        self.check_synced()?;
+        Ok(self.shared.mirror.read(key, f))
+    }
+
     /// The key's value, after waiting for the freshness `read` asks for.
     pub async fn get(&self, key: &str, read: ReadOptions) -> Result<Option<Entry>> {
         self.check_readable_key(key)?;

@@ -16,6 +16,7 @@ use dashmap::DashMap;
 use tokio::sync::{broadcast, watch};
 
 use crate::error::{Error, ErrorCode, Result};
+use crate::protocol::types::EntryRef;
 use crate::protocol::{Entry, Operation};
 
 /// A live value in the mirror. The key is the map's key.
@@ -57,6 +58,21 @@ impl Mirror {
             created: v.created,
             operation: Operation::Put,
         })
+    }
+
+    /// Calls `f` with the key's live entry, borrowed from the map (no copy, no allocation); the
+    /// key's shard stays read-locked while `f` runs, so `f` must be quick.
+    pub fn read<R>(&self, key: &str, f: impl FnOnce(Option<EntryRef<'_>>) -> R) -> R {
+        match self.entries.get(key) {
+            Some(v) => f(Some(EntryRef {
+                key,
+                value: &v.value,
+                revision: v.revision,
+                created: v.created,
+                operation: Operation::Put,
+            })),
+            None => f(None),
+        }
     }
 
     /// Live keys matching `matches`, sorted.

@@ -4,7 +4,7 @@ use serde::Deserialize;
 
 use super::frame;
 use super::msgpack::Writer;
-use super::types::{BucketStatus, Entry};
+use super::types::{BucketStatus, Entry, EntryRef};
 use crate::error::{Error, ErrorCode};
 
 /// The success payload of each op.
@@ -12,7 +12,7 @@ pub enum Body<'a> {
     /// `ping`, `watch`, `unwatch`.
     Empty,
     /// `get`.
-    Entry(Option<&'a Entry>),
+    Entry(Option<EntryRef<'a>>),
     /// `mget`.
     Entries(&'a [Option<Entry>]),
     /// `put`, `delete`, `purge`.
@@ -23,12 +23,12 @@ pub enum Body<'a> {
     Status(&'a [BucketStatus]),
 }
 
-fn entry(w: &mut Writer<'_>, e: &Entry) {
+fn entry(w: &mut Writer<'_>, e: EntryRef<'_>) {
     w.map(5)
         .str("key")
-        .str(&e.key)
+        .str(e.key)
         .str("value")
-        .bin(&e.value)
+        .bin(e.value)
         .str("revision")
         .uint(e.revision)
         .str("created")
@@ -37,7 +37,7 @@ fn entry(w: &mut Writer<'_>, e: &Entry) {
         .str(e.operation.as_str());
 }
 
-fn optional_entry(w: &mut Writer<'_>, e: Option<&Entry>) {
+fn optional_entry(w: &mut Writer<'_>, e: Option<EntryRef<'_>>) {
     match e {
         Some(e) => entry(w, e),
         None => {
@@ -58,7 +58,7 @@ pub fn encode_ok(buf: &mut Vec<u8>, id: u64, body: &Body<'_>) {
         Body::Entries(list) => {
             w.str("entries").array(list.len() as u32);
             for e in list.iter() {
-                optional_entry(&mut w, e.as_ref());
+                optional_entry(&mut w, e.as_ref().map(Entry::as_ref));
             }
         }
         Body::Revision(rev) => {
@@ -134,7 +134,7 @@ pub fn encode_watch(buf: &mut Vec<u8>, id: u64, message: WatchMessage<'_>) {
     match message {
         WatchMessage::Event(e) => {
             w.map(2).str("id").uint(id).str("event");
-            entry(&mut w, e);
+            entry(&mut w, e.as_ref());
         }
         WatchMessage::Synced => {
             w.map(2).str("id").uint(id).str("synced").bool(true);

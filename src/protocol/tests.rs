@@ -179,7 +179,7 @@ fn entry() -> Entry {
 fn every_response_decodes_as_the_client_reads_it() {
     let e = entry();
     let mut buf = Vec::new();
-    encode_ok(&mut buf, 1, &Body::Entry(Some(&e)));
+    encode_ok(&mut buf, 1, &Body::Entry(Some(e.as_ref())));
     let got: EntryBody = rmp_serde::from_slice(body_of(&buf)).unwrap();
     assert_eq!(got.entry, Some(e.clone()));
 
@@ -269,7 +269,9 @@ fn vectors() -> Vec<(&'static str, Vec<u8>)> {
             b,
         )
     });
-    add("get response", &|b| encode_ok(b, 2, &Body::Entry(Some(&e))));
+    add("get response", &|b| {
+        encode_ok(b, 2, &Body::Entry(Some(e.as_ref())))
+    });
     add("get response, key absent", &|b| {
         encode_ok(b, 2, &Body::Entry(None))
     });

@@ -34,6 +34,29 @@ pub struct Entry {
     pub operation: Operation,
 }
 
+/// An entry borrowed from where it is stored, so a response can be encoded straight from the
+/// mirror without building an owned [`Entry`].
+#[derive(Debug, Clone, Copy)]
+pub struct EntryRef<'a> {
+    pub key: &'a str,
+    pub value: &'a [u8],
+    pub revision: u64,
+    pub created: i64,
+    pub operation: Operation,
+}
+
+impl Entry {
+    pub fn as_ref(&self) -> EntryRef<'_> {
+        EntryRef {
+            key: &self.key,
+            value: &self.value,
+            revision: self.revision,
+            created: self.created,
+            operation: self.operation,
+        }
+    }
+}
+
 /// How fresh a read must be.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -11,6 +11,7 @@ use crate::error::{ErrorCode, Result};
 use crate::metrics::Metrics;
 use crate::protocol::request::{self, Request};
 use crate::protocol::response::{encode_error, encode_ok, Body};
+use crate::protocol::Entry;
 
 /// How the connection must run a request.
 pub enum Route {
@@ -99,11 +100,23 @@ pub fn immediate(
             None
         }
         Request::Get { bucket, key, .. } => {
-            let result = cache.bucket(bucket).and_then(|b| b.get_cached(key));
-            if let Ok(entry) = &result {
-                count_lookups(&ctx.metrics, bucket, std::iter::once(entry));
+            // The hot path: encoded straight from the mirror's entry into the output buffer.
+            let result = cache.bucket(bucket).and_then(|b| {
+                b.read_cached(key, |entry| {
+                    encode_ok(out, id, &Body::Entry(entry));
+                    entry.is_some()
+                })
+            });
+            match result {
+                Ok(hit) => {
+                    ctx.metrics.lookups(bucket, u64::from(hit), u64::from(!hit));
+                    None
+                }
+                Err(err) => {
+                    encode_error(out, id, &err);
+                    Some(err.code)
+                }
             }
-            respond(out, id, result, |entry| Body::Entry(entry.as_ref()))
         }
         Request::Mget { bucket, keys, .. } => {
             let result = cache.bucket(bucket).and_then(|b| {
@@ -163,7 +176,9 @@ pub async fn waiting(ctx: &Context, frame: &Bytes, out: &mut Vec<u8>) -> Option<
             if let Ok(entry) = &result {
                 count_lookups(&ctx.metrics, bucket, std::iter::once(entry));
             }
-            respond(out, id, result, |entry| Body::Entry(entry.as_ref()))
+            respond(out, id, result, |entry| {
+                Body::Entry(entry.as_ref().map(Entry::as_ref))
+            })
         }
         Request::Mget { bucket, keys, read } => {
             let result = match cache.bucket(bucket) {
