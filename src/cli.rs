@@ -87,6 +87,18 @@ pub enum Command {
         #[arg(long)]
         no_initial: bool,
     },
+    /// Load generator: measure nearkv, direct NATS KV or the raw socket floor (see docs/BENCHMARKS.md).
+    Bench(crate::bench::BenchArgs),
+    /// The raw socket server `bench --against raw` measures (started by the bench itself).
+    #[command(hide = true)]
+    BenchRawServer {
+        #[arg(long)]
+        socket: PathBuf,
+        #[arg(long)]
+        keys: usize,
+        #[arg(long)]
+        value_size: usize,
+    },
     /// Show the mirrors' state, like `nats kv ls`.
     Status {
         bucket: Option<String>,
@@ -128,6 +140,36 @@ const EXIT_ERROR: u8 = 2;
 pub async fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve(args, cli.socket).await,
+        Command::BenchRawServer {
+            socket,
+            keys,
+            value_size,
+        } => match crate::bench::raw::serve(&socket, keys, value_size).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("nearkv: raw server: {err}");
+                ExitCode::from(EXIT_ERROR)
+            }
+        },
+        Command::Bench(args) => {
+            let socket = cli
+                .socket
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET_PATH));
+            match crate::bench::run(&args, &socket).await {
+                Ok(report) => {
+                    if cli.json {
+                        println!("{}", json!(report));
+                    } else {
+                        println!("{}", report.line());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(err) => {
+                    eprintln!("nearkv: bench: {err}");
+                    ExitCode::from(EXIT_ERROR)
+                }
+            }
+        }
         command => {
             let socket = cli
                 .socket
@@ -241,7 +283,9 @@ async fn client_command(
 ) -> Result<ExitCode, ClientError> {
     let client = Client::connect(socket).await?;
     match command {
-        Command::Serve(_) => unreachable_serve(),
+        Command::Serve(_) | Command::Bench(_) | Command::BenchRawServer { .. } => {
+            not_a_client_command()
+        }
         Command::Get {
             bucket,
             key,
@@ -377,10 +421,8 @@ async fn client_command(
     }
 }
 
-fn unreachable_serve() -> Result<ExitCode, ClientError> {
-    Err(ClientError::Protocol(
-        "serve is not a client command".to_string(),
-    ))
+fn not_a_client_command() -> Result<ExitCode, ClientError> {
+    Err(ClientError::Protocol("not a client command".to_string()))
 }
 
 /// An entry as JSON: `value` is the text when it is UTF-8, else `value_base64` holds the bytes.

@@ -5,6 +5,7 @@
 //! - [`server`]: serves the cache over a Unix socket (protocol v1, docs/PROTOCOL.md).
 //! - [`client`]: the Rust client of that protocol; the CLI is built on it.
 
+pub mod bench;
 pub mod cache;
 pub mod cli;
 pub mod client;

@@ -125,6 +125,17 @@ impl From<Read> for ReadOptions {
     }
 }
 
+/// `get` in one pass: it is the request nearkv serves most.
+#[derive(Deserialize)]
+struct GetBody<'a> {
+    bucket: &'a str,
+    key: &'a str,
+    min_revision: Option<u64>,
+    #[serde(default)]
+    consistency: Consistency,
+    timeout_ms: Option<u64>,
+}
+
 #[derive(Deserialize)]
 struct KeyBody<'a> {
     bucket: &'a str,
@@ -249,12 +260,15 @@ pub fn parse(frame: &[u8]) -> Result<(u64, Request<'_>), ParseError> {
     let request = match op {
         "ping" => Request::Ping,
         "get" => {
-            let b: KeyBody = body(frame, id, op)?;
-            let read: Read = body(frame, id, op)?;
+            let b: GetBody = body(frame, id, op)?;
             Request::Get {
                 bucket: b.bucket,
                 key: b.key,
-                read: read.into(),
+                read: ReadOptions {
+                    min_revision: b.min_revision,
+                    consistency: b.consistency,
+                    timeout_ms: b.timeout_ms,
+                },
             }
         }
         "mget" => {

@@ -1,5 +1,6 @@
-//! One client connection: a reader that parses frames and answers or dispatches them, a writer
-//! that coalesces responses into as few socket writes as possible, and the connection's watches.
+//! One client connection: one task reads frames, answers what memory can answer at once, hands
+//! waiting requests to their own tasks, and writes every response, coalescing a pipelined burst
+//! into one write; plus the connection's watches.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,8 +20,8 @@ use crate::protocol::frame::{FrameError, FrameReader};
 use crate::protocol::request::{self, Request};
 use crate::protocol::response::{encode_error, encode_ok, encode_watch, Body, WatchMessage};
 
-/// Response batches queued for the writer before the reader (and watches) must wait: this bounds
-/// a connection's memory when its client stops reading.
+/// Responses queued by waiting requests and watches before they must wait: this bounds a
+/// connection's memory when its client stops reading.
 const OUTPUT_QUEUE: usize = 256;
 /// The writer sends at most this much in one write.
 const MAX_WRITE: usize = 256 * 1024;
@@ -41,9 +42,8 @@ impl Connection {
         shutdown: CancellationToken,
     ) {
         ctx.metrics.connections.inc();
-        let (read_half, write_half) = stream.into_split();
-        let (out, rx) = mpsc::channel(OUTPUT_QUEUE);
-        let writer = tokio::spawn(write_loop(write_half, rx));
+        let (read_half, mut socket) = stream.into_split();
+        let (out, mut queued) = mpsc::channel(OUTPUT_QUEUE);
         let mut connection = Connection {
             ctx: ctx.clone(),
             out,
@@ -53,35 +53,53 @@ impl Connection {
         };
         let mut frames = FrameReader::new(read_half, max_frame_size);
         let mut batch = Vec::new();
-        connection.read_loop(&mut frames, &mut batch).await;
-        if !batch.is_empty() {
-            let _ = connection.out.send(batch).await;
-        }
-        // Stop watches; let requests already started finish and send their answers.
+        let open = connection
+            .serve(&mut frames, &mut socket, &mut queued, &mut batch)
+            .await;
+        // Stop watches; let requests already started finish, and send what they answer.
         for (_, watch) in connection.watches.drain() {
             watch.cancel();
         }
         connection.tasks.close();
-        connection.tasks.wait().await;
         drop(connection);
-        let _ = writer.await;
+        if open {
+            let mut open = write(&mut socket, &mut batch, &mut queued).await;
+            while let Some(mut pending) = queued.recv().await {
+                if open {
+                    open = write(&mut socket, &mut pending, &mut queued).await;
+                }
+            }
+            let _ = socket.shutdown().await;
+        }
         ctx.metrics.connections.dec();
     }
 
-    async fn read_loop<R: tokio::io::AsyncRead + Unpin>(
+    /// Reads and answers requests, and writes what waiting requests and watches queue, until
+    /// the client leaves or the server shuts down. Returns whether the socket is still writable.
+    ///
+    /// One task does both, so an answer from memory goes out without waking another task.
+    async fn serve<R: tokio::io::AsyncRead + Unpin>(
         &mut self,
         frames: &mut FrameReader<R>,
+        socket: &mut OwnedWriteHalf,
+        queued: &mut mpsc::Receiver<Vec<u8>>,
         batch: &mut Vec<u8>,
-    ) {
+    ) -> bool {
         loop {
             let next = tokio::select! {
                 biased;
-                _ = self.shutdown.cancelled() => return,
+                _ = self.shutdown.cancelled() => return true,
+                Some(mut pending) = queued.recv() => {
+                    if !write(socket, &mut pending, queued).await {
+                        return false;
+                    }
+                    continue;
+                }
                 next = frames.next_frame() => next,
             };
             let frame = match next {
                 Ok(Some(frame)) => frame,
-                Ok(None) => return,
+                Ok(None) => return true,
                 Err(FrameError::TooLarge { len, max }) => {
                     let error = Error::new(
                         ErrorCode::FrameTooLarge,
@@ -91,20 +109,20 @@ impl Connection {
                         ),
                     );
                     encode_error(batch, 0, &error);
-                    return;
+                    return true;
                 }
                 Err(err) => {
                     tracing::debug!(error = %err, "connection closed");
-                    return;
+                    return true;
                 }
             };
             self.handle(frame, batch);
             // Answer a pipelined burst in one write: flush only when no whole frame is waiting.
             if !frames.has_buffered_frame()
                 && !batch.is_empty()
-                && self.out.send(std::mem::take(batch)).await.is_err()
+                && !write(socket, batch, queued).await
             {
-                return;
+                return false;
             }
         }
     }
@@ -263,18 +281,24 @@ async fn run_watch(
     let _ = out.send(frame).await;
 }
 
-async fn write_loop(mut socket: OwnedWriteHalf, mut rx: mpsc::Receiver<Vec<u8>>) {
-    while let Some(mut buf) = rx.recv().await {
-        while buf.len() < MAX_WRITE {
-            match rx.try_recv() {
-                Ok(more) => buf.extend_from_slice(&more),
-                Err(_) => break,
-            }
-        }
-        if let Err(err) = socket.write_all(&buf).await {
-            tracing::debug!(error = %err, "client stopped reading; dropping its responses");
-            return;
+/// Writes `buf` and whatever else is queued (up to `MAX_WRITE`) in one write, then clears `buf`.
+/// Returns false when the client no longer reads.
+async fn write(
+    socket: &mut OwnedWriteHalf,
+    buf: &mut Vec<u8>,
+    queued: &mut mpsc::Receiver<Vec<u8>>,
+) -> bool {
+    while buf.len() < MAX_WRITE {
+        match queued.try_recv() {
+            Ok(more) => buf.extend_from_slice(&more),
+            Err(_) => break,
         }
     }
-    let _ = socket.shutdown().await;
+    let written = socket.write_all(buf).await;
+    buf.clear();
+    if let Err(err) = written {
+        tracing::debug!(error = %err, "client stopped reading; dropping its responses");
+        return false;
+    }
+    true
 }
