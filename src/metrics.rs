@@ -40,7 +40,7 @@ struct BucketMetrics {
 /// Metrics updated on the request path.
 pub struct Metrics {
     registry: Registry,
-    by_bucket: HashMap<String, BucketMetrics>,
+    by_bucket: HashMap<String, BucketMetrics, ahash::RandomState>,
     requests: IntCounterVec,
     duration: HistogramVec,
     errors: IntCounterVec,
@@ -146,7 +146,7 @@ impl Metrics {
                 ),
             ),
             registry,
-            by_bucket: HashMap::new(),
+            by_bucket: HashMap::default(),
         };
         let mut metrics = metrics;
         // "" stands for requests without a (known) bucket.

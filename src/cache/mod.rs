@@ -31,7 +31,7 @@ use crate::error::{Error, Result};
 use crate::nats::{connect, ConnectError};
 
 pub struct Cache {
-    buckets: HashMap<String, Bucket>,
+    buckets: HashMap<String, Bucket, ahash::RandomState>,
     order: Vec<String>,
     client: async_nats::Client,
     shutdown: CancellationToken,
@@ -65,7 +65,7 @@ impl Cache {
         let shutdown = CancellationToken::new();
         let mut js = async_nats::jetstream::new(client.clone());
         js.set_timeout(nats_timeout);
-        let mut map = HashMap::new();
+        let mut map = HashMap::default();
         let mut order = Vec::new();
         let mut actors = Vec::new();
         for config in buckets {

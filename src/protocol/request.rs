@@ -212,8 +212,12 @@ fn bad_request(id: u64, message: String) -> ParseError {
     }
 }
 
-/// Decodes one part of a request, naming the field that is wrong when it fails.
+/// Decodes one part of a request. Only when that fails is it decoded again with path tracking,
+/// which costs too much to pay on every request, to name the field that is wrong.
 fn body<'a, T: Deserialize<'a>>(frame: &'a [u8], id: u64, op: &str) -> Result<T, ParseError> {
+    if let Ok(parsed) = rmp_serde::from_slice(frame) {
+        return Ok(parsed);
+    }
     let mut de = rmp_serde::Deserializer::from_read_ref(frame);
     serde_path_to_error::deserialize(&mut de).map_err(|err| {
         let path = err.path().to_string();
