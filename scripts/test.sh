@@ -8,5 +8,7 @@ ensure_nats_server
 ensure_nats_py
 export NEARKV_NATS_SERVER="$NATS_SERVER"
 export NEARKV_PYTHONPATH
-cargo test --locked "$@"
+# --all-targets also runs benches/ once each (criterion's test mode), so they keep working.
+cargo test --locked --all-targets "$@"
+cargo test --locked --doc
 ./scripts/check-deploy.sh

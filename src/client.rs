@@ -21,7 +21,7 @@ use crate::error::Error;
 use crate::protocol::frame::FrameReader;
 use crate::protocol::request::{encode, Request, WriteOptions};
 use crate::protocol::response::{
-    EntriesBody, EntryBody, Head, KeysBody, RevisionBody, StatusBody, WatchPush,
+    peek_id_ok, EntriesBody, EntryBody, Head, KeysBody, RevisionBody, StatusBody, WatchPush,
 };
 use crate::protocol::{BucketStatus, Entry, ReadOptions};
 
@@ -113,15 +113,19 @@ impl Client {
                 let Some(shared) = reader_shared.upgrade() else {
                     return;
                 };
-                let Ok(head) = rmp_serde::from_slice::<IdOnly>(&frame) else {
-                    continue;
+                let id = match peek_id_ok(&frame) {
+                    Some((id, _)) => id,
+                    None => match rmp_serde::from_slice::<IdOnly>(&frame) {
+                        Ok(head) => head.id,
+                        Err(_) => continue,
+                    },
                 };
                 let Ok(mut waiters) = shared.waiters.lock() else {
                     return;
                 };
-                match waiters.get(&head.id) {
+                match waiters.get(&id) {
                     Some(Waiter::Call(_)) => {
-                        if let Some(Waiter::Call(tx)) = waiters.remove(&head.id) {
+                        if let Some(Waiter::Call(tx)) = waiters.remove(&id) {
                             let _ = tx.send(frame);
                         }
                     }

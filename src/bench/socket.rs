@@ -13,7 +13,7 @@ use super::{cas_key, key, unix_nanos, value, BenchArgs, Local, Recorder, Rng, Wo
 use crate::client::{Client, WatchEvent};
 use crate::protocol::frame::FrameReader;
 use crate::protocol::request::{encode, Request, WriteOptions};
-use crate::protocol::response::{Head, RevisionBody};
+use crate::protocol::response::{peek_id_ok, Head, RevisionBody};
 use crate::protocol::ReadOptions;
 
 /// Waits until the sidecar's mirror of `bucket` has applied `revision` (the seeded data).
@@ -138,10 +138,16 @@ async fn connection(
                 .await
                 .map_err(|e| e.to_string())?
                 .ok_or("nearkv closed the connection")?;
-            let head: Head = rmp_serde::from_slice(&frame).map_err(|e| e.to_string())?;
-            if let Some((started, k)) = in_flight.remove(&head.id) {
-                let ok = head.ok == Some(true);
+            let (id, ok) = match peek_id_ok(&frame) {
+                Some((id, ok)) => (id, ok == Some(true)),
+                None => {
+                    let head: Head = rmp_serde::from_slice(&frame).map_err(|e| e.to_string())?;
+                    (head.id, head.ok == Some(true))
+                }
+            };
+            if let Some((started, k)) = in_flight.remove(&id) {
                 if args.workload == Workload::Cas {
+                    let head: Head = rmp_serde::from_slice(&frame).map_err(|e| e.to_string())?;
                     match (ok, head.error.as_ref().and_then(|e| e.current_revision)) {
                         (true, _) => {
                             if let Ok(body) = rmp_serde::from_slice::<RevisionBody>(&frame) {

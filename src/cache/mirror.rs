@@ -7,14 +7,15 @@
 //! subscribes to the broadcast and then reads `applied` therefore finds every revision up to
 //! `applied` in the map and receives every later one as an event (see `watch.rs`).
 
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use compact_str::CompactString;
 use dashmap::DashMap;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, oneshot};
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::protocol::types::EntryRef;
@@ -37,7 +38,11 @@ pub struct Mirror {
     synced: AtomicBool,
     bytes: AtomicU64,
     last_update: AtomicI64,
-    revision_tx: watch::Sender<u64>,
+    /// Tasks waiting for a revision, by revision. Only the waiters whose revision an update
+    /// reaches are woken (a watch channel would wake every waiter on every update).
+    waiters: Mutex<BTreeMap<u64, Vec<oneshot::Sender<()>>>>,
+    /// How many senders `waiters` holds, so that applying an update takes no lock when nobody waits.
+    waiting: AtomicUsize,
     events: broadcast::Sender<Arc<Entry>>,
 }
 
@@ -49,7 +54,8 @@ impl Mirror {
             synced: AtomicBool::new(false),
             bytes: AtomicU64::new(0),
             last_update: AtomicI64::new(0),
-            revision_tx: watch::Sender::new(0),
+            waiters: Mutex::new(BTreeMap::new()),
+            waiting: AtomicUsize::new(0),
             events: broadcast::Sender::new(event_buffer),
         }
     }
@@ -107,7 +113,7 @@ impl Mirror {
     }
 
     pub fn applied(&self) -> u64 {
-        self.applied.load(Ordering::Acquire)
+        self.applied.load(Ordering::SeqCst)
     }
 
     pub fn is_synced(&self) -> bool {
@@ -141,33 +147,53 @@ impl Mirror {
         if entry.revision <= self.applied() {
             return false;
         }
+        let Entry {
+            key,
+            value,
+            revision,
+            created,
+            operation,
+        } = entry;
         let size = |key: &str, value: &Bytes| (key.len() + value.len()) as u64;
-        match entry.operation {
+        match operation {
             Operation::Put => {
-                let added = size(&entry.key, &entry.value);
+                let added = size(&key, &value);
                 let old = self.entries.insert(
-                    CompactString::from(entry.key.as_str()),
+                    CompactString::from(key.as_str()),
                     MirrorValue {
-                        value: entry.value.clone(),
-                        revision: entry.revision,
-                        created: entry.created,
+                        value,
+                        revision,
+                        created,
                     },
                 );
-                let removed = old.map_or(0, |old| size(&entry.key, &old.value));
+                let removed = old.map_or(0, |old| size(&key, &old.value));
                 self.bytes.fetch_add(added, Ordering::Relaxed);
                 self.bytes.fetch_sub(removed, Ordering::Relaxed);
             }
             Operation::Delete | Operation::Purge => {
-                if let Some((key, old)) = self.entries.remove(entry.key.as_str()) {
+                if let Some((key, old)) = self.entries.remove(key.as_str()) {
                     self.bytes
                         .fetch_sub(size(&key, &old.value), Ordering::Relaxed);
                 }
             }
         }
-        self.last_update.store(entry.created, Ordering::Relaxed);
-        self.advance(entry.revision);
-        // No receivers is normal: nobody is watching.
-        let _ = self.events.send(Arc::new(entry));
+        self.last_update.store(created, Ordering::Relaxed);
+        self.advance(revision);
+        // Only after `advance`: a watch that subscribes later reads an `applied` that covers this
+        // update. Building the event costs an allocation, so it is skipped when nobody watches.
+        if self.events.receiver_count() > 0 {
+            let value = match operation {
+                Operation::Put => self.entries.get(key.as_str()).map(|v| v.value.clone()),
+                Operation::Delete | Operation::Purge => None,
+            };
+            let _ = self.events.send(Arc::new(Entry {
+                key,
+                value: value.unwrap_or_default(),
+                revision,
+                created,
+                operation,
+            }));
+        }
         true
     }
 
@@ -175,8 +201,42 @@ impl Mirror {
     /// mirror learns that revisions outside its filter exist).
     pub(crate) fn advance(&self, revision: u64) {
         if revision > self.applied() {
-            self.applied.store(revision, Ordering::Release);
-            self.revision_tx.send_replace(revision);
+            self.applied.store(revision, Ordering::SeqCst);
+            // SeqCst pairs with `wait_for`: a waiter that this load misses re-reads `applied`
+            // after registering, and so sees `revision`.
+            if self.waiting.load(Ordering::SeqCst) > 0 {
+                self.wake(revision);
+            }
+        }
+    }
+
+    fn wake(&self, revision: u64) {
+        let ready = match self.waiters.lock() {
+            Ok(mut waiters) => {
+                let later = waiters.split_off(&(revision + 1));
+                std::mem::replace(&mut *waiters, later)
+            }
+            Err(_) => return,
+        };
+        let woken: usize = ready.values().map(Vec::len).sum();
+        self.waiting.fetch_sub(woken, Ordering::SeqCst);
+        for sender in ready.into_values().flatten() {
+            let _ = sender.send(());
+        }
+    }
+
+    /// Drops the senders of waiters that gave up on `revision`.
+    fn forget_closed(&self, revision: u64) {
+        if let Ok(mut waiters) = self.waiters.lock() {
+            if let Some(list) = waiters.get_mut(&revision) {
+                let before = list.len();
+                list.retain(|sender| !sender.is_closed());
+                self.waiting
+                    .fetch_sub(before - list.len(), Ordering::SeqCst);
+                if list.is_empty() {
+                    waiters.remove(&revision);
+                }
+            }
         }
     }
 
@@ -189,11 +249,28 @@ impl Mirror {
         if self.applied() >= revision {
             return Ok(());
         }
-        let mut rx = self.revision_tx.subscribe();
-        let outcome =
-            tokio::time::timeout(timeout, rx.wait_for(|applied| *applied >= revision)).await;
+        let (sender, receiver) = oneshot::channel();
+        {
+            let Ok(mut waiters) = self.waiters.lock() else {
+                return Err(Error::new(
+                    ErrorCode::Internal,
+                    "the mirror's waiter list is poisoned",
+                ));
+            };
+            // Count first, then re-check: see `advance`.
+            self.waiting.fetch_add(1, Ordering::SeqCst);
+            if self.applied.load(Ordering::SeqCst) >= revision {
+                self.waiting.fetch_sub(1, Ordering::SeqCst);
+                return Ok(());
+            }
+            waiters.entry(revision).or_default().push(sender);
+        }
+        let outcome = tokio::time::timeout(timeout, receiver).await;
+        if outcome.is_err() {
+            self.forget_closed(revision);
+        }
         match outcome {
-            Ok(Ok(_)) => Ok(()),
+            Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(Error::new(ErrorCode::Internal, "the bucket's mirror was shut down")),
             Err(_) => Err(Error::new(
                 ErrorCode::Timeout,
@@ -237,6 +314,38 @@ mod tests {
         assert!(mirror.apply(entry("b", "", 4, Operation::Purge)));
         assert!(mirror.is_empty());
         assert_eq!(mirror.bytes(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn many_waiters_wake_exactly_when_their_revision_is_applied() {
+        let mirror = Arc::new(Mirror::new(16));
+        let waiters: Vec<_> = (1..=200u64)
+            .map(|rev| {
+                let mirror = mirror.clone();
+                tokio::spawn(async move {
+                    mirror.wait_for(rev, Duration::from_secs(30)).await?;
+                    // Woken only once the revision is applied.
+                    assert!(mirror.applied() >= rev);
+                    Ok::<(), Error>(())
+                })
+            })
+            .collect();
+        for rev in 1..=200u64 {
+            mirror.apply(entry("k", "v", rev, Operation::Put));
+            tokio::task::yield_now().await;
+        }
+        for waiter in waiters {
+            waiter.await.unwrap().unwrap();
+        }
+        assert_eq!(mirror.waiting.load(Ordering::SeqCst), 0);
+        // A waiter that times out leaves nothing behind.
+        let err = mirror
+            .wait_for(500, Duration::from_millis(10))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::Timeout);
+        assert_eq!(mirror.waiting.load(Ordering::SeqCst), 0);
+        assert!(mirror.waiters.lock().unwrap().is_empty());
     }
 
     #[tokio::test]

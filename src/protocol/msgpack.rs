@@ -1,4 +1,5 @@
-//! The few MessagePack encodings the protocol writes, appended to a `Vec<u8>`.
+//! The few MessagePack encodings the protocol writes, appended to a `Vec<u8>`, and a reader for
+//! the few forms the hot paths read.
 //!
 //! Written out rather than going through serde so that a response is encoded straight from the
 //! mirror's entry into the connection's output buffer, with no intermediate struct, and so the
@@ -124,6 +125,75 @@ impl Writer<'_> {
     pub fn nil(&mut self) -> &mut Self {
         self.0.push(0xc0);
         self
+    }
+}
+
+/// Reads the few MessagePack forms the hot paths need (a plain `get`, a response's `id` and
+/// `ok`), borrowing from the frame; `None` for anything else, so callers fall back to serde.
+pub struct Cursor<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Cursor<'a> {
+    pub fn new(bytes: &'a [u8]) -> Self {
+        Cursor { bytes }
+    }
+
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = self.bytes.split_at_checked(n)?;
+        self.bytes = rest;
+        Some(head)
+    }
+
+    fn byte(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+
+    fn be(&mut self, n: usize) -> Option<u64> {
+        Some(
+            self.take(n)?
+                .iter()
+                .fold(0u64, |acc, b| acc << 8 | u64::from(*b)),
+        )
+    }
+
+    pub fn map_len(&mut self) -> Option<u64> {
+        match self.byte()? {
+            m @ 0x80..=0x8f => Some(u64::from(m & 0x0f)),
+            0xde => self.be(2),
+            0xdf => self.be(4),
+            _ => None,
+        }
+    }
+
+    pub fn str(&mut self) -> Option<&'a str> {
+        let len = match self.byte()? {
+            m @ 0xa0..=0xbf => u64::from(m & 0x1f),
+            0xd9 => self.be(1)?,
+            0xda => self.be(2)?,
+            0xdb => self.be(4)?,
+            _ => return None,
+        };
+        std::str::from_utf8(self.take(usize::try_from(len).ok()?)?).ok()
+    }
+
+    pub fn bool(&mut self) -> Option<bool> {
+        match self.byte()? {
+            0xc2 => Some(false),
+            0xc3 => Some(true),
+            _ => None,
+        }
+    }
+
+    pub fn uint(&mut self) -> Option<u64> {
+        match self.byte()? {
+            m @ 0x00..=0x7f => Some(u64::from(m)),
+            0xcc => self.be(1),
+            0xcd => self.be(2),
+            0xce => self.be(4),
+            0xcf => self.be(8),
+            _ => None,
+        }
     }
 }
 

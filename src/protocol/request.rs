@@ -4,7 +4,7 @@
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use super::msgpack::Writer;
+use super::msgpack::{Cursor, Writer};
 use super::types::{Consistency, ReadOptions};
 use crate::error::{Error, ErrorCode};
 
@@ -235,8 +235,37 @@ fn owned<T: DeserializeOwned>(frame: &[u8]) -> Option<T> {
     rmp_serde::from_slice(frame).ok()
 }
 
+/// The read path's fast lane: a `get` with only `id`, `op`, `bucket` and `key`, decoded in one
+/// pass without serde. Anything else (options, unknown fields, errors) returns `None` and takes
+/// the general path, which also produces the error messages.
+fn plain_get(frame: &[u8]) -> Option<(u64, Request<'_>)> {
+    let mut cursor = Cursor::new(frame);
+    let (mut id, mut op, mut bucket, mut key) = (None, None, None, None);
+    for _ in 0..cursor.map_len()? {
+        match cursor.str()? {
+            "id" => id = Some(cursor.uint()?),
+            "op" => op = Some(cursor.str()?),
+            "bucket" => bucket = Some(cursor.str()?),
+            "key" => key = Some(cursor.str()?),
+            _ => return None,
+        }
+    }
+    if op? != "get" {
+        return None;
+    }
+    let request = Request::Get {
+        bucket: bucket?,
+        key: key?,
+        read: ReadOptions::default(),
+    };
+    Some((id?, request))
+}
+
 /// Parses a request frame's body (the bytes after the length prefix).
 pub fn parse(frame: &[u8]) -> Result<(u64, Request<'_>), ParseError> {
+    if let Some(parsed) = plain_get(frame) {
+        return Ok(parsed);
+    }
     // rmp-serde would also accept a struct encoded as an array; the protocol allows maps only.
     let is_map = matches!(frame.first(), Some(0x80..=0x8f | 0xde | 0xdf));
     if !is_map {

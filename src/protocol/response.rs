@@ -3,7 +3,7 @@
 use serde::Deserialize;
 
 use super::frame;
-use super::msgpack::Writer;
+use super::msgpack::{Cursor, Writer};
 use super::types::{BucketStatus, Entry, EntryRef};
 use crate::error::{Error, ErrorCode};
 
@@ -159,6 +159,22 @@ pub enum WatchMessage<'a> {
     Event(&'a Entry),
     Synced,
     End(Option<&'a Error>),
+}
+
+/// A response's `id` and `ok`, read without serde when they come first, as nearkv writes them;
+/// `None` otherwise (decode a [`Head`] then).
+pub fn peek_id_ok(frame: &[u8]) -> Option<(u64, Option<bool>)> {
+    let mut cursor = Cursor::new(frame);
+    cursor.map_len()?;
+    if cursor.str()? != "id" {
+        return None;
+    }
+    let id = cursor.uint()?;
+    let ok = match cursor.str() {
+        Some("ok") => cursor.bool(),
+        _ => None,
+    };
+    Some((id, ok))
 }
 
 /// The part of every server message the client reads first: whose it is and whether it failed.

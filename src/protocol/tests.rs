@@ -149,6 +149,43 @@ fn unknown_fields_are_ignored_and_values_may_be_strings() {
     assert!(matches!(request, Request::Put { value: b"text", .. }));
 }
 
+/// The fast lane for plain gets must agree with the general path on everything it accepts.
+#[test]
+fn plain_gets_parse_the_same_on_both_paths() {
+    let long_key = "k".repeat(300);
+    for (id, bucket, key) in [
+        (0u64, "b", "k"),
+        (200, "shop_orders", "order-1"),
+        (70_000, "b", long_key.as_str()),
+        (u64::MAX, "b", "a.b.c"),
+    ] {
+        let mut buf = Vec::new();
+        let request = Request::Get {
+            bucket,
+            key,
+            read: ReadOptions::default(),
+        };
+        encode(id, &request, &mut buf);
+        assert_eq!(parse(body_of(&buf)).unwrap(), (id, request.clone()));
+        // The same request with its fields in another order and str8/uint64 encodings.
+        let reordered =
+            msgpack(&serde_json::json!({"key": key, "bucket": bucket, "op": "get", "id": id}));
+        assert_eq!(parse(&reordered).unwrap(), (id, request));
+    }
+    // Truncated or odd frames fall back to the general path's answers, never panic.
+    let mut buf = Vec::new();
+    let request = Request::Get {
+        bucket: "b",
+        key: "k",
+        read: ReadOptions::default(),
+    };
+    encode(9, &request, &mut buf);
+    for cut in 4..buf.len() {
+        let err = parse(&buf[4..cut]).unwrap_err();
+        assert_eq!(err.error.code, ErrorCode::BadRequest);
+    }
+}
+
 #[test]
 fn random_bytes_never_panic_the_parser() {
     let mut state: u64 = 0x9e3779b97f4a7c15;
