@@ -30,12 +30,13 @@ ensure_nats_server() {
   export NATS_SERVER
 }
 
-# Sets NEARKV_PYTHONPATH to a folder holding the nats-py client (for the interop tests).
+# Sets NEARKV_PYTHONPATH to a folder holding the nats-py client and msgpack (for the interop
+# tests and the Python protocol client).
 ensure_nats_py() {
   local dir="$TOOLS/python"
-  if ! PYTHONPATH="$dir" python3 -c 'import nats.js.kv' 2>/dev/null; then
-    echo "installing nats-py into .tools/python (PyPI)" >&2
-    pip_install "$dir" "nats-py==2.16.0"
+  if ! PYTHONPATH="$dir" python3 -c 'import nats.js.kv, msgpack' 2>/dev/null; then
+    echo "installing nats-py and msgpack into .tools/python (PyPI)" >&2
+    pip_install "$dir" "nats-py==2.16.0" "msgpack==1.1.2"
   fi
   NEARKV_PYTHONPATH="$dir"
   export NEARKV_PYTHONPATH

@@ -110,8 +110,8 @@ struct IdOnly {
 #[derive(Deserialize)]
 struct Read {
     min_revision: Option<u64>,
-    #[serde(default)]
-    consistency: Consistency,
+    /// Optional fields may be absent or nil, so an `Option` rather than `serde(default)`.
+    consistency: Option<Consistency>,
     timeout_ms: Option<u64>,
 }
 
@@ -119,7 +119,7 @@ impl From<Read> for ReadOptions {
     fn from(r: Read) -> Self {
         ReadOptions {
             min_revision: r.min_revision,
-            consistency: r.consistency,
+            consistency: r.consistency.unwrap_or_default(),
             timeout_ms: r.timeout_ms,
         }
     }
@@ -131,8 +131,8 @@ struct GetBody<'a> {
     bucket: &'a str,
     key: &'a str,
     min_revision: Option<u64>,
-    #[serde(default)]
-    consistency: Consistency,
+    /// Optional fields may be absent or nil, so an `Option` rather than `serde(default)`.
+    consistency: Option<Consistency>,
     timeout_ms: Option<u64>,
 }
 
@@ -299,7 +299,7 @@ pub fn parse(frame: &[u8]) -> Result<(u64, Request<'_>), ParseError> {
                 key: b.key,
                 read: ReadOptions {
                     min_revision: b.min_revision,
-                    consistency: b.consistency,
+                    consistency: b.consistency.unwrap_or_default(),
                     timeout_ms: b.timeout_ms,
                 },
             }

@@ -141,6 +141,57 @@ fn malformed_requests_get_typed_errors() {
 }
 
 #[test]
+fn optional_fields_may_be_nil() {
+    let bytes = msgpack(
+        &serde_json::json!({"id": 1, "op": "get", "bucket": "b", "key": "k",
+        "min_revision": null, "consistency": null, "timeout_ms": null}),
+    );
+    let (_, request) = parse(&bytes).unwrap();
+    assert_eq!(
+        request,
+        Request::Get {
+            bucket: "b",
+            key: "k",
+            read: ReadOptions::default()
+        }
+    );
+    let bytes = msgpack(
+        &serde_json::json!({"id": 1, "op": "mget", "bucket": "b", "keys": ["k"], "consistency": null}),
+    );
+    assert!(parse(&bytes).is_ok());
+    let bytes = msgpack(
+        &serde_json::json!({"id": 1, "op": "put", "bucket": "b", "key": "k", "value": "v",
+        "expect_revision": null, "timeout_ms": null}),
+    );
+    assert!(matches!(
+        parse(&bytes).unwrap().1,
+        Request::Put {
+            write: WriteOptions {
+                expect_revision: None,
+                ..
+            },
+            ..
+        }
+    ));
+    let bytes = msgpack(
+        &serde_json::json!({"id": 1, "op": "watch", "bucket": "b", "filter": null, "initial": null}),
+    );
+    assert!(matches!(
+        parse(&bytes).unwrap().1,
+        Request::Watch {
+            filter: None,
+            initial: true,
+            ..
+        }
+    ));
+    let bytes = msgpack(&serde_json::json!({"id": 1, "op": "status", "bucket": null}));
+    assert!(matches!(
+        parse(&bytes).unwrap().1,
+        Request::Status { bucket: None }
+    ));
+}
+
+#[test]
 fn unknown_fields_are_ignored_and_values_may_be_strings() {
     let bytes = msgpack(
         &serde_json::json!({"id": 1, "op": "put", "bucket": "b", "key": "k", "value": "text", "x": [1]}),
