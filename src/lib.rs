@@ -34,11 +34,6 @@ pub enum ServeError {
     Bind(#[from] server::BindError),
     #[error(transparent)]
     Connect(#[from] nats::ConnectError),
-    #[error("cannot listen on http.listen {address}: {source}")]
-    Http {
-        address: std::net::SocketAddr,
-        source: std::io::Error,
-    },
 }
 
 /// Runs the sidecar until `shutdown` is cancelled: binds the socket, connects to NATS, mirrors
@@ -46,12 +41,20 @@ pub enum ServeError {
 pub async fn serve(config: config::Config, shutdown: CancellationToken) -> Result<(), ServeError> {
     config.validate()?;
     let mode = config.socket.mode_bits()?;
+    // The socket is what applications depend on; an HTTP port taken by another process (a
+    // second sidecar on the same host, say) disables the endpoint loudly rather than the sidecar.
     let http_listener = match config.http.address()? {
-        Some(address) => Some(
-            tokio::net::TcpListener::bind(address)
-                .await
-                .map_err(|source| ServeError::Http { address, source })?,
-        ),
+        Some(address) => match tokio::net::TcpListener::bind(address).await {
+            Ok(listener) => Some(listener),
+            Err(err) => {
+                tracing::error!(
+                    %address,
+                    error = %err,
+                    "HTTP endpoint (/metrics, /healthz, /readyz) disabled: cannot listen; set --http-listen or [http] listen"
+                );
+                None
+            }
+        },
         None => None,
     };
     let server = server::Server::bind(&config.socket, mode).await?;

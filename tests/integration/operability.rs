@@ -260,3 +260,24 @@ async fn the_dashboard_queries_only_metrics_nearkv_exports() {
     );
     sidecar.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_http_port_disables_the_endpoint_not_the_sidecar() {
+    let nats = NatsServer::start().await;
+    let first = Sidecar::start(&nats.url(), vec![bucket("h")]).await;
+    let port = first.http.clone();
+    let second = Sidecar::start_with(&nats.url(), vec![bucket("h")], move |c| {
+        c.http.listen = port
+    })
+    .await;
+    let client = second.synced_client().await;
+    client.put("h", "k", b"v").await.unwrap();
+    assert_eq!(
+        client.get("h", "k").await.unwrap().unwrap().value.as_ref(),
+        b"v"
+    );
+    // The port still belongs to the first sidecar.
+    assert_eq!(http_get(&first.http, "/healthz").await.0, 200);
+    second.stop().await;
+    first.stop().await;
+}
