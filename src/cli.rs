@@ -335,10 +335,7 @@ async fn client_command(
             } else {
                 value.into_bytes()
             };
-            let write = WriteOptions {
-                expect_revision,
-                timeout_ms: None,
-            };
+            let write = WriteOptions::expecting(expect_revision);
             let revision = client.put_with(&bucket, &key, &value, write).await?;
             output.revision(revision);
             Ok(ExitCode::SUCCESS)
@@ -348,10 +345,7 @@ async fn client_command(
             key,
             expect_revision,
         } => {
-            let write = WriteOptions {
-                expect_revision,
-                timeout_ms: None,
-            };
+            let write = WriteOptions::expecting(expect_revision);
             output.revision(client.delete(&bucket, &key, write).await?);
             Ok(ExitCode::SUCCESS)
         }
@@ -360,10 +354,7 @@ async fn client_command(
             key,
             expect_revision,
         } => {
-            let write = WriteOptions {
-                expect_revision,
-                timeout_ms: None,
-            };
+            let write = WriteOptions::expecting(expect_revision);
             output.revision(client.purge(&bucket, &key, write).await?);
             Ok(ExitCode::SUCCESS)
         }

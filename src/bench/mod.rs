@@ -355,6 +355,31 @@ async fn progress(recorder: Arc<Recorder>) {
     }
 }
 
+/// Writes the queued requests of a pipelining worker.
+pub(crate) async fn flush(
+    socket: &mut tokio::net::unix::OwnedWriteHalf,
+    out: &mut Vec<u8>,
+) -> Result<(), String> {
+    use tokio::io::AsyncWriteExt;
+    if !out.is_empty() {
+        socket.write_all(out).await.map_err(|e| e.to_string())?;
+        out.clear();
+    }
+    Ok(())
+}
+
+/// The next response of a pipelining worker.
+pub(crate) async fn response<R: tokio::io::AsyncRead + Unpin>(
+    frames: &mut crate::protocol::frame::FrameReader<R>,
+    peer: &str,
+) -> Result<bytes::Bytes, String> {
+    frames
+        .next_frame()
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("{peer} closed the connection"))
+}
+
 /// A value of `size` bytes whose first 8 bytes carry `stamp` (for watch latency).
 pub(crate) fn value(size: usize, stamp: u64) -> Vec<u8> {
     let mut v = vec![b'x'; size.max(8)];

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
 
-use super::{key, value, BenchArgs, Local, Recorder, Rng};
+use super::{flush, key, response, value, BenchArgs, Local, Recorder, Rng};
 use crate::protocol::frame::FrameReader;
 
 /// Serves the raw protocol on `socket` until killed.
@@ -102,19 +102,9 @@ async fn connection(
         if in_flight.is_empty() {
             return Ok(());
         }
-        if !out.is_empty() {
-            write_half
-                .write_all(&out)
-                .await
-                .map_err(|e| e.to_string())?;
-            out.clear();
-        }
+        flush(&mut write_half, &mut out).await?;
         loop {
-            let frame = frames
-                .next_frame()
-                .await
-                .map_err(|e| e.to_string())?
-                .ok_or("the raw server closed the connection")?;
+            let frame = response(&mut frames, "the raw server").await?;
             if let Some(started) = in_flight.pop_front() {
                 local.record(started, frame.len() == args.value_size.max(8));
             }

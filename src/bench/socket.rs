@@ -6,10 +6,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 
-use super::{cas_key, key, unix_nanos, value, BenchArgs, Local, Recorder, Rng, Workload};
+use super::{
+    cas_key, flush, key, response, unix_nanos, value, BenchArgs, Local, Recorder, Rng, Workload,
+};
 use crate::client::{Client, WatchEvent};
 use crate::protocol::frame::FrameReader;
 use crate::protocol::request::{encode, Request, WriteOptions};
@@ -107,10 +108,9 @@ async fn connection(
                     bucket: &args.bucket,
                     key: &keys[k],
                     value: &payload,
-                    write: WriteOptions {
-                        expect_revision: Some(cas.revisions.get(&k).copied().unwrap_or(0)),
-                        timeout_ms: None,
-                    },
+                    write: WriteOptions::expecting(Some(
+                        cas.revisions.get(&k).copied().unwrap_or(0),
+                    )),
                 },
                 _ => Request::Put {
                     bucket: &args.bucket,
@@ -125,19 +125,9 @@ async fn connection(
         if in_flight.is_empty() {
             return Ok(());
         }
-        if !out.is_empty() {
-            write_half
-                .write_all(&out)
-                .await
-                .map_err(|e| e.to_string())?;
-            out.clear();
-        }
+        flush(&mut write_half, &mut out).await?;
         loop {
-            let frame = frames
-                .next_frame()
-                .await
-                .map_err(|e| e.to_string())?
-                .ok_or("nearkv closed the connection")?;
+            let frame = response(&mut frames, "nearkv").await?;
             let (id, ok) = match peek_id_ok(&frame) {
                 Some((id, ok)) => (id, ok == Some(true)),
                 None => {

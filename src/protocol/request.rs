@@ -63,6 +63,16 @@ pub struct WriteOptions {
     pub timeout_ms: Option<u64>,
 }
 
+impl WriteOptions {
+    /// A write with this condition and the server's default deadline.
+    pub fn expecting(expect_revision: Option<u64>) -> Self {
+        WriteOptions {
+            expect_revision,
+            timeout_ms: None,
+        }
+    }
+}
+
 impl Request<'_> {
     /// The bucket the request names, if any.
     pub fn bucket(&self) -> Option<&str> {
