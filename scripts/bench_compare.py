@@ -301,6 +301,10 @@ and with the criterion benches:
    writes are pipelined to NATS rather than serialised.
 9. The load generator reads a response's `id` and `ok` without serde (`peek_id_ok`), the same
    fast path the Rust client's reader uses.
+10. **One shutdown registration per connection.** The read loop's `select!` created a fresh
+    `CancellationToken::cancelled()` future per request, which locks the token's mutex (one token
+    shared by every connection) and registers with a `Notify`: 3 % of the profile. The future is now
+    created once and polled by reference; pipelined get throughput rose by about 11 %.
 """
     with open(os.path.join(ROOT, "docs", "BENCHMARKS.md"), "w") as f:
         f.write(text)

@@ -85,10 +85,15 @@ impl Connection {
         queued: &mut mpsc::Receiver<Vec<u8>>,
         batch: &mut Vec<u8>,
     ) -> bool {
+        // One registration for the connection's life: creating it per request locked the
+        // token's mutex, shared by every connection, once per request.
+        let shutdown = self.shutdown.clone();
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(cancelled);
         loop {
             let next = tokio::select! {
                 biased;
-                _ = self.shutdown.cancelled() => return true,
+                _ = &mut cancelled => return true,
                 Some(mut pending) = queued.recv() => {
                     if !write(socket, &mut pending, queued).await {
                         return false;
@@ -248,10 +253,12 @@ async fn run_watch(
     let metrics = &ctx.metrics;
     metrics.watches.inc();
     let delivered = metrics.watch_delivered(&bucket);
+    let cancelled = token.cancelled();
+    tokio::pin!(cancelled);
     let end = loop {
         let item = tokio::select! {
             biased;
-            _ = token.cancelled() => break None,
+            _ = &mut cancelled => break None,
             item = watch.next() => item,
         };
         let mut frame = Vec::new();
@@ -264,7 +271,7 @@ async fn run_watch(
         }
         let sent = tokio::select! {
             biased;
-            _ = token.cancelled() => break None,
+            _ = &mut cancelled => break None,
             sent = out.send(frame) => sent,
         };
         if sent.is_err() {
