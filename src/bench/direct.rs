@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, kv};
 use futures::StreamExt;
 
-use super::{cas_key, key, unix_nanos, value, BenchArgs, Local, Recorder, Report, Rng, Workload};
+use super::{
+    key, unix_nanos, value, working_set, BenchArgs, Local, Recorder, Report, Rng, Workload,
+};
 
 async fn store(args: &BenchArgs) -> Result<kv::Store, String> {
     let client = async_nats::connect(&args.nats_url)
@@ -121,12 +123,7 @@ pub async fn load(args: &BenchArgs, recorder: &Recorder) -> Result<(), String> {
 async fn worker(args: &BenchArgs, store: &kv::Store, recorder: &Recorder, n: u64) {
     let mut local = Local::new(recorder);
     let mut rng = Rng::new(n + 1);
-    let keys: Vec<String> = match args.workload {
-        Workload::Cas => (0..args.keys)
-            .map(|i| cas_key(recorder.run_id, n, i))
-            .collect(),
-        _ => (0..args.keys).map(key).collect(),
-    };
+    let keys = working_set(args, recorder, n);
     let payload = bytes::Bytes::from(value(args.value_size, 0));
     let mut revisions: HashMap<usize, u64> = HashMap::new();
     while !recorder.done() {

@@ -226,10 +226,16 @@ pub(crate) fn key(i: usize) -> String {
     format!("key-{i:07}")
 }
 
-/// Keys a `cas` worker owns: new in every run, so the first compare-and-set of each is a create
-/// (`expect_revision` 0) and every later one expects the revision the worker last wrote.
-pub(crate) fn cas_key(run: u64, worker: u64, i: usize) -> String {
-    format!("cas-{run}-{worker}-{i}")
+/// The keys a worker uses. A `cas` worker owns keys that are new in every run, so the first
+/// compare-and-set of each is a create (`expect_revision` 0) and every later one expects the
+/// revision the worker last wrote.
+pub(crate) fn working_set(args: &BenchArgs, recorder: &Recorder, worker: u64) -> Vec<String> {
+    match args.workload {
+        Workload::Cas => (0..args.keys)
+            .map(|i| format!("cas-{}-{worker}-{i}", recorder.run_id))
+            .collect(),
+        _ => (0..args.keys).map(key).collect(),
+    }
 }
 
 /// A tiny xorshift generator: random enough to spread keys, free of locks and syscalls.

@@ -9,7 +9,7 @@ use futures::StreamExt;
 use tokio::net::UnixStream;
 
 use super::{
-    cas_key, flush, key, response, unix_nanos, value, BenchArgs, Local, Recorder, Rng, Workload,
+    flush, key, response, unix_nanos, value, working_set, BenchArgs, Local, Recorder, Rng, Workload,
 };
 use crate::client::{Client, WatchEvent};
 use crate::protocol::frame::FrameReader;
@@ -40,11 +40,6 @@ pub async fn load(args: &BenchArgs, socket: &Path, recorder: &Recorder) -> Resul
     Ok(())
 }
 
-/// Per-worker state of the `cas` workload: the revision each of its keys was last written at.
-struct CasKeys {
-    revisions: HashMap<usize, u64>,
-}
-
 async fn connection(
     args: &BenchArgs,
     socket: &Path,
@@ -58,17 +53,11 @@ async fn connection(
     let mut frames = FrameReader::new(read_half, 64 * 1024 * 1024);
     let mut local = Local::new(recorder);
     let mut rng = Rng::new(n + 1);
-    let keys: Vec<String> = match args.workload {
-        Workload::Cas => (0..args.keys)
-            .map(|i| cas_key(recorder.run_id, n, i))
-            .collect(),
-        _ => (0..args.keys).map(key).collect(),
-    };
+    let keys = working_set(args, recorder, n);
     let payload = value(args.value_size, 0);
     let mut in_flight: HashMap<u64, (Instant, usize)> = HashMap::with_capacity(args.pipeline);
-    let mut cas = CasKeys {
-        revisions: HashMap::new(),
-    };
+    // For `cas`: the revision each of the worker's keys was last written at.
+    let mut revisions: HashMap<usize, u64> = HashMap::new();
     let mut out = Vec::with_capacity(4096);
     let mut next_id = 1u64;
     loop {
@@ -108,9 +97,7 @@ async fn connection(
                     bucket: &args.bucket,
                     key: &keys[k],
                     value: &payload,
-                    write: WriteOptions::expecting(Some(
-                        cas.revisions.get(&k).copied().unwrap_or(0),
-                    )),
+                    write: WriteOptions::expecting(Some(revisions.get(&k).copied().unwrap_or(0))),
                 },
                 _ => Request::Put {
                     bucket: &args.bucket,
@@ -141,12 +128,12 @@ async fn connection(
                     match (ok, head.error.as_ref().and_then(|e| e.current_revision)) {
                         (true, _) => {
                             if let Ok(body) = rmp_serde::from_slice::<RevisionBody>(&frame) {
-                                cas.revisions.insert(k, body.revision);
+                                revisions.insert(k, body.revision);
                             }
                         }
                         // Someone else wrote the key (another bench run): resynchronise.
                         (false, Some(current)) => {
-                            cas.revisions.insert(k, current);
+                            revisions.insert(k, current);
                         }
                         (false, None) => {}
                     }
