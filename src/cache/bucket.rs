@@ -140,9 +140,18 @@ impl Bucket {
         key: &str,
         f: impl FnOnce(Option<crate::protocol::types::EntryRef<'_>>) -> R,
     ) -> Result<R> {
-        self.check_readable_key(key)?;
-        self.check_synced()?;
+        self.check_cached_reads(&[key])?;
         Ok(self.shared.mirror.read(key, f))
+    }
+
+    /// The checks of a read from the mirror, for each key: a valid key inside the filter, and a
+    /// synced mirror. After they pass, [`Mirror::read`] answers each key without failing.
+    pub fn check_cached_reads(&self, keys: &[&str]) -> Result<()> {
+        for key in keys {
+            self.check_readable_key(key)?;
+            self.check_synced()?;
+        }
+        Ok(())
     }
 
     /// The key's value, after waiting for the freshness `read` asks for.

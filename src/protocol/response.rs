@@ -46,8 +46,31 @@ fn optional_entry(w: &mut Writer<'_>, e: Option<EntryRef<'_>>) {
     }
 }
 
+/// Appends an `mget` success response of `len` entries, asking `entry_at` for each one in
+/// order, so the entries can be encoded from where they are stored rather than from copies.
+pub fn encode_ok_entries(
+    buf: &mut Vec<u8>,
+    id: u64,
+    len: usize,
+    mut entry_at: impl FnMut(usize, &mut dyn FnMut(Option<EntryRef<'_>>)),
+) {
+    let start = frame::begin(buf);
+    let mut w = Writer(buf);
+    w.map(3).str("id").uint(id).str("ok").bool(true);
+    w.str("entries").array(len as u32);
+    for i in 0..len {
+        entry_at(i, &mut |e| optional_entry(&mut w, e));
+    }
+    frame::end(buf, start);
+}
+
 /// Appends a success response frame.
 pub fn encode_ok(buf: &mut Vec<u8>, id: u64, body: &Body<'_>) {
+    if let Body::Entries(list) = body {
+        return encode_ok_entries(buf, id, list.len(), |i, write| {
+            write(list[i].as_ref().map(Entry::as_ref))
+        });
+    }
     let start = frame::begin(buf);
     let mut w = Writer(buf);
     let fields = if matches!(body, Body::Empty) { 2 } else { 3 };
@@ -55,12 +78,8 @@ pub fn encode_ok(buf: &mut Vec<u8>, id: u64, body: &Body<'_>) {
     match body {
         Body::Empty => {}
         Body::Entry(e) => optional_entry(w.str("entry"), *e),
-        Body::Entries(list) => {
-            w.str("entries").array(list.len() as u32);
-            for e in list.iter() {
-                optional_entry(&mut w, e.as_ref().map(Entry::as_ref));
-            }
-        }
+        // Written by `encode_ok_entries`, above.
+        Body::Entries(_) => {}
         Body::Revision(rev) => {
             w.str("revision").uint(*rev);
         }

@@ -10,7 +10,7 @@ use crate::cache::{Bucket, Cache};
 use crate::error::{ErrorCode, Result};
 use crate::metrics::Metrics;
 use crate::protocol::request::{self, Request};
-use crate::protocol::response::{encode_error, encode_ok, Body};
+use crate::protocol::response::{encode_error, encode_ok, encode_ok_entries, Body};
 use crate::protocol::Entry;
 
 /// How the connection must run a request.
@@ -119,15 +119,27 @@ pub fn immediate(
             }
         }
         Request::Mget { bucket, keys, .. } => {
-            let result = cache.bucket(bucket).and_then(|b| {
-                keys.iter()
-                    .map(|key| b.get_cached(key))
-                    .collect::<Result<Vec<_>>>()
-            });
-            if let Ok(entries) = &result {
-                count_lookups(&ctx.metrics, bucket, entries.iter());
+            // Like `get`: each entry encoded straight from the mirror, no owned copies.
+            let checked = cache
+                .bucket(bucket)
+                .and_then(|b| b.check_cached_reads(keys).map(|()| b));
+            match checked {
+                Ok(b) => {
+                    let mut hits = 0;
+                    encode_ok_entries(out, id, keys.len(), |i, write| {
+                        b.mirror().read(keys[i], |entry| {
+                            hits += u64::from(entry.is_some());
+                            write(entry)
+                        })
+                    });
+                    ctx.metrics.lookups(bucket, hits, keys.len() as u64 - hits);
+                    None
+                }
+                Err(err) => {
+                    encode_error(out, id, &err);
+                    Some(err.code)
+                }
             }
-            respond(out, id, result, |entries| Body::Entries(entries))
         }
         Request::Keys { bucket, filter } => {
             let result = cache.bucket(bucket).and_then(|b| b.keys(*filter));
