@@ -9,22 +9,34 @@ use nearkv::cache::Mirror;
 use nearkv::protocol::frame::{check, FrameCheck};
 use nearkv::protocol::request::{encode, parse, Request};
 use nearkv::protocol::response::{encode_ok, Body};
-use nearkv::protocol::{Entry, Operation, ReadOptions};
+use nearkv::protocol::{Entry, Freshness, Operation, ReadOptions};
 
 const KEYS: usize = 100_000;
 
 fn mirror() -> Mirror {
     let mirror = Mirror::new(16);
     for i in 0..KEYS {
-        mirror.apply(Entry {
-            key: format!("key-{i:07}"),
-            value: Bytes::from(vec![b'x'; 100]),
-            revision: i as u64 + 1,
-            created: 1_700_000_000_000_000_000,
-            operation: Operation::Put,
-        });
+        mirror.apply(
+            Entry {
+                key: format!("key-{i:07}"),
+                value: Bytes::from(vec![b'x'; 100]),
+                revision: i as u64 + 1,
+                created: 1_700_000_000_000_000_000,
+                operation: Operation::Put,
+            },
+            0,
+        );
     }
+    mirror.confirm(std::time::Instant::now());
     mirror
+}
+
+/// What the server reads of the mirror's freshness for every read.
+fn freshness(mirror: &Mirror) -> Freshness {
+    Freshness {
+        revision: mirror.applied(),
+        age_ms: mirror.age().map_or(0, |age| age.as_millis() as u64),
+    }
 }
 
 fn get_frame(key: &str) -> Vec<u8> {
@@ -74,7 +86,7 @@ fn benches(c: &mut Criterion) {
         b.iter(|| {
             out.clear();
             mirror.read(black_box("key-0012345"), |entry| {
-                encode_ok(&mut out, 42, &Body::Entry(entry))
+                encode_ok(&mut out, 42, &Body::Entry(entry, freshness(&mirror)))
             });
             black_box(out.len())
         })
@@ -84,7 +96,10 @@ fn benches(c: &mut Criterion) {
         b.iter(|| {
             out.clear();
             if let Ok((id, Request::Get { key, .. })) = parse(black_box(&frame[4..])) {
-                mirror.read(key, |entry| encode_ok(&mut out, id, &Body::Entry(entry)));
+                let fresh = freshness(&mirror);
+                mirror.read(key, |entry| {
+                    encode_ok(&mut out, id, &Body::Entry(entry, fresh))
+                });
             }
             black_box(out.len())
         })

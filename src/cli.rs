@@ -50,6 +50,9 @@ pub enum Command {
         /// How long to wait for --min-revision or --strong.
         #[arg(long)]
         timeout_ms: Option<u64>,
+        /// Answer even if the mirror is older than the bucket's max_staleness.
+        #[arg(long)]
+        allow_stale: bool,
     },
     /// Store a value and print its revision. VALUE `-` reads standard input.
     Put {
@@ -59,6 +62,10 @@ pub enum Command {
         /// Compare-and-set: 0 = the key must be absent or deleted, N = its revision must be N.
         #[arg(long)]
         expect_revision: Option<u64>,
+        /// The value expires this long after it is stored, e.g. `30s`, `5m` (at least 1s; the
+        /// bucket needs limit markers).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<std::time::Duration>,
     },
     /// Delete a key (a delete marker; history is kept) and print the marker's revision.
     Delete {
@@ -78,6 +85,9 @@ pub enum Command {
     Keys {
         bucket: String,
         filter: Option<String>,
+        /// Answer even if the mirror is older than the bucket's max_staleness.
+        #[arg(long)]
+        allow_stale: bool,
     },
     /// Print the bucket's live entries, then every change, until interrupted.
     Watch {
@@ -292,6 +302,7 @@ async fn client_command(
             min_revision,
             strong,
             timeout_ms,
+            allow_stale,
         } => {
             let read = ReadOptions {
                 min_revision,
@@ -301,11 +312,16 @@ async fn client_command(
                     Consistency::Cached
                 },
                 timeout_ms,
+                allow_stale,
             };
-            match client.get_with(&bucket, &key, read).await? {
+            let (entry, fresh) = client.get_fresh(&bucket, &key, read).await?;
+            let mirror = json!({ "revision": fresh.revision, "age_ms": fresh.age_ms });
+            match entry {
                 Some(entry) => {
                     if output.json {
-                        output.line(&entry_json(&entry));
+                        let mut object = entry_json(&entry);
+                        object["mirror"] = mirror;
+                        output.line(&object);
                     } else {
                         output.raw(&entry.value);
                     }
@@ -313,7 +329,7 @@ async fn client_command(
                 }
                 None => {
                     if output.json {
-                        output.line(&json!({ "entry": null }));
+                        output.line(&json!({ "entry": null, "mirror": mirror }));
                     }
                     eprintln!("nearkv: key `{key}` not found in bucket `{bucket}`");
                     Ok(ExitCode::from(EXIT_NOT_FOUND))
@@ -325,6 +341,7 @@ async fn client_command(
             key,
             value,
             expect_revision,
+            ttl,
         } => {
             let value = if value == "-" {
                 let mut buf = Vec::new();
@@ -335,7 +352,10 @@ async fn client_command(
             } else {
                 value.into_bytes()
             };
-            let write = WriteOptions::expecting(expect_revision);
+            let write = WriteOptions {
+                ttl_ms: ttl.map(|ttl| ttl.as_millis() as u64),
+                ..WriteOptions::expecting(expect_revision)
+            };
             let revision = client.put_with(&bucket, &key, &value, write).await?;
             output.revision(revision);
             Ok(ExitCode::SUCCESS)
@@ -358,8 +378,12 @@ async fn client_command(
             output.revision(client.purge(&bucket, &key, write).await?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Keys { bucket, filter } => {
-            let keys = client.keys(&bucket, filter.as_deref()).await?;
+        Command::Keys {
+            bucket,
+            filter,
+            allow_stale,
+        } => {
+            let keys = client.keys(&bucket, filter.as_deref(), allow_stale).await?;
             if output.json {
                 output.line(&json!(keys));
             } else {
@@ -580,6 +604,9 @@ mod tests {
             server_revision: 12,
             lag: 2,
             last_update: now - 75_000_000_000,
+            age_ms: Some(400),
+            stale: false,
+            rebuilds: 0,
         };
         let table = status_table(&[status], now);
         let lines: Vec<&str> = table.lines().collect();

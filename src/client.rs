@@ -23,7 +23,7 @@ use crate::protocol::request::{encode, Request, WriteOptions};
 use crate::protocol::response::{
     peek_id_ok, EntriesBody, EntryBody, Head, KeysBody, RevisionBody, StatusBody, WatchPush,
 };
-use crate::protocol::{BucketStatus, Entry, ReadOptions};
+use crate::protocol::{BucketStatus, Entry, Freshness, ReadOptions};
 
 /// Responses larger than this are refused (a server answer is never near it in practice).
 const MAX_RESPONSE: u32 = 256 * 1024 * 1024;
@@ -185,8 +185,22 @@ impl Client {
         key: &str,
         read: ReadOptions,
     ) -> Result<Option<Entry>, ClientError> {
+        Ok(self.get_fresh(bucket, key, read).await?.0)
+    }
+
+    /// A `get` that also returns how fresh the mirror was: its revision and age.
+    pub async fn get_fresh(
+        &self,
+        bucket: &str,
+        key: &str,
+        read: ReadOptions,
+    ) -> Result<(Option<Entry>, Freshness), ClientError> {
         let body: EntryBody = self.call(&Request::Get { bucket, key, read }).await?;
-        Ok(body.entry)
+        let freshness = Freshness {
+            revision: body.revision,
+            age_ms: body.age_ms,
+        };
+        Ok((body.entry, freshness))
     }
 
     pub async fn mget(
@@ -195,13 +209,27 @@ impl Client {
         keys: &[&str],
         read: ReadOptions,
     ) -> Result<Vec<Option<Entry>>, ClientError> {
+        Ok(self.mget_fresh(bucket, keys, read).await?.0)
+    }
+
+    /// An `mget` that also returns how fresh the mirror was: its revision and age.
+    pub async fn mget_fresh(
+        &self,
+        bucket: &str,
+        keys: &[&str],
+        read: ReadOptions,
+    ) -> Result<(Vec<Option<Entry>>, Freshness), ClientError> {
         let request = Request::Mget {
             bucket,
             keys: keys.to_vec(),
             read,
         };
         let body: EntriesBody = self.call(&request).await?;
-        Ok(body.entries)
+        let freshness = Freshness {
+            revision: body.revision,
+            age_ms: body.age_ms,
+        };
+        Ok((body.entries, freshness))
     }
 
     /// Stores the value; returns its revision once this sidecar's mirror shows it.
@@ -255,8 +283,14 @@ impl Client {
         &self,
         bucket: &str,
         filter: Option<&str>,
+        allow_stale: bool,
     ) -> Result<Vec<String>, ClientError> {
-        let body: KeysBody = self.call(&Request::Keys { bucket, filter }).await?;
+        let request = Request::Keys {
+            bucket,
+            filter,
+            allow_stale,
+        };
+        let body: KeysBody = self.call(&request).await?;
         Ok(body.keys)
     }
 

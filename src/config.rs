@@ -200,6 +200,14 @@ pub struct BucketConfig {
     pub max_value_size: i32,
     pub storage: Storage,
     pub replicas: usize,
+    /// Create the bucket with limit markers kept this long: per-key TTLs (`ttl_ms` on put) are
+    /// then allowed, and NATS announces each expiry. 0: off. Needs nats-server 2.11 or later.
+    #[serde(with = "humantime_serde")]
+    pub limit_markers: Duration,
+    /// Fail cached reads with `stale` once NATS last confirmed the mirror current longer ago
+    /// than this. Unset: serve what the mirror has for as long as NATS is away (fail-static).
+    #[serde(with = "humantime_serde", default)]
+    pub max_staleness: Option<Duration>,
 }
 
 impl Default for BucketConfig {
@@ -213,6 +221,8 @@ impl Default for BucketConfig {
             max_value_size: -1,
             storage: Storage::File,
             replicas: 1,
+            limit_markers: Duration::ZERO,
+            max_staleness: None,
         }
     }
 }

@@ -29,6 +29,8 @@ pub enum ErrorCode {
     Unavailable,
     /// The request's deadline passed before it could be answered.
     Timeout,
+    /// The mirror was last confirmed current longer ago than the bucket's `max_staleness`.
+    Stale,
     /// A frame's length prefix exceeds the server's max frame size; the connection is closed.
     FrameTooLarge,
     /// A watch fell too far behind the bucket's updates and was ended.
@@ -50,6 +52,7 @@ impl ErrorCode {
             ErrorCode::NotReady => "not_ready",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Timeout => "timeout",
+            ErrorCode::Stale => "stale",
             ErrorCode::FrameTooLarge => "frame_too_large",
             ErrorCode::SlowConsumer => "slow_consumer",
             ErrorCode::Internal => "internal",

@@ -119,6 +119,8 @@ pub async fn open_bucket(
                         Storage::Memory => StorageType::Memory,
                     },
                     num_replicas: config.replicas,
+                    limit_markers: (!config.limit_markers.is_zero())
+                        .then_some(config.limit_markers),
                     ..Default::default()
                 })
                 .await

@@ -1,23 +1,26 @@
 //! One mirrored bucket: a cheap cloneable handle that serves reads from the mirror and sends
-//! writes to NATS, and the actor task that owns the bucket's KV watcher and feeds the mirror.
+//! writes to NATS. The actor that feeds the mirror is in `actor.rs`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
-use futures::StreamExt;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::actor::Actor;
 use super::mirror::Mirror;
+use super::strong::StrongReads;
 use super::watch::Watch;
 use super::writes;
 use crate::config::BucketConfig;
 use crate::error::{Error, ErrorCode, Result};
 use crate::keys::{filter_matches, validate_filter, validate_key};
-use crate::nats::open_bucket;
-use crate::protocol::{BucketStatus, Consistency, Entry, Operation, ReadOptions, WriteOptions};
+use crate::protocol::{
+    BucketStatus, Consistency, Entry, Freshness, Operation, ReadOptions, WriteOptions,
+};
 
 /// Room for updates a watch may fall behind by before it is ended with `slow_consumer`.
 const WATCH_BUFFER: usize = 16 * 1024;
@@ -28,19 +31,73 @@ pub struct Bucket {
     shared: Arc<Shared>,
 }
 
-struct Shared {
-    config: BucketConfig,
-    mirror: Mirror,
-    js: jetstream::Context,
-    client: async_nats::Client,
+/// What the handles and the actor share.
+pub(crate) struct Shared {
+    pub(crate) config: BucketConfig,
+    pub(crate) mirror: Mirror,
+    pub(crate) js: jetstream::Context,
+    pub(crate) client: async_nats::Client,
     /// Set once by the actor when the bucket is open.
-    store: OnceLock<kv::Store>,
+    pub(crate) store: OnceLock<kv::Store>,
     /// Why the bucket is not (yet) serving, for `not_ready` answers.
-    problem: Mutex<Option<String>>,
+    pub(crate) problem: Mutex<Option<String>>,
     default_timeout: Duration,
     /// The stream's latest revision as last learned from NATS.
     server_revision: AtomicU64,
-    watcher_restarts: AtomicU64,
+    pub(crate) watcher_restarts: AtomicU64,
+    /// The bucket's `max_age` in nanoseconds as last read from its stream; 0: none.
+    pub(crate) max_age: AtomicU64,
+    /// When the stream the mirror was loaded from was created (Unix ns), to notice a new one.
+    stream_created: Mutex<Option<i128>>,
+    /// The actor is loading a snapshot; the checker holds its findings meanwhile.
+    pub(crate) resyncing: AtomicBool,
+    /// Why the mirror must be reloaded, set by the checker for the actor.
+    resync_reason: Mutex<Option<String>>,
+    pub(crate) resync_requested: Notify,
+    strong: Arc<StrongReads>,
+}
+
+impl Shared {
+    /// Takes in what a stream info says about the bucket.
+    pub(crate) fn learn(&self, info: &jetstream::stream::Info) {
+        self.server_revision
+            .fetch_max(info.state.last_sequence, Ordering::Relaxed);
+        self.max_age.store(
+            info.config.max_age.as_nanos().min(u64::MAX as u128) as u64,
+            Ordering::Relaxed,
+        );
+    }
+
+    pub(crate) fn stream_created(&self) -> Option<i128> {
+        self.stream_created.lock().ok().and_then(|c| *c)
+    }
+
+    pub(crate) fn set_stream_created(&self, created: i128) {
+        if let Ok(mut slot) = self.stream_created.lock() {
+            *slot = Some(created);
+        }
+    }
+
+    pub(crate) fn request_resync(&self, reason: String) {
+        if let Ok(mut slot) = self.resync_reason.lock() {
+            slot.get_or_insert(reason);
+        }
+        self.resync_requested.notify_one();
+    }
+
+    pub(crate) fn take_resync(&self) -> Option<String> {
+        self.resync_reason.lock().ok().and_then(|mut r| r.take())
+    }
+
+    /// How often the checker asks NATS about the stream: every second, or four times per
+    /// `max_staleness` when that is shorter, so that a healthy mirror never reads as stale.
+    pub(crate) fn check_every(&self) -> Duration {
+        let every = Duration::from_secs(1);
+        match self.config.max_staleness {
+            Some(max) => every.min(max / 4).max(Duration::from_millis(50)),
+            None => every,
+        }
+    }
 }
 
 impl Bucket {
@@ -62,11 +119,17 @@ impl Bucket {
             default_timeout,
             server_revision: AtomicU64::new(0),
             watcher_restarts: AtomicU64::new(0),
+            max_age: AtomicU64::new(0),
+            stream_created: Mutex::new(None),
+            resyncing: AtomicBool::new(false),
+            resync_reason: Mutex::new(None),
+            resync_requested: Notify::new(),
+            strong: Arc::new(StrongReads::default()),
         });
         let actor = Actor {
             shared: shared.clone(),
             shutdown,
-            sync_target: None,
+            expiring: Default::default(),
         };
         let span = tracing::info_span!("bucket", bucket = %shared.config.name);
         let task = tokio::spawn(tracing::Instrument::instrument(actor.run(), span));
@@ -126,47 +189,80 @@ impl Bucket {
         }
     }
 
+    /// Fails with `stale` when the bucket has a `max_staleness` and NATS last confirmed the
+    /// mirror current longer ago than that, unless the caller accepts stale data.
+    fn check_fresh(&self, allow_stale: bool) -> Result<()> {
+        let (Some(max), false) = (self.shared.config.max_staleness, allow_stale) else {
+            return Ok(());
+        };
+        match self.shared.mirror.age() {
+            Some(age) if age <= max => Ok(()),
+            age => Err(Error::new(
+                ErrorCode::Stale,
+                format!(
+                    "bucket `{}`'s mirror was last confirmed current by NATS {}, more than its \
+                     max_staleness of {} ms; NATS may be unreachable. Retry later, or send \
+                     allow_stale: true to accept the cached value",
+                    self.shared.config.name,
+                    age.map_or("never".to_string(), |a| format!("{} ms ago", a.as_millis())),
+                    max.as_millis()
+                ),
+            )),
+        }
+    }
+
+    /// Whether the mirror exceeds the bucket's `max_staleness`.
+    pub fn is_stale(&self) -> bool {
+        self.shared.mirror.is_synced() && self.check_fresh(false).is_err()
+    }
+
+    /// The mirror's freshness for a read now: synced, and fresh enough unless `allow_stale`.
+    /// Read before the entries, so that each entry answered reflects every update up to
+    /// `revision`.
+    pub fn freshness(&self, allow_stale: bool) -> Result<Freshness> {
+        self.check_synced()?;
+        self.check_fresh(allow_stale)?;
+        let mirror = &self.shared.mirror;
+        Ok(Freshness {
+            revision: mirror.applied(),
+            age_ms: mirror.age().map_or(u64::MAX, |age| age.as_millis() as u64),
+        })
+    }
+
     /// The key's value from the mirror, now. `None` when it is absent or deleted.
     pub fn get_cached(&self, key: &str) -> Result<Option<Entry>> {
         self.check_readable_key(key)?;
-        self.check_synced()?;
+        self.freshness(false)?;
         Ok(self.shared.mirror.get(key))
     }
 
-    /// Calls `f` with the key's entry as the mirror holds it now, borrowed rather than copied:
-    /// the read path of the socket server.
-    pub fn read_cached<R>(
-        &self,
-        key: &str,
-        f: impl FnOnce(Option<crate::protocol::types::EntryRef<'_>>) -> R,
-    ) -> Result<R> {
-        self.check_cached_reads(&[key])?;
-        Ok(self.shared.mirror.read(key, f))
-    }
-
-    /// The checks of a read from the mirror, for each key: a valid key inside the filter, and a
-    /// synced mirror. After they pass, [`Mirror::read`] answers each key without failing.
-    pub fn check_cached_reads(&self, keys: &[&str]) -> Result<()> {
+    /// The checks of a read from the mirror without waiting: valid keys inside the filter, a
+    /// synced mirror, fresh enough. After they pass, [`Mirror::read`] answers each key.
+    pub fn check_cached_reads(&self, keys: &[&str], allow_stale: bool) -> Result<Freshness> {
         for key in keys {
             self.check_readable_key(key)?;
-            self.check_synced()?;
         }
-        Ok(())
+        self.freshness(allow_stale)
     }
 
     /// The key's value, after waiting for the freshness `read` asks for.
-    pub async fn get(&self, key: &str, read: ReadOptions) -> Result<Option<Entry>> {
+    pub async fn get(&self, key: &str, read: ReadOptions) -> Result<(Option<Entry>, Freshness)> {
         self.check_readable_key(key)?;
-        self.prepare_read(&[key], read).await?;
-        Ok(self.shared.mirror.get(key))
+        let freshness = self.prepare_read(read).await?;
+        Ok((self.shared.mirror.get(key), freshness))
     }
 
-    pub async fn mget(&self, keys: &[&str], read: ReadOptions) -> Result<Vec<Option<Entry>>> {
+    pub async fn mget(
+        &self,
+        keys: &[&str],
+        read: ReadOptions,
+    ) -> Result<(Vec<Option<Entry>>, Freshness)> {
         for key in keys {
             self.check_readable_key(key)?;
         }
-        self.prepare_read(keys, read).await?;
-        Ok(keys.iter().map(|key| self.shared.mirror.get(key)).collect())
+        let freshness = self.prepare_read(read).await?;
+        let entries = keys.iter().map(|key| self.shared.mirror.get(key)).collect();
+        Ok((entries, freshness))
     }
 
     /// Whether a read with these options can be answered from the mirror without waiting.
@@ -174,62 +270,49 @@ impl Bucket {
         read.min_revision.is_none() && read.consistency == Consistency::Cached
     }
 
-    async fn prepare_read(&self, keys: &[&str], read: ReadOptions) -> Result<()> {
+    async fn prepare_read(&self, read: ReadOptions) -> Result<Freshness> {
         let timeout = self.timeout(read.timeout_ms);
         let deadline = tokio::time::Instant::now() + timeout;
+        self.check_synced()?;
         if let Some(min) = read.min_revision {
             self.shared.mirror.wait_for(min, timeout).await?;
         }
         if read.consistency == Consistency::Strong {
-            let target = tokio::time::timeout_at(deadline, self.strong_target(keys))
-                .await
-                .map_err(|_| {
-                    Error::new(
-                        ErrorCode::Timeout,
-                        "NATS did not report the bucket's latest revision in time for a strong read",
-                    )
-                })??;
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            self.shared.mirror.wait_for(target, left).await?;
+            self.wait_strong(deadline).await?;
         }
-        self.check_synced()
+        self.freshness(read.allow_stale)
     }
 
-    /// The revision the mirror must reach to reflect every write acknowledged so far: the stream's
-    /// last sequence (asked of the stream leader), or for a filtered mirror, which never sees
-    /// revisions outside its filter, the latest revision of each key read.
-    async fn strong_target(&self, keys: &[&str]) -> Result<u64> {
+    /// Waits until the mirror reflects every write NATS acknowledged before this call: it fetches
+    /// the latest revision (shared with the strong reads waiting at the same moment), then waits
+    /// for the mirror to apply it. Never answers from a mirror that did not get there in time.
+    async fn wait_strong(&self, deadline: tokio::time::Instant) -> Result<()> {
         let store = self.store()?;
-        let unavailable = |err: &dyn std::fmt::Display| {
+        let fetched = tokio::time::timeout_at(
+            deadline,
+            self.shared.strong.target(store, &self.shared.config.filter),
+        )
+        .await
+        .map_err(|_| {
             Error::new(
-                ErrorCode::Unavailable,
-                format!("a strong read needs NATS, which did not answer: {err}"),
+                ErrorCode::Timeout,
+                "NATS did not report the bucket's latest revision in time for a strong read; \
+                 retry later or raise timeout_ms",
             )
-        };
-        if self.shared.config.filter == ">" {
-            let info = store.stream.get_info().await.map_err(|e| unavailable(&e))?;
-            return Ok(info.state.last_sequence);
-        }
-        let mut target = 0;
-        for key in keys {
-            let subject = format!("{}{}", store.prefix, key);
-            match store.stream.get_last_raw_message_by_subject(&subject).await {
-                Ok(message) => target = target.max(message.sequence),
-                Err(err)
-                    if err.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
-                }
-                Err(err) => return Err(unavailable(&err)),
-            }
-        }
-        Ok(target)
+        })??;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        self.shared.mirror.wait_for(fetched.revision, left).await?;
+        // The mirror held everything NATS had when the fetch was sent.
+        self.shared.mirror.confirm(fetched.sent);
+        Ok(())
     }
 
     /// Live keys matching `filter` (default: all), sorted.
-    pub fn keys(&self, filter: Option<&str>) -> Result<Vec<String>> {
+    pub fn keys(&self, filter: Option<&str>, allow_stale: bool) -> Result<Vec<String>> {
         if let Some(filter) = filter {
             validate_filter(filter)?;
         }
-        self.check_synced()?;
+        self.freshness(allow_stale)?;
         Ok(self
             .shared
             .mirror
@@ -255,6 +338,9 @@ impl Bucket {
             server_revision,
             lag: server_revision - revision,
             last_update: mirror.last_update(),
+            age_ms: mirror.age().map(|age| age.as_millis() as u64),
+            stale: self.is_stale(),
+            rebuilds: mirror.rebuilds(),
         }
     }
 
@@ -269,12 +355,22 @@ impl Bucket {
                     .to_string(),
             );
         }
-        Ok(())
+        self.check_fresh(false).map_err(|err| err.message)
     }
 
     /// Times the bucket's KV watcher was recreated after a loss.
     pub fn watcher_restarts(&self) -> u64 {
         self.shared.watcher_restarts.load(Ordering::Relaxed)
+    }
+
+    /// Times the mirror was reloaded from a fresh snapshot after its initial sync.
+    pub fn rebuilds(&self) -> u64 {
+        self.shared.mirror.rebuilds()
+    }
+
+    /// NATS requests made for strong reads (several strong reads at once share one).
+    pub fn strong_read_fetches(&self) -> u64 {
+        self.shared.strong.fetches()
     }
 
     /// Waits until the initial snapshot is applied, for embedders that want to start serving only then.
@@ -296,6 +392,12 @@ impl Bucket {
     pub async fn put(&self, key: &str, value: Bytes, write: WriteOptions) -> Result<u64> {
         validate_key(key)?;
         self.check_value_size(key, value.len())?;
+        if write.ttl_ms.is_some_and(|ms| ms < 1000) {
+            return Err(Error::new(
+                ErrorCode::BadRequest,
+                "ttl_ms must be at least 1000: NATS keeps values for whole seconds at least",
+            ));
+        }
         self.write(key, Operation::Put, value, write).await
     }
 
@@ -353,15 +455,7 @@ impl Bucket {
                 "not connected to NATS; the write was not sent: retry when NATS is reachable",
             ));
         }
-        let revision = writes::write(
-            &self.shared.js,
-            store,
-            key,
-            operation,
-            value,
-            write.expect_revision,
-        )
-        .await?;
+        let revision = writes::write(&self.shared.js, store, key, operation, value, write).await?;
         if filter_matches(&self.shared.config.filter, key) {
             self.shared
                 .mirror
@@ -391,256 +485,5 @@ impl Bucket {
             filter.map(str::to_string),
             initial,
         ))
-    }
-}
-
-/// Owns the bucket's KV watcher: opens the bucket, applies every update to the mirror in revision
-/// order, and recreates the watcher from the last applied revision when it is lost.
-struct Actor {
-    shared: Arc<Shared>,
-    shutdown: CancellationToken,
-    /// The stream's last sequence when the first watcher was created: the mirror is synced once
-    /// it has applied it.
-    sync_target: Option<u64>,
-}
-
-enum WatchEnd {
-    Shutdown,
-    Lost(String),
-}
-
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// How often an initial sync logs its progress, and how often the stream's revision is polled.
-const SYNC_PROGRESS_EVERY: Duration = Duration::from_secs(2);
-const STREAM_POLL_EVERY: Duration = Duration::from_secs(5);
-/// Errors in a row after which a watcher is recreated instead of left to recover by itself.
-const WATCHER_ERROR_LIMIT: u32 = 3;
-
-impl Actor {
-    fn set_problem(&self, problem: Option<String>) {
-        if let Ok(mut slot) = self.shared.problem.lock() {
-            *slot = problem;
-        }
-    }
-
-    /// Sleeps for the backoff (with jitter), or returns false on shutdown.
-    async fn backoff(&self, attempt: &mut u32) -> bool {
-        let base = BACKOFF_MIN
-            .saturating_mul(1 << (*attempt).min(6))
-            .min(BACKOFF_MAX);
-        let jitter = Duration::from_millis(u64::from(std::process::id() ^ *attempt) % 100);
-        *attempt += 1;
-        tokio::select! {
-            _ = self.shutdown.cancelled() => false,
-            _ = tokio::time::sleep(base + jitter) => true,
-        }
-    }
-
-    async fn run(mut self) {
-        let mut attempt = 0;
-        let store = loop {
-            let opened = tokio::select! {
-                _ = self.shutdown.cancelled() => return,
-                opened = open_bucket(&self.shared.js, &self.shared.config) => opened,
-            };
-            match opened {
-                Ok(store) => break store,
-                Err(err) => {
-                    tracing::warn!(error = %err, "cannot open bucket; retrying");
-                    self.set_problem(Some(err.to_string()));
-                    if !self.backoff(&mut attempt).await {
-                        return;
-                    }
-                }
-            }
-        };
-        let _ = self.shared.store.set(store.clone());
-        self.set_problem(None);
-        tokio::spawn(poll_stream_revision(
-            self.shared.clone(),
-            store.stream.clone(),
-            self.shutdown.clone(),
-        ));
-        attempt = 0;
-        loop {
-            match self.watch(&store).await {
-                WatchEnd::Shutdown => return,
-                WatchEnd::Lost(reason) => {
-                    self.shared.watcher_restarts.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(
-                        %reason,
-                        applied = self.shared.mirror.applied(),
-                        "bucket watcher lost; recreating it from the last applied revision"
-                    );
-                    if !self.shared.mirror.is_synced() {
-                        self.set_problem(Some(reason));
-                    }
-                    if !self.backoff(&mut attempt).await {
-                        return;
-                    }
-                }
-            }
-        }
-    }
-
-    /// Runs one watcher until it is lost or the sidecar shuts down.
-    async fn watch(&mut self, store: &kv::Store) -> WatchEnd {
-        let mirror = &self.shared.mirror;
-        let filter = self.shared.config.filter.as_str();
-        let filtered = filter != ">";
-        let mut watcher = tokio::select! {
-            _ = self.shutdown.cancelled() => return WatchEnd::Shutdown,
-            created = create_watcher(&self.shared, store, filter) => match created {
-                Ok((watcher, target)) => {
-                    if target.is_some() {
-                        self.sync_target = target;
-                    }
-                    watcher
-                }
-                Err(err) => return WatchEnd::Lost(format!("cannot create watcher: {err}")),
-            },
-        };
-        let mut errors = 0;
-        let mut progress_logged = tokio::time::Instant::now();
-        loop {
-            let item = tokio::select! {
-                _ = self.shutdown.cancelled() => return WatchEnd::Shutdown,
-                item = watcher.next() => item,
-            };
-            let entry = match item {
-                None => return WatchEnd::Lost("the watcher ended".to_string()),
-                Some(Err(err)) => {
-                    // The ordered consumer usually recovers by itself after an error item.
-                    errors += 1;
-                    tracing::debug!(error = %err, errors, "watcher error");
-                    if errors >= WATCHER_ERROR_LIMIT {
-                        return WatchEnd::Lost(format!(
-                            "watcher failed {errors} times in a row: {err}"
-                        ));
-                    }
-                    continue;
-                }
-                Some(Ok(entry)) => entry,
-            };
-            errors = 0;
-            let revision = entry.revision;
-            let seen_current = entry.seen_current;
-            mirror.apply(Entry {
-                key: entry.key,
-                // A copy, so the mirror does not pin the connection's larger read buffer.
-                value: Bytes::copy_from_slice(&entry.value),
-                revision,
-                created: (entry.created.unix_timestamp_nanos()).clamp(0, i64::MAX as i128) as i64,
-                operation: match entry.operation {
-                    kv::Operation::Put => Operation::Put,
-                    kv::Operation::Delete => Operation::Delete,
-                    kv::Operation::Purge => Operation::Purge,
-                },
-            });
-            if !mirror.is_synced() && progress_logged.elapsed() >= SYNC_PROGRESS_EVERY {
-                progress_logged = tokio::time::Instant::now();
-                tracing::info!(
-                    keys_loaded = mirror.len(),
-                    revision,
-                    target_revision = self.sync_target.unwrap_or(0),
-                    "initial sync in progress"
-                );
-            }
-            if !mirror.is_synced() {
-                if let Some(target) = self.sync_target {
-                    if revision >= target || (filtered && seen_current) {
-                        mirror.advance(target);
-                        mirror.mark_synced();
-                        tracing::info!(
-                            keys = mirror.len(),
-                            revision = mirror.applied(),
-                            "mirror synced"
-                        );
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Creates the watcher: the first one delivers each key's latest value and then live changes
-/// (and reports the revision the mirror is synced at); later ones resume after the last applied
-/// revision, so no change is lost or applied twice.
-async fn create_watcher(
-    shared: &Shared,
-    store: &kv::Store,
-    filter: &str,
-) -> Result<(kv::Watch, Option<u64>), String> {
-    let mirror = &shared.mirror;
-    let mut target = None;
-    if mirror.applied() == 0 && !mirror.is_synced() {
-        let last = initial_sync_target(mirror, store, filter).await?;
-        shared.server_revision.fetch_max(last, Ordering::Relaxed);
-        target = Some(last);
-        if !mirror.is_synced() {
-            let watcher = store
-                .watch_with_history(filter)
-                .await
-                .map_err(|e| e.to_string())?;
-            return Ok((watcher, target));
-        }
-    }
-    let watcher = store
-        .watch_from_revision(filter, mirror.applied() + 1)
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok((watcher, target))
-}
-
-/// Reads where the stream ends before the first watcher starts; an empty bucket (or filter)
-/// is synced at once, since its watcher would deliver nothing to say so.
-async fn initial_sync_target(
-    mirror: &Mirror,
-    store: &kv::Store,
-    filter: &str,
-) -> Result<u64, String> {
-    let info = store
-        .stream
-        .get_info()
-        .await
-        .map_err(|e| format!("cannot read the bucket's stream info: {e}"))?;
-    let last = info.state.last_sequence;
-    let mut empty = info.state.messages == 0;
-    if !empty && filter != ">" {
-        let subject = format!("{}{}", store.prefix, filter);
-        let mut subjects = store
-            .stream
-            .info_with_subjects(subject)
-            .await
-            .map_err(|e| format!("cannot list the bucket's keys: {e}"))?;
-        empty = subjects.next().await.is_none();
-    }
-    if empty {
-        mirror.advance(last);
-        mirror.mark_synced();
-        tracing::info!(revision = last, "mirror synced (no keys)");
-    }
-    Ok(last)
-}
-
-/// Keeps the bucket's `server_revision` current, so lag can be reported even when no update
-/// reaches the watcher. Stops on shutdown; failures (NATS away) are simply retried next time.
-async fn poll_stream_revision(
-    shared: Arc<Shared>,
-    stream: jetstream::stream::Stream,
-    shutdown: CancellationToken,
-) {
-    let mut ticks = tokio::time::interval(STREAM_POLL_EVERY);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = ticks.tick() => {}
-        }
-        if let Ok(info) = stream.get_info().await {
-            shared
-                .server_revision
-                .fetch_max(info.state.last_sequence, Ordering::Relaxed);
-        }
     }
 }

@@ -1,17 +1,22 @@
-//! A bucket's in-memory copy: the live entries, the highest revision applied, and a way to wait
-//! for a revision.
+//! A bucket's in-memory copy: the live entries, the highest revision applied, how recently NATS
+//! confirmed it current, and a way to wait for a revision.
 //!
 //! Only the bucket actor writes; any number of request handlers read concurrently, straight from
-//! the `DashMap`, never through the actor. The actor applies an update in this order: the map,
+//! the table, never through the actor. The actor applies an update in this order: the table,
 //! then `applied`, then the revision notification and the event broadcast. A watch that
 //! subscribes to the broadcast and then reads `applied` therefore finds every revision up to
-//! `applied` in the map and receives every later one as an event (see `watch.rs`).
+//! `applied` in the table and receives every later one as an event (see `watch.rs`).
+//!
+//! A snapshot (the initial sync, or a rebuild after the stream lost history or was recreated)
+//! is loaded into a separate [`Staging`] table while the old one keeps serving, then swapped in
+//! with one atomic store: a reader sees the old table or the new one, never a mix.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use compact_str::CompactString;
 use dashmap::DashMap;
@@ -21,39 +26,173 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::protocol::types::EntryRef;
 use crate::protocol::{Entry, Operation};
 
-/// A live value in the mirror. The key is the map's key.
+/// Keys up to 24 bytes are stored inline in the table, so a lookup compares them without
+/// following a pointer (a cache miss per read with boxed keys). aHash: several times faster than
+/// SipHash on short keys, and still seeded per process against chosen collisions.
+type Table = DashMap<CompactString, MirrorValue, ahash::RandomState>;
+
+fn new_table() -> Table {
+    DashMap::with_hasher(ahash::RandomState::new())
+}
+
+/// A live value in the mirror. The key is the table's key.
 #[derive(Debug, Clone)]
 pub struct MirrorValue {
     pub value: Bytes,
     pub revision: u64,
     pub created: i64,
+    /// When the value expires (bucket `max_age` or the put's TTL), in Unix nanoseconds; 0: never.
+    pub expires: i64,
+}
+
+impl MirrorValue {
+    /// Whether the value has not expired. The clock is read only for values that can expire.
+    fn is_live(&self) -> bool {
+        self.expires == 0 || self.expires > unix_nanos()
+    }
+
+    fn entry_ref<'a>(&'a self, key: &'a str) -> EntryRef<'a> {
+        EntryRef {
+            key,
+            value: &self.value,
+            revision: self.revision,
+            created: self.created,
+            operation: Operation::Put,
+        }
+    }
+
+    fn entry(&self, key: &str) -> Entry {
+        Entry {
+            key: key.to_string(),
+            value: self.value.clone(),
+            revision: self.revision,
+            created: self.created,
+            operation: Operation::Put,
+        }
+    }
+}
+
+/// Now, in Unix nanoseconds: the clock NATS timestamps are compared with.
+pub fn unix_nanos() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos().min(i64::MAX as u128) as i64)
+}
+
+/// What a mirror tells its watches.
+#[derive(Debug, Clone)]
+pub enum MirrorEvent {
+    /// A put, delete or purge applied at its revision.
+    Applied(Arc<Entry>),
+    /// A value that left the mirror without a revision of its own: it expired (`purge`), or it
+    /// is missing from the snapshot of a rebuild (`delete`).
+    Removed(Arc<Entry>),
+    /// The table was replaced by a fresh snapshot; the revisions that follow may be lower than
+    /// the ones before (a recreated bucket starts again at 1).
+    Rebuilt,
+}
+
+/// Puts or removes `key` in `table`; returns how many bytes of keys and values that added.
+fn write_table(table: &Table, key: &str, operation: Operation, value: MirrorValue) -> i64 {
+    let size = |value: &MirrorValue| (key.len() + value.value.len()) as i64;
+    match operation {
+        Operation::Put => {
+            let added = size(&value);
+            let old = table.insert(CompactString::from(key), value);
+            added - old.map_or(0, |old| size(&old))
+        }
+        Operation::Delete | Operation::Purge => table.remove(key).map_or(0, |(_, old)| -size(&old)),
+    }
+}
+
+/// A snapshot being loaded while the mirror keeps serving its current table.
+pub struct Staging {
+    table: Table,
+    bytes: i64,
+    applied: u64,
+    last_update: i64,
+}
+
+impl Default for Staging {
+    fn default() -> Self {
+        Staging {
+            table: new_table(),
+            bytes: 0,
+            applied: 0,
+            last_update: 0,
+        }
+    }
+}
+
+impl Staging {
+    pub fn apply(&mut self, entry: Entry, expires: i64) {
+        if entry.revision <= self.applied {
+            return;
+        }
+        self.bytes += write_table(
+            &self.table,
+            &entry.key,
+            entry.operation,
+            MirrorValue {
+                value: entry.value,
+                revision: entry.revision,
+                created: entry.created,
+                expires,
+            },
+        );
+        self.applied = entry.revision;
+        self.last_update = entry.created;
+    }
+
+    /// Records that the snapshot covers every revision up to `revision`.
+    pub fn advance(&mut self, revision: u64) {
+        self.applied = self.applied.max(revision);
+    }
+
+    pub fn applied(&self) -> u64 {
+        self.applied
+    }
+
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
 }
 
 pub struct Mirror {
-    /// Keys up to 24 bytes are stored inline in the table, so a lookup compares them without
-    /// following a pointer (a cache miss per read with boxed keys). aHash: several times faster
-    /// than SipHash on short keys, and still seeded per process against chosen collisions.
-    entries: DashMap<CompactString, MirrorValue, ahash::RandomState>,
+    table: ArcSwap<Table>,
     applied: AtomicU64,
     synced: AtomicBool,
     bytes: AtomicU64,
     last_update: AtomicI64,
+    /// The origin of `confirmed`.
+    clock: Instant,
+    /// When NATS last confirmed that the mirror held everything, in ms after `clock` plus one;
+    /// 0: never.
+    confirmed: AtomicU64,
+    rebuilds: AtomicU64,
     /// Tasks waiting for a revision, by revision. Only the waiters whose revision an update
     /// reaches are woken (a watch channel would wake every waiter on every update).
     waiters: Mutex<BTreeMap<u64, Vec<oneshot::Sender<()>>>>,
     /// How many senders `waiters` holds, so that applying an update takes no lock when nobody waits.
     waiting: AtomicUsize,
-    events: broadcast::Sender<Arc<Entry>>,
+    events: broadcast::Sender<MirrorEvent>,
 }
 
 impl Mirror {
     pub fn new(event_buffer: usize) -> Self {
         Mirror {
-            entries: DashMap::with_hasher(ahash::RandomState::new()),
+            table: ArcSwap::from_pointee(new_table()),
             applied: AtomicU64::new(0),
             synced: AtomicBool::new(false),
             bytes: AtomicU64::new(0),
             last_update: AtomicI64::new(0),
+            clock: Instant::now(),
+            confirmed: AtomicU64::new(0),
+            rebuilds: AtomicU64::new(0),
             waiters: Mutex::new(BTreeMap::new()),
             waiting: AtomicUsize::new(0),
             events: broadcast::Sender::new(event_buffer),
@@ -61,36 +200,29 @@ impl Mirror {
     }
 
     pub fn get(&self, key: &str) -> Option<Entry> {
-        self.entries.get(key).map(|v| Entry {
-            key: key.to_string(),
-            value: v.value.clone(),
-            revision: v.revision,
-            created: v.created,
-            operation: Operation::Put,
-        })
+        let table = self.table.load();
+        let value = table.get(key)?;
+        value.is_live().then(|| value.entry(key))
     }
 
-    /// Calls `f` with the key's live entry, borrowed from the map (no copy, no allocation); the
+    /// Calls `f` with the key's live entry, borrowed from the table (no copy, no allocation); the
     /// key's shard stays read-locked while `f` runs, so `f` must be quick.
     pub fn read<R>(&self, key: &str, f: impl FnOnce(Option<EntryRef<'_>>) -> R) -> R {
-        match self.entries.get(key) {
-            Some(v) => f(Some(EntryRef {
-                key,
-                value: &v.value,
-                revision: v.revision,
-                created: v.created,
-                operation: Operation::Put,
-            })),
-            None => f(None),
-        }
+        let table = self.table.load();
+        let result = match table.get(key) {
+            Some(v) if v.is_live() => f(Some(v.entry_ref(key))),
+            _ => f(None),
+        };
+        result
     }
 
     /// Live keys matching `matches`, sorted.
     pub fn keys(&self, matches: impl Fn(&str) -> bool) -> Vec<String> {
         let mut keys: Vec<String> = self
-            .entries
+            .table
+            .load()
             .iter()
-            .filter(|e| matches(e.key()))
+            .filter(|e| e.is_live() && matches(e.key()))
             .map(|e| e.key().to_string())
             .collect();
         keys.sort_unstable();
@@ -99,16 +231,11 @@ impl Mirror {
 
     /// Every live entry matching `matches`, in no particular order.
     pub fn snapshot(&self, matches: impl Fn(&str) -> bool) -> Vec<Entry> {
-        self.entries
+        self.table
+            .load()
             .iter()
-            .filter(|e| matches(e.key()))
-            .map(|e| Entry {
-                key: e.key().to_string(),
-                value: e.value.clone(),
-                revision: e.revision,
-                created: e.created,
-                operation: Operation::Put,
-            })
+            .filter(|e| e.is_live() && matches(e.key()))
+            .map(|e| e.value().entry(e.key()))
             .collect()
     }
 
@@ -120,12 +247,13 @@ impl Mirror {
         self.synced.load(Ordering::Acquire)
     }
 
+    /// Entries in the table, including expired ones not yet swept (the actor sweeps on time).
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.table.load().len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len() == 0
     }
 
     pub fn bytes(&self) -> u64 {
@@ -137,64 +265,143 @@ impl Mirror {
         self.last_update.load(Ordering::Relaxed)
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Entry>> {
+    /// Times the table was replaced by a fresh snapshot after the initial sync.
+    pub fn rebuilds(&self) -> u64 {
+        self.rebuilds.load(Ordering::Relaxed)
+    }
+
+    /// Records that NATS confirmed, at `at`, that the mirror held everything: it delivered an
+    /// update with nothing pending after it, or reported no revision beyond `applied`.
+    pub fn confirm(&self, at: Instant) {
+        let ms = at.saturating_duration_since(self.clock).as_millis() as u64 + 1;
+        self.confirmed.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// How long ago NATS last confirmed the mirror current; `None` if it never has.
+    pub fn age(&self) -> Option<Duration> {
+        match self.confirmed.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(
+                self.clock
+                    .elapsed()
+                    .saturating_sub(Duration::from_millis(ms - 1)),
+            ),
+        }
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<MirrorEvent> {
         self.events.subscribe()
     }
 
-    /// Applies one update from the watcher. Returns false (and changes nothing) for a revision
-    /// already applied, which a recreated watcher may deliver again.
-    pub fn apply(&self, entry: Entry) -> bool {
+    /// Building an event costs an allocation, so it is skipped when nobody watches.
+    fn publish(&self, event: impl FnOnce() -> MirrorEvent) {
+        if self.events.receiver_count() > 0 {
+            let _ = self.events.send(event());
+        }
+    }
+
+    /// Applies one update from the feed. Returns false (and changes nothing) for a revision
+    /// already applied, which a recreated feed may deliver again.
+    pub fn apply(&self, entry: Entry, expires: i64) -> bool {
         if entry.revision <= self.applied() {
             return false;
         }
-        let Entry {
-            key,
-            value,
-            revision,
-            created,
-            operation,
-        } = entry;
-        let size = |key: &str, value: &Bytes| (key.len() + value.len()) as u64;
-        match operation {
-            Operation::Put => {
-                let added = size(&key, &value);
-                let old = self.entries.insert(
-                    CompactString::from(key.as_str()),
-                    MirrorValue {
-                        value,
-                        revision,
-                        created,
-                    },
-                );
-                let removed = old.map_or(0, |old| size(&key, &old.value));
-                self.bytes.fetch_add(added, Ordering::Relaxed);
-                self.bytes.fetch_sub(removed, Ordering::Relaxed);
-            }
-            Operation::Delete | Operation::Purge => {
-                if let Some((key, old)) = self.entries.remove(key.as_str()) {
-                    self.bytes
-                        .fetch_sub(size(&key, &old.value), Ordering::Relaxed);
-                }
-            }
-        }
-        self.last_update.store(created, Ordering::Relaxed);
-        self.advance(revision);
+        let added = write_table(
+            &self.table.load(),
+            &entry.key,
+            entry.operation,
+            MirrorValue {
+                value: entry.value.clone(),
+                revision: entry.revision,
+                created: entry.created,
+                expires,
+            },
+        );
+        self.add_bytes(added);
+        self.last_update.store(entry.created, Ordering::Relaxed);
+        self.advance(entry.revision);
         // Only after `advance`: a watch that subscribes later reads an `applied` that covers this
-        // update. Building the event costs an allocation, so it is skipped when nobody watches.
-        if self.events.receiver_count() > 0 {
-            let value = match operation {
-                Operation::Put => self.entries.get(key.as_str()).map(|v| v.value.clone()),
-                Operation::Delete | Operation::Purge => None,
-            };
-            let _ = self.events.send(Arc::new(Entry {
-                key,
-                value: value.unwrap_or_default(),
-                revision,
-                created,
-                operation,
-            }));
-        }
+        // update.
+        self.publish(|| MirrorEvent::Applied(Arc::new(entry)));
         true
+    }
+
+    fn add_bytes(&self, added: i64) {
+        if added >= 0 {
+            self.bytes.fetch_add(added as u64, Ordering::Relaxed);
+        } else {
+            self.bytes
+                .fetch_sub(added.unsigned_abs(), Ordering::Relaxed);
+        }
+    }
+
+    /// Removes `key` if it still holds the value of `revision`, which has expired; tells watches.
+    pub fn expire(&self, key: &str, revision: u64) -> bool {
+        let table = self.table.load();
+        let Some((key, old)) = table.remove_if(key, |_, v| v.revision == revision) else {
+            return false;
+        };
+        self.add_bytes(-((key.len() + old.value.len()) as i64));
+        self.publish(|| {
+            MirrorEvent::Removed(Arc::new(Entry {
+                key: key.to_string(),
+                value: Bytes::new(),
+                revision,
+                created: old.expires,
+                operation: Operation::Purge,
+            }))
+        });
+        true
+    }
+
+    /// Replaces the table with a loaded snapshot in one atomic store, and marks the mirror
+    /// synced. When it replaces a served table (a rebuild), watches are told so, then get a
+    /// `delete` for each key that vanished and a `put` for each key whose value changed.
+    pub fn install(&self, staging: Staging) {
+        let Staging {
+            table,
+            bytes,
+            applied,
+            last_update,
+        } = staging;
+        let rebuild = self.is_synced();
+        let old = self.table.swap(Arc::new(table));
+        self.bytes.store(bytes.max(0) as u64, Ordering::Relaxed);
+        self.last_update.store(last_update, Ordering::Relaxed);
+        // A recreated bucket starts again at revision 1, so this may move backwards.
+        self.applied.store(applied, Ordering::SeqCst);
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.wake(applied);
+        }
+        self.mark_synced();
+        if !rebuild {
+            return;
+        }
+        self.rebuilds.fetch_add(1, Ordering::Relaxed);
+        if self.events.receiver_count() == 0 {
+            return;
+        }
+        let new = self.table.load();
+        let _ = self.events.send(MirrorEvent::Rebuilt);
+        for gone in old.iter().filter(|e| !new.contains_key(e.key())) {
+            let _ = self.events.send(MirrorEvent::Removed(Arc::new(Entry {
+                key: gone.key().to_string(),
+                value: Bytes::new(),
+                revision: applied,
+                created: last_update,
+                operation: Operation::Delete,
+            })));
+        }
+        for entry in new.iter() {
+            let unchanged = old
+                .get(entry.key())
+                .is_some_and(|o| o.revision == entry.revision && o.value == entry.value);
+            if !unchanged {
+                let _ = self.events.send(MirrorEvent::Applied(Arc::new(
+                    entry.value().entry(entry.key()),
+                )));
+            }
+        }
     }
 
     /// Records that every revision up to `revision` has been applied (also used when a filtered
@@ -209,7 +416,6 @@ impl Mirror {
             }
         }
     }
-
     fn wake(&self, revision: u64) {
         let ready = match self.waiters.lock() {
             Ok(mut waiters) => {
@@ -302,16 +508,16 @@ mod tests {
     #[test]
     fn applies_in_revision_order_and_ignores_replays() {
         let mirror = Mirror::new(16);
-        assert!(mirror.apply(entry("a", "1", 1, Operation::Put)));
-        assert!(mirror.apply(entry("b", "22", 2, Operation::Put)));
-        assert!(!mirror.apply(entry("a", "stale", 1, Operation::Put)));
+        assert!(mirror.apply(entry("a", "1", 1, Operation::Put), 0));
+        assert!(mirror.apply(entry("b", "22", 2, Operation::Put), 0));
+        assert!(!mirror.apply(entry("a", "stale", 1, Operation::Put), 0));
         assert_eq!(mirror.get("a").unwrap().value, Bytes::from("1"));
         assert_eq!(mirror.bytes(), 2 + 3);
-        assert!(mirror.apply(entry("a", "", 3, Operation::Delete)));
+        assert!(mirror.apply(entry("a", "", 3, Operation::Delete), 0));
         assert!(mirror.get("a").is_none());
         assert_eq!(mirror.applied(), 3);
         assert_eq!(mirror.bytes(), 3);
-        assert!(mirror.apply(entry("b", "", 4, Operation::Purge)));
+        assert!(mirror.apply(entry("b", "", 4, Operation::Purge), 0));
         assert!(mirror.is_empty());
         assert_eq!(mirror.bytes(), 0);
     }
@@ -331,7 +537,7 @@ mod tests {
             })
             .collect();
         for rev in 1..=200u64 {
-            mirror.apply(entry("k", "v", rev, Operation::Put));
+            mirror.apply(entry("k", "v", rev, Operation::Put), 0);
             tokio::task::yield_now().await;
         }
         for waiter in waiters {
@@ -360,8 +566,83 @@ mod tests {
             let mirror = mirror.clone();
             tokio::spawn(async move { mirror.wait_for(2, Duration::from_secs(30)).await })
         };
-        mirror.apply(entry("a", "1", 1, Operation::Put));
-        mirror.apply(entry("a", "2", 2, Operation::Put));
+        mirror.apply(entry("a", "1", 1, Operation::Put), 0);
+        mirror.apply(entry("a", "2", 2, Operation::Put), 0);
         waiter.await.unwrap().unwrap();
+    }
+
+    #[test]
+    fn expired_values_are_not_served_and_are_swept_with_an_event() {
+        let mirror = Mirror::new(16);
+        let mut events = mirror.subscribe();
+        let past = unix_nanos() - 1;
+        mirror.apply(entry("gone", "1", 1, Operation::Put), past);
+        mirror.apply(
+            entry("kept", "2", 2, Operation::Put),
+            unix_nanos() + 60_000_000_000,
+        );
+        assert!(mirror.get("gone").is_none());
+        assert!(mirror.read("gone", |e| e.is_none()));
+        assert_eq!(mirror.keys(|_| true), vec!["kept".to_string()]);
+        assert!(mirror.get("kept").is_some());
+        // Only the value of that revision is swept; a newer one stays.
+        assert!(!mirror.expire("gone", 7));
+        assert!(mirror.expire("gone", 1));
+        assert_eq!(mirror.len(), 1);
+        assert_eq!(mirror.bytes(), 5);
+        let mut removed = None;
+        while let Ok(event) = events.try_recv() {
+            if let MirrorEvent::Removed(entry) = event {
+                removed = Some(entry);
+            }
+        }
+        let removed = removed.unwrap();
+        assert_eq!(
+            (removed.key.as_str(), removed.operation),
+            ("gone", Operation::Purge)
+        );
+    }
+
+    #[test]
+    fn a_rebuild_swaps_the_table_at_once_and_reports_the_difference() {
+        let mirror = Mirror::new(64);
+        let mut first = Staging::default();
+        first.apply(entry("a", "1", 1, Operation::Put), 0);
+        first.apply(entry("b", "2", 2, Operation::Put), 0);
+        first.apply(entry("c", "3", 3, Operation::Put), 0);
+        mirror.install(first);
+        assert!(mirror.is_synced());
+        assert_eq!((mirror.applied(), mirror.rebuilds()), (3, 0));
+        let mut events = mirror.subscribe();
+        // The bucket was recreated: revisions restart, `a` is gone, `b` changed, `c` is the same
+        // value at a new revision.
+        let mut second = Staging::default();
+        second.apply(entry("b", "new", 1, Operation::Put), 0);
+        second.apply(entry("c", "3", 2, Operation::Put), 0);
+        assert_eq!(mirror.get("a").unwrap().value, Bytes::from("1"));
+        mirror.install(second);
+        assert_eq!((mirror.applied(), mirror.rebuilds()), (2, 1));
+        assert!(mirror.get("a").is_none());
+        assert_eq!(mirror.get("b").unwrap().value, Bytes::from("new"));
+        assert_eq!(mirror.bytes(), 4 + 2);
+        let mut seen = Vec::new();
+        while let Ok(event) = events.try_recv() {
+            seen.push(match event {
+                MirrorEvent::Rebuilt => "rebuilt".to_string(),
+                MirrorEvent::Removed(e) | MirrorEvent::Applied(e) => {
+                    format!("{} {}", e.operation.as_str(), e.key)
+                }
+            });
+        }
+        seen[2..].sort();
+        assert_eq!(seen, ["rebuilt", "delete a", "put b", "put c"]);
+    }
+
+    #[test]
+    fn age_counts_from_the_last_confirmation() {
+        let mirror = Mirror::new(16);
+        assert_eq!(mirror.age(), None);
+        mirror.confirm(Instant::now());
+        assert!(mirror.age().unwrap() < Duration::from_secs(60));
     }
 }

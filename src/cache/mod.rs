@@ -12,8 +12,11 @@
 //! # Ok(()) }
 //! ```
 
+mod actor;
 mod bucket;
+mod feed;
 mod mirror;
+mod strong;
 mod watch;
 mod writes;
 

@@ -5,13 +5,16 @@
 //! every revision up to A is already in the map. The map is read without stopping the actor, so
 //! an entry in the snapshot may be newer than A; its older events are then skipped, keeping each
 //! key's events in revision order with no duplicates.
+//!
+//! Values that leave the mirror without a revision (expiry, a rebuild) pass the revision check;
+//! after a rebuild, whose revisions may restart lower, the watch starts over at revision 0.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::sync::broadcast::{self, error::RecvError};
 
-use super::mirror::Mirror;
+use super::mirror::{Mirror, MirrorEvent};
 use crate::error::{Error, ErrorCode};
 use crate::keys::filter_matches;
 use crate::protocol::Entry;
@@ -26,7 +29,7 @@ pub enum WatchItem {
 }
 
 pub struct Watch {
-    events: broadcast::Receiver<Arc<Entry>>,
+    events: broadcast::Receiver<MirrorEvent>,
     snapshot: std::vec::IntoIter<Entry>,
     /// Keys whose snapshot entry is newer than `from`, with that entry's revision.
     ahead: HashMap<String, u64>,
@@ -79,8 +82,14 @@ impl Watch {
             return Ok(WatchItem::Synced);
         }
         loop {
-            let entry = match self.events.recv().await {
-                Ok(entry) => entry,
+            let (entry, removed) = match self.events.recv().await {
+                Ok(MirrorEvent::Applied(entry)) => (entry, false),
+                Ok(MirrorEvent::Removed(entry)) => (entry, true),
+                Ok(MirrorEvent::Rebuilt) => {
+                    self.from = 0;
+                    self.ahead.clear();
+                    continue;
+                }
                 Err(RecvError::Lagged(missed)) => {
                     self.missed += missed;
                     return Err(Error::new(
@@ -98,7 +107,7 @@ impl Watch {
                     ))
                 }
             };
-            if entry.revision <= self.from {
+            if !removed && entry.revision <= self.from {
                 continue;
             }
             if let Some(f) = &self.filter {
@@ -107,7 +116,7 @@ impl Watch {
                 }
             }
             if let Some(&seen) = self.ahead.get(&entry.key) {
-                if entry.revision <= seen {
+                if !removed && entry.revision <= seen {
                     continue;
                 }
                 self.ahead.remove(&entry.key);

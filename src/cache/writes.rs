@@ -11,13 +11,15 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 
 use crate::error::{Error, ErrorCode, Result};
-use crate::protocol::Operation;
+use crate::protocol::{Operation, WriteOptions};
 
 const KV_OPERATION: &str = "KV-Operation";
 const EXPECTED_LAST_SUBJECT_SEQUENCE: &str = "Nats-Expected-Last-Subject-Sequence";
 /// JetStream's "wrong last sequence" error, and the one clustered streams may return instead.
 const WRONG_LAST_SEQUENCE_CODES: [u64; 2] = [10071, 10164];
 const MESSAGE_TOO_LARGE_CODE: u64 = 10054;
+const INVALID_TTL_CODE: u64 = 10165;
+const TTL_DISABLED_CODE: u64 = 10166;
 
 /// Publishes one KV operation and returns the revision NATS stored it at.
 /// `expect_revision` 0 means "absent or deleted", as NATS KV's own `create` does.
@@ -27,25 +29,29 @@ pub async fn write(
     key: &str,
     operation: Operation,
     value: Bytes,
-    expect_revision: Option<u64>,
+    options: WriteOptions,
 ) -> Result<u64> {
-    match expect_revision {
-        Some(0) => match publish(js, store, key, operation, value.clone(), Some(0)).await {
+    let message = Message {
+        key,
+        operation,
+        ttl_ms: options.ttl_ms,
+    };
+    let publish = |value: Bytes, expect: Option<u64>| publish(js, store, &message, value, expect);
+    match options.expect_revision {
+        Some(0) => match publish(value.clone(), Some(0)).await {
             Err(err) if err.code == ErrorCode::WrongRevision => {
                 // The key has messages; that still counts as absent when the latest is a delete marker.
                 match latest(store, key).await? {
-                    Latest::Removed(marker) => {
-                        publish(js, store, key, operation, value, Some(marker))
-                            .await
-                            .map_err(|err| conflict(err, key, 0))
-                    }
+                    Latest::Removed(marker) => publish(value, Some(marker))
+                        .await
+                        .map_err(|err| conflict(err, key, 0)),
                     Latest::Live(current) => Err(Error::wrong_revision(key, 0, current)),
                     Latest::Absent => Err(Error::wrong_revision(key, 0, 0)),
                 }
             }
             other => other,
         },
-        Some(expected) => match publish(js, store, key, operation, value, Some(expected)).await {
+        Some(expected) => match publish(value, Some(expected)).await {
             Err(err) if err.code == ErrorCode::WrongRevision => {
                 let current = match latest(store, key).await? {
                     Latest::Live(current) => current,
@@ -55,7 +61,7 @@ pub async fn write(
             }
             other => other,
         },
-        None => publish(js, store, key, operation, value, None).await,
+        None => publish(value, None).await,
     }
 }
 
@@ -79,10 +85,15 @@ async fn latest(store: &kv::Store, key: &str) -> Result<Latest> {
     let subject = format!("{}{}", store.prefix, key);
     match store.stream.get_last_raw_message_by_subject(&subject).await {
         Ok(message) => {
+            // A limit marker (a value removed by its TTL or max_age) counts as removed too.
             let removed = message
                 .headers
                 .get(KV_OPERATION)
-                .is_some_and(|op| matches!(op.as_str(), "DEL" | "PURGE"));
+                .is_some_and(|op| matches!(op.as_str(), "DEL" | "PURGE"))
+                || message
+                    .headers
+                    .get(async_nats::header::NATS_MARKER_REASON)
+                    .is_some();
             Ok(if removed {
                 Latest::Removed(message.sequence)
             } else {
@@ -99,18 +110,31 @@ async fn latest(store: &kv::Store, key: &str) -> Result<Latest> {
     }
 }
 
+/// What a write publishes, apart from its value and condition.
+struct Message<'a> {
+    key: &'a str,
+    operation: Operation,
+    ttl_ms: Option<u64>,
+}
+
 async fn publish(
     js: &jetstream::Context,
     store: &kv::Store,
-    key: &str,
-    operation: Operation,
+    message: &Message<'_>,
     value: Bytes,
     expect_revision: Option<u64>,
 ) -> Result<u64> {
+    let key = message.key;
     let prefix = store.put_prefix.as_deref().unwrap_or(&store.prefix);
     let subject = format!("{prefix}{key}");
     let mut headers = HeaderMap::new();
-    match operation {
+    if let Some(ms) = message.ttl_ms {
+        headers.insert(
+            async_nats::header::NATS_MESSAGE_TTL,
+            format!("{ms}ms").as_str(),
+        );
+    }
+    match message.operation {
         Operation::Put => {}
         Operation::Delete => headers.insert(KV_OPERATION, "DEL"),
         Operation::Purge => {
@@ -151,6 +175,18 @@ fn publish_error(err: PublishError, key: &str, expect_revision: Option<u64>) -> 
         PublishErrorKind::MaxPayloadExceeded => Error::new(
             ErrorCode::ValueTooLarge,
             format!("the value for `{key}` exceeds the NATS server's max_payload"),
+        ),
+        PublishErrorKind::Other if code == Some(TTL_DISABLED_CODE) => Error::new(
+            ErrorCode::BadRequest,
+            format!(
+                "the bucket does not allow per-key TTLs, so `{key}` was not written: create it with \
+                 limit markers (`limit_markers` in nearkv's bucket config, `nats kv add --marker-ttl`) \
+                 or put without ttl_ms"
+            ),
+        ),
+        PublishErrorKind::Other if code == Some(INVALID_TTL_CODE) => Error::new(
+            ErrorCode::BadRequest,
+            format!("NATS rejected the TTL of the write to `{key}`: it must be at least 1000 ms"),
         ),
         PublishErrorKind::Other if code == Some(MESSAGE_TOO_LARGE_CODE) => Error::new(
             ErrorCode::ValueTooLarge,

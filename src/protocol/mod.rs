@@ -12,4 +12,4 @@ pub mod types;
 mod tests;
 
 pub use request::{Request, WriteOptions};
-pub use types::{BucketStatus, Consistency, Entry, Operation, ReadOptions};
+pub use types::{BucketStatus, Consistency, Entry, Freshness, Operation, ReadOptions};

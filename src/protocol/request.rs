@@ -41,6 +41,7 @@ pub enum Request<'a> {
     Keys {
         bucket: &'a str,
         filter: Option<&'a str>,
+        allow_stale: bool,
     },
     Status {
         bucket: Option<&'a str>,
@@ -61,6 +62,8 @@ pub struct WriteOptions {
     /// 0: the key must be absent or deleted; N: the key's latest revision must be N.
     pub expect_revision: Option<u64>,
     pub timeout_ms: Option<u64>,
+    /// `put` only: the value expires this long after it is stored (at least 1000 ms).
+    pub ttl_ms: Option<u64>,
 }
 
 impl WriteOptions {
@@ -68,7 +71,7 @@ impl WriteOptions {
     pub fn expecting(expect_revision: Option<u64>) -> Self {
         WriteOptions {
             expect_revision,
-            timeout_ms: None,
+            ..WriteOptions::default()
         }
     }
 }
@@ -123,6 +126,7 @@ struct Read {
     /// Optional fields may be absent or nil, so an `Option` rather than `serde(default)`.
     consistency: Option<Consistency>,
     timeout_ms: Option<u64>,
+    allow_stale: Option<bool>,
 }
 
 impl From<Read> for ReadOptions {
@@ -131,6 +135,7 @@ impl From<Read> for ReadOptions {
             min_revision: r.min_revision,
             consistency: r.consistency.unwrap_or_default(),
             timeout_ms: r.timeout_ms,
+            allow_stale: r.allow_stale.unwrap_or(false),
         }
     }
 }
@@ -144,6 +149,7 @@ struct GetBody<'a> {
     /// Optional fields may be absent or nil, so an `Option` rather than `serde(default)`.
     consistency: Option<Consistency>,
     timeout_ms: Option<u64>,
+    allow_stale: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -171,6 +177,7 @@ struct PutBody<'a> {
 struct Write {
     expect_revision: Option<u64>,
     timeout_ms: Option<u64>,
+    ttl_ms: Option<u64>,
 }
 
 impl From<Write> for WriteOptions {
@@ -178,15 +185,17 @@ impl From<Write> for WriteOptions {
         WriteOptions {
             expect_revision: w.expect_revision,
             timeout_ms: w.timeout_ms,
+            ttl_ms: w.ttl_ms,
         }
     }
 }
 
 #[derive(Deserialize)]
-struct FilterBody<'a> {
+struct KeysBody<'a> {
     bucket: &'a str,
     #[serde(borrow, default)]
     filter: Option<&'a str>,
+    allow_stale: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -311,6 +320,7 @@ pub fn parse(frame: &[u8]) -> Result<(u64, Request<'_>), ParseError> {
                     min_revision: b.min_revision,
                     consistency: b.consistency.unwrap_or_default(),
                     timeout_ms: b.timeout_ms,
+                    allow_stale: b.allow_stale.unwrap_or(false),
                 },
             }
         }
@@ -336,6 +346,12 @@ pub fn parse(frame: &[u8]) -> Result<(u64, Request<'_>), ParseError> {
         "delete" | "purge" => {
             let b: KeyBody = body(frame, id, op)?;
             let write: WriteOptions = body::<Write>(frame, id, op)?.into();
+            if write.ttl_ms.is_some() {
+                return Err(bad_request(
+                    id,
+                    format!("`ttl_ms` applies to `put` only, not to `{op}`"),
+                ));
+            }
             if op == "delete" {
                 Request::Delete {
                     bucket: b.bucket,
@@ -351,10 +367,11 @@ pub fn parse(frame: &[u8]) -> Result<(u64, Request<'_>), ParseError> {
             }
         }
         "keys" => {
-            let b: FilterBody = body(frame, id, op)?;
+            let b: KeysBody = body(frame, id, op)?;
             Request::Keys {
                 bucket: b.bucket,
                 filter: b.filter,
+                allow_stale: b.allow_stale.unwrap_or(false),
             }
         }
         "status" => {
@@ -406,6 +423,9 @@ pub fn encode(id: u64, request: &Request<'_>, buf: &mut Vec<u8>) {
         if let Some(ms) = read.timeout_ms {
             fields.push(("timeout_ms", Field::Uint(ms)));
         }
+        if read.allow_stale {
+            fields.push(("allow_stale", Field::Bool(true)));
+        }
     };
     let write_fields = |fields: &mut Vec<(&str, Field<'_>)>, write: &WriteOptions| {
         if let Some(rev) = write.expect_revision {
@@ -413,6 +433,9 @@ pub fn encode(id: u64, request: &Request<'_>, buf: &mut Vec<u8>) {
         }
         if let Some(ms) = write.timeout_ms {
             fields.push(("timeout_ms", Field::Uint(ms)));
+        }
+        if let Some(ms) = write.ttl_ms {
+            fields.push(("ttl_ms", Field::Uint(ms)));
         }
     };
     match request {
@@ -443,10 +466,17 @@ pub fn encode(id: u64, request: &Request<'_>, buf: &mut Vec<u8>) {
             fields.push(("key", Field::Str(key)));
             write_fields(&mut fields, write);
         }
-        Request::Keys { bucket, filter } => {
+        Request::Keys {
+            bucket,
+            filter,
+            allow_stale,
+        } => {
             fields.push(("bucket", Field::Str(bucket)));
             if let Some(filter) = filter {
                 fields.push(("filter", Field::Str(filter)));
+            }
+            if *allow_stale {
+                fields.push(("allow_stale", Field::Bool(true)));
             }
         }
         Request::Status { bucket } => {

@@ -4,7 +4,7 @@ use serde::Deserialize;
 
 use super::frame;
 use super::msgpack::{Cursor, Writer};
-use super::types::{BucketStatus, Entry, EntryRef};
+use super::types::{BucketStatus, Entry, EntryRef, Freshness};
 use crate::error::{Error, ErrorCode};
 
 /// The success payload of each op.
@@ -12,9 +12,9 @@ pub enum Body<'a> {
     /// `ping`, `watch`, `unwatch`.
     Empty,
     /// `get`.
-    Entry(Option<EntryRef<'a>>),
+    Entry(Option<EntryRef<'a>>, Freshness),
     /// `mget`.
-    Entries(&'a [Option<Entry>]),
+    Entries(&'a [Option<Entry>], Freshness),
     /// `put`, `delete`, `purge`.
     Revision(u64),
     /// `keys`.
@@ -46,17 +46,26 @@ fn optional_entry(w: &mut Writer<'_>, e: Option<EntryRef<'_>>) {
     }
 }
 
+fn freshness(w: &mut Writer<'_>, f: Freshness) {
+    w.str("revision")
+        .uint(f.revision)
+        .str("age_ms")
+        .uint(f.age_ms);
+}
+
 /// Appends an `mget` success response of `len` entries, asking `entry_at` for each one in
 /// order, so the entries can be encoded from where they are stored rather than from copies.
 pub fn encode_ok_entries(
     buf: &mut Vec<u8>,
     id: u64,
     len: usize,
+    fresh: Freshness,
     mut entry_at: impl FnMut(usize, &mut dyn FnMut(Option<EntryRef<'_>>)),
 ) {
     let start = frame::begin(buf);
     let mut w = Writer(buf);
-    w.map(3).str("id").uint(id).str("ok").bool(true);
+    w.map(5).str("id").uint(id).str("ok").bool(true);
+    freshness(&mut w, fresh);
     w.str("entries").array(len as u32);
     for i in 0..len {
         entry_at(i, &mut |e| optional_entry(&mut w, e));
@@ -66,20 +75,27 @@ pub fn encode_ok_entries(
 
 /// Appends a success response frame.
 pub fn encode_ok(buf: &mut Vec<u8>, id: u64, body: &Body<'_>) {
-    if let Body::Entries(list) = body {
-        return encode_ok_entries(buf, id, list.len(), |i, write| {
+    if let Body::Entries(list, fresh) = body {
+        return encode_ok_entries(buf, id, list.len(), *fresh, |i, write| {
             write(list[i].as_ref().map(Entry::as_ref))
         });
     }
     let start = frame::begin(buf);
     let mut w = Writer(buf);
-    let fields = if matches!(body, Body::Empty) { 2 } else { 3 };
+    let fields = match body {
+        Body::Empty => 2,
+        Body::Entry(..) => 5,
+        _ => 3,
+    };
     w.map(fields).str("id").uint(id).str("ok").bool(true);
     match body {
         Body::Empty => {}
-        Body::Entry(e) => optional_entry(w.str("entry"), *e),
+        Body::Entry(e, fresh) => {
+            freshness(&mut w, *fresh);
+            optional_entry(w.str("entry"), *e);
+        }
         // Written by `encode_ok_entries`, above.
-        Body::Entries(_) => {}
+        Body::Entries(..) => {}
         Body::Revision(rev) => {
             w.str("revision").uint(*rev);
         }
@@ -92,7 +108,7 @@ pub fn encode_ok(buf: &mut Vec<u8>, id: u64, body: &Body<'_>) {
         Body::Status(list) => {
             w.str("buckets").array(list.len() as u32);
             for s in list.iter() {
-                w.map(9)
+                w.map(12)
                     .str("bucket")
                     .str(&s.bucket)
                     .str("synced")
@@ -110,7 +126,16 @@ pub fn encode_ok(buf: &mut Vec<u8>, id: u64, body: &Body<'_>) {
                     .str("lag")
                     .uint(s.lag)
                     .str("last_update")
-                    .int(s.last_update);
+                    .int(s.last_update)
+                    .str("age_ms");
+                match s.age_ms {
+                    Some(ms) => w.uint(ms),
+                    None => w.nil(),
+                };
+                w.str("stale")
+                    .bool(s.stale)
+                    .str("rebuilds")
+                    .uint(s.rebuilds);
             }
         }
     }
@@ -226,11 +251,15 @@ impl From<WireError> for Error {
 #[derive(Debug, Deserialize)]
 pub struct EntryBody {
     pub entry: Option<Entry>,
+    pub revision: u64,
+    pub age_ms: u64,
 }
 
 #[derive(Debug, Deserialize)]
 pub struct EntriesBody {
     pub entries: Vec<Option<Entry>>,
+    pub revision: u64,
+    pub age_ms: u64,
 }
 
 #[derive(Debug, Deserialize)]

@@ -5,7 +5,7 @@ use super::response::{
     encode_error, encode_ok, encode_watch, Body, EntriesBody, EntryBody, Head, KeysBody,
     RevisionBody, StatusBody, WatchMessage, WatchPush,
 };
-use super::types::{BucketStatus, Consistency, Entry, Operation, ReadOptions};
+use super::types::{BucketStatus, Consistency, Entry, Freshness, Operation, ReadOptions};
 use crate::error::{Error, ErrorCode};
 
 fn body_of(frame: &[u8]) -> &[u8] {
@@ -17,10 +17,12 @@ fn all_requests() -> Vec<Request<'static>> {
         min_revision: Some(7),
         consistency: Consistency::Strong,
         timeout_ms: Some(250),
+        allow_stale: true,
     };
     let write = WriteOptions {
         expect_revision: Some(0),
         timeout_ms: Some(1000),
+        ttl_ms: None,
     };
     vec![
         Request::Ping,
@@ -51,6 +53,15 @@ fn all_requests() -> Vec<Request<'static>> {
             value: b"",
             write: WriteOptions::default(),
         },
+        Request::Put {
+            bucket: "b",
+            key: "k",
+            value: b"v",
+            write: WriteOptions {
+                ttl_ms: Some(30_000),
+                ..write
+            },
+        },
         Request::Delete {
             bucket: "b",
             key: "k",
@@ -64,10 +75,12 @@ fn all_requests() -> Vec<Request<'static>> {
         Request::Keys {
             bucket: "b",
             filter: Some("a.>"),
+            allow_stale: true,
         },
         Request::Keys {
             bucket: "b",
             filter: None,
+            allow_stale: false,
         },
         Request::Status { bucket: None },
         Request::Status { bucket: Some("b") },
@@ -253,6 +266,11 @@ fn random_bytes_never_panic_the_parser() {
     }
 }
 
+const FRESH: Freshness = Freshness {
+    revision: 5,
+    age_ms: 120,
+};
+
 fn entry() -> Entry {
     Entry {
         key: "order-1".to_string(),
@@ -267,20 +285,22 @@ fn entry() -> Entry {
 fn every_response_decodes_as_the_client_reads_it() {
     let e = entry();
     let mut buf = Vec::new();
-    encode_ok(&mut buf, 1, &Body::Entry(Some(e.as_ref())));
+    encode_ok(&mut buf, 1, &Body::Entry(Some(e.as_ref()), FRESH));
     let got: EntryBody = rmp_serde::from_slice(body_of(&buf)).unwrap();
     assert_eq!(got.entry, Some(e.clone()));
+    assert_eq!((got.revision, got.age_ms), (5, 120));
 
     let mut buf = Vec::new();
-    encode_ok(&mut buf, 1, &Body::Entry(None));
+    encode_ok(&mut buf, 1, &Body::Entry(None, FRESH));
     let got: EntryBody = rmp_serde::from_slice(body_of(&buf)).unwrap();
     assert_eq!(got.entry, None);
 
     let list = vec![Some(e.clone()), None];
     let mut buf = Vec::new();
-    encode_ok(&mut buf, 1, &Body::Entries(&list));
+    encode_ok(&mut buf, 1, &Body::Entries(&list, FRESH));
     let got: EntriesBody = rmp_serde::from_slice(body_of(&buf)).unwrap();
     assert_eq!(got.entries, list);
+    assert_eq!((got.revision, got.age_ms), (5, 120));
 
     let mut buf = Vec::new();
     encode_ok(&mut buf, 1, &Body::Revision(u64::MAX));
@@ -303,6 +323,9 @@ fn every_response_decodes_as_the_client_reads_it() {
         server_revision: 11,
         lag: 2,
         last_update: 1_700_000_000_000_000_000,
+        age_ms: Some(350),
+        stale: false,
+        rebuilds: 1,
     }];
     let mut buf = Vec::new();
     encode_ok(&mut buf, 1, &Body::Status(&status));
@@ -358,10 +381,10 @@ fn vectors() -> Vec<(&'static str, Vec<u8>)> {
         )
     });
     add("get response", &|b| {
-        encode_ok(b, 2, &Body::Entry(Some(e.as_ref())))
+        encode_ok(b, 2, &Body::Entry(Some(e.as_ref()), FRESH))
     });
     add("get response, key absent", &|b| {
-        encode_ok(b, 2, &Body::Entry(None))
+        encode_ok(b, 2, &Body::Entry(None, FRESH))
     });
     add("put request with expect_revision", &|b| {
         encode(
@@ -370,10 +393,7 @@ fn vectors() -> Vec<(&'static str, Vec<u8>)> {
                 bucket: "shop_orders",
                 key: "order-1",
                 value: b"{\"id\":1}",
-                write: WriteOptions {
-                    expect_revision: Some(0),
-                    timeout_ms: None,
-                },
+                write: WriteOptions::expecting(Some(0)),
             },
             b,
         )

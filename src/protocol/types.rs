@@ -85,6 +85,17 @@ pub struct ReadOptions {
     pub consistency: Consistency,
     /// How long to wait for `min_revision` or a strong read; the server's default when `None`.
     pub timeout_ms: Option<u64>,
+    /// Answer even when the mirror is older than the bucket's `max_staleness`.
+    pub allow_stale: bool,
+}
+
+/// How fresh the mirror was when a read was answered; sent with every `get` and `mget`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Freshness {
+    /// The mirror had applied this revision (and so every update up to it) when the read began.
+    pub revision: u64,
+    /// Milliseconds since NATS last confirmed the mirror current.
+    pub age_ms: u64,
 }
 
 /// A mirror's state, as `status` reports it.
@@ -107,4 +118,10 @@ pub struct BucketStatus {
     pub lag: u64,
     /// When the last update the mirror applied was stored by NATS, in Unix nanoseconds; 0 if none.
     pub last_update: i64,
+    /// Milliseconds since NATS last confirmed the mirror current; `None` before the first sync.
+    pub age_ms: Option<u64>,
+    /// `age_ms` exceeds the bucket's `max_staleness`: cached reads fail with `stale`.
+    pub stale: bool,
+    /// Times the mirror was reloaded from a fresh snapshot after its initial sync.
+    pub rebuilds: u64,
 }

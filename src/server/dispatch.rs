@@ -99,13 +99,14 @@ pub fn immediate(
             encode_ok(out, id, &Body::Empty);
             None
         }
-        Request::Get { bucket, key, .. } => {
+        Request::Get { bucket, key, read } => {
             // The hot path: encoded straight from the mirror's entry into the output buffer.
             let result = cache.bucket(bucket).and_then(|b| {
-                b.read_cached(key, |entry| {
-                    encode_ok(out, id, &Body::Entry(entry));
+                let fresh = b.check_cached_reads(&[key], read.allow_stale)?;
+                Ok(b.mirror().read(key, |entry| {
+                    encode_ok(out, id, &Body::Entry(entry, fresh));
                     entry.is_some()
-                })
+                }))
             });
             match result {
                 Ok(hit) => {
@@ -118,15 +119,16 @@ pub fn immediate(
                 }
             }
         }
-        Request::Mget { bucket, keys, .. } => {
+        Request::Mget { bucket, keys, read } => {
             // Like `get`: each entry encoded straight from the mirror, no owned copies.
-            let checked = cache
-                .bucket(bucket)
-                .and_then(|b| b.check_cached_reads(keys).map(|()| b));
+            let checked = cache.bucket(bucket).and_then(|b| {
+                b.check_cached_reads(keys, read.allow_stale)
+                    .map(|fresh| (b, fresh))
+            });
             match checked {
-                Ok(b) => {
+                Ok((b, fresh)) => {
                     let mut hits = 0;
-                    encode_ok_entries(out, id, keys.len(), |i, write| {
+                    encode_ok_entries(out, id, keys.len(), fresh, |i, write| {
                         b.mirror().read(keys[i], |entry| {
                             hits += u64::from(entry.is_some());
                             write(entry)
@@ -141,8 +143,14 @@ pub fn immediate(
                 }
             }
         }
-        Request::Keys { bucket, filter } => {
-            let result = cache.bucket(bucket).and_then(|b| b.keys(*filter));
+        Request::Keys {
+            bucket,
+            filter,
+            allow_stale,
+        } => {
+            let result = cache
+                .bucket(bucket)
+                .and_then(|b| b.keys(*filter, *allow_stale));
             respond(out, id, result, |keys| Body::Keys(keys))
         }
         Request::Status { bucket } => {
@@ -185,11 +193,11 @@ pub async fn waiting(ctx: &Context, frame: &Bytes, out: &mut Vec<u8>) -> Option<
                 Ok(b) => b.get(key, read).await,
                 Err(err) => Err(err),
             };
-            if let Ok(entry) = &result {
+            if let Ok((entry, _)) = &result {
                 count_lookups(&ctx.metrics, bucket, std::iter::once(entry));
             }
-            respond(out, id, result, |entry| {
-                Body::Entry(entry.as_ref().map(Entry::as_ref))
+            respond(out, id, result, |(entry, fresh)| {
+                Body::Entry(entry.as_ref().map(Entry::as_ref), *fresh)
             })
         }
         Request::Mget { bucket, keys, read } => {
@@ -197,10 +205,12 @@ pub async fn waiting(ctx: &Context, frame: &Bytes, out: &mut Vec<u8>) -> Option<
                 Ok(b) => b.mget(&keys, read).await,
                 Err(err) => Err(err),
             };
-            if let Ok(entries) = &result {
+            if let Ok((entries, _)) = &result {
                 count_lookups(&ctx.metrics, bucket, entries.iter());
             }
-            respond(out, id, result, |entries| Body::Entries(entries))
+            respond(out, id, result, |(entries, fresh)| {
+                Body::Entries(entries, *fresh)
+            })
         }
         Request::Put {
             bucket,

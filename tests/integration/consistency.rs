@@ -18,10 +18,7 @@ async fn racing_compare_and_set_writers_win_exactly_once_per_revision() {
     let mut revision = a.put("cas", "counter", b"0").await.unwrap();
     let mut wins = [0u32; 2];
     for round in 0..50 {
-        let expect = WriteOptions {
-            expect_revision: Some(revision),
-            timeout_ms: None,
-        };
+        let expect = WriteOptions::expecting(Some(revision));
         let value_a = format!("a{round}");
         let value_b = format!("b{round}");
         let (ra, rb) = tokio::join!(
@@ -131,7 +128,7 @@ async fn two_sidecars_see_each_others_writes_in_order() {
     assert_eq!(c2.get("shared", "k1").await.unwrap(), None);
     let k2 = c2.get("shared", "k2").await.unwrap().unwrap();
     assert_eq!(k2.value.as_ref(), b"v17");
-    assert_eq!(c2.keys("shared", None).await.unwrap(), vec!["k2"]);
+    assert_eq!(c2.keys("shared", None, false).await.unwrap(), vec!["k2"]);
     one.stop().await;
     two.stop().await;
 }

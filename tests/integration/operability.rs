@@ -74,10 +74,7 @@ async fn metrics_count_requests_hits_conflicts_and_watch_events() {
             .unwrap()
             .is_none());
     }
-    let stale = WriteOptions {
-        expect_revision: Some(1),
-        timeout_ms: None,
-    };
+    let stale = WriteOptions::expecting(Some(1));
     assert!(client.put_with("m", "k9", b"x", stale).await.is_err());
     assert!(client.get("nope", "k").await.is_err());
     for _ in 0..10 {
@@ -234,10 +231,7 @@ async fn the_dashboard_queries_only_metrics_nearkv_exports() {
     drop(watch);
     client.get("d", "k").await.unwrap();
     client.get("d", "absent").await.unwrap();
-    let conflict = WriteOptions {
-        expect_revision: Some(r + 100),
-        timeout_ms: None,
-    };
+    let conflict = WriteOptions::expecting(Some(r + 100));
     assert!(client.put_with("d", "k", b"v", conflict).await.is_err());
     eventually(Duration::from_secs(10), "the watch to end", || async {
         let (_, metrics) = http_get(&sidecar.http, "/metrics").await;

@@ -17,10 +17,7 @@ fn code(result: Result<impl std::fmt::Debug, ClientError>) -> ErrorCode {
 }
 
 fn expect(revision: u64) -> WriteOptions {
-    WriteOptions {
-        expect_revision: Some(revision),
-        timeout_ms: None,
-    }
+    WriteOptions::expecting(Some(revision))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -84,11 +81,11 @@ async fn every_op_works_through_the_rust_client() {
     client.put("orders", "eu.1", b"e").await.unwrap();
     client.put("orders", "eu.2", b"e").await.unwrap();
     assert_eq!(
-        client.keys("orders", None).await.unwrap(),
+        client.keys("orders", None, false).await.unwrap(),
         vec!["eu.1", "eu.2", "order-1", "order-2"]
     );
     assert_eq!(
-        client.keys("orders", Some("eu.*")).await.unwrap(),
+        client.keys("orders", Some("eu.*"), false).await.unwrap(),
         vec!["eu.1", "eu.2"]
     );
 
@@ -122,7 +119,7 @@ async fn every_op_works_through_the_rust_client() {
         .await
         .unwrap();
     assert_eq!(
-        client.keys("orders", Some("eu.>")).await.unwrap(),
+        client.keys("orders", Some("eu.>"), false).await.unwrap(),
         Vec::<String>::new()
     );
 
@@ -269,7 +266,7 @@ async fn every_error_code_is_returned_where_documented() {
         );
     }
     assert_eq!(
-        code(client.keys("b", Some("a.>.b")).await),
+        code(client.keys("b", Some("a.>.b"), false).await),
         ErrorCode::InvalidKey
     );
     assert_eq!(
@@ -315,7 +312,10 @@ async fn a_filtered_mirror_serves_its_keys_only() {
     config.filter = "orders.>".to_string();
     let sidecar = Sidecar::start(&nats.url(), vec![config]).await;
     let client = sidecar.synced_client().await;
-    assert_eq!(client.keys("f", None).await.unwrap(), vec!["orders.1"]);
+    assert_eq!(
+        client.keys("f", None, false).await.unwrap(),
+        vec!["orders.1"]
+    );
     assert_eq!(
         code(client.get("f", "users.1").await),
         ErrorCode::BadRequest
@@ -340,6 +340,6 @@ async fn a_filtered_mirror_serves_its_keys_only() {
     config.filter = "nothing.>".to_string();
     let sidecar = Sidecar::start(&nats.url(), vec![config]).await;
     let client = sidecar.synced_client().await;
-    assert!(client.keys("f", None).await.unwrap().is_empty());
+    assert!(client.keys("f", None, false).await.unwrap().is_empty());
     sidecar.stop().await;
 }

@@ -1,0 +1,433 @@
+//! The bucket actor: the only writer of a bucket's mirror. It opens the bucket, loads a snapshot,
+//! applies every later change in revision order, expires values on time, and reloads the
+//! snapshot when the stream lost history the mirror had not seen or was recreated.
+//!
+//! Beside it runs a checker that asks NATS about the stream every `check_every`: its answers
+//! confirm the mirror current (the `age_ms` of reads) and reveal what no feed message shows: the
+//! bucket deleted and created again, or its messages purged out of band.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, kv};
+use tokio_util::sync::CancellationToken;
+
+use super::bucket::Shared;
+use super::feed::{Feed, Start, Update};
+use super::mirror::{unix_nanos, Staging};
+use crate::nats::open_bucket;
+use crate::protocol::{Entry, Operation};
+
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How often an initial sync logs its progress.
+const SYNC_PROGRESS_EVERY: Duration = Duration::from_secs(2);
+/// Errors in a row after which a feed is recreated instead of left to recover by itself.
+const FEED_ERROR_LIMIT: u32 = 3;
+
+pub(crate) struct Actor {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) shutdown: CancellationToken,
+    /// Values that expire, by expiry time (Unix ns) and revision. A value replaced since stays
+    /// listed until due, and is then skipped because its revision no longer matches.
+    pub(crate) expiring: BTreeMap<(i64, u64), String>,
+}
+
+enum FeedEnd {
+    Shutdown,
+    /// The feed broke; resume after the last applied revision.
+    Lost(String),
+    /// The mirror must be reloaded from a fresh snapshot.
+    Resync(String),
+}
+
+impl Actor {
+    fn set_problem(&self, problem: Option<String>) {
+        if let Ok(mut slot) = self.shared.problem.lock() {
+            *slot = problem;
+        }
+    }
+
+    /// Sleeps for the backoff (with jitter), or returns false on shutdown.
+    async fn backoff(&self, attempt: &mut u32) -> bool {
+        let base = BACKOFF_MIN
+            .saturating_mul(1 << (*attempt).min(6))
+            .min(BACKOFF_MAX);
+        let jitter =
+            Duration::from_millis(u64::from(std::process::id() ^ attempt.wrapping_mul(7919)) % 100);
+        *attempt += 1;
+        tokio::select! {
+            _ = self.shutdown.cancelled() => false,
+            _ = tokio::time::sleep(base + jitter) => true,
+        }
+    }
+
+    pub(crate) async fn run(mut self) {
+        let mut attempt = 0;
+        let store = loop {
+            let opened = tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                opened = open_bucket(&self.shared.js, &self.shared.config) => opened,
+            };
+            match opened {
+                Ok(store) => break store,
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot open bucket; retrying");
+                    self.set_problem(Some(err.to_string()));
+                    if !self.backoff(&mut attempt).await {
+                        return;
+                    }
+                }
+            }
+        };
+        let _ = self.shared.store.set(store.clone());
+        self.set_problem(None);
+        tokio::spawn(check_stream(
+            self.shared.clone(),
+            store.clone(),
+            self.shutdown.clone(),
+        ));
+        attempt = 0;
+        let mut resync = None;
+        loop {
+            match self.run_feed(&store, resync.take()).await {
+                FeedEnd::Shutdown => return,
+                FeedEnd::Resync(reason) => {
+                    tracing::warn!(%reason, applied = self.shared.mirror.applied(), "reloading the mirror from a fresh snapshot");
+                    resync = Some(reason);
+                }
+                FeedEnd::Lost(reason) => {
+                    self.shared.watcher_restarts.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        %reason,
+                        applied = self.shared.mirror.applied(),
+                        "bucket feed lost; recreating it from the last applied revision"
+                    );
+                    if !self.shared.mirror.is_synced() {
+                        self.set_problem(Some(reason));
+                    }
+                    if !self.backoff(&mut attempt).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Why the mirror cannot resume from its last applied revision, if it cannot.
+    fn history_lost(&self, info: &jetstream::stream::Info) -> Option<String> {
+        let mirror = &self.shared.mirror;
+        if !mirror.is_synced() {
+            return None;
+        }
+        let applied = mirror.applied();
+        let state = &info.state;
+        if self.shared.stream_created() != Some(info.created.unix_timestamp_nanos()) {
+            return Some("the bucket was deleted and created again".to_string());
+        }
+        if state.last_sequence < applied {
+            return Some(format!(
+                "the stream ends at revision {} but the mirror applied {applied}",
+                state.last_sequence
+            ));
+        }
+        // A filtered mirror's revisions leave gaps anyway (changes outside the filter).
+        let filtered = self.shared.config.filter != ">";
+        if !filtered && state.first_sequence > applied + 1 {
+            return Some(format!(
+                "the stream now starts at revision {}, so revisions after {applied} that the mirror \
+                 never saw were removed (purged, expired or superseded)",
+                state.first_sequence
+            ));
+        }
+        None
+    }
+
+    /// Runs one feed until it is lost, a resync is needed or the sidecar shuts down.
+    async fn run_feed(&mut self, store: &kv::Store, resync: Option<String>) -> FeedEnd {
+        let info = tokio::select! {
+            _ = self.shutdown.cancelled() => return FeedEnd::Shutdown,
+            info = store.stream.get_info() => match info {
+                Ok(info) => info,
+                Err(err) => return FeedEnd::Lost(format!("cannot read the bucket's stream: {err}")),
+            },
+        };
+        self.shared.learn(&info);
+        let resync = resync.or_else(|| self.history_lost(&info));
+        let filter = self.shared.config.filter.as_str();
+        let start = if resync.is_some() || !self.shared.mirror.is_synced() {
+            Start::Snapshot
+        } else {
+            Start::From(self.shared.mirror.applied() + 1)
+        };
+        let created = tokio::select! {
+            _ = self.shutdown.cancelled() => return FeedEnd::Shutdown,
+            created = Feed::start(&self.shared.client, store, filter, start) => created,
+        };
+        let mut feed = match created {
+            Ok(feed) => feed,
+            Err(err) => return FeedEnd::Lost(err),
+        };
+        if let Start::Snapshot = start {
+            self.shared.resyncing.store(true, Ordering::Relaxed);
+            let loaded = self.load_snapshot(&mut feed, &info, resync).await;
+            self.shared.resyncing.store(false, Ordering::Relaxed);
+            if let Some(end) = loaded {
+                return end;
+            }
+        }
+        self.follow(&mut feed).await
+    }
+
+    /// Loads the feed's snapshot into a staging table while the current one keeps serving, then
+    /// swaps it in. Returns how the feed ended if it ended before that.
+    async fn load_snapshot(
+        &mut self,
+        feed: &mut Feed,
+        info: &jetstream::stream::Info,
+        reason: Option<String>,
+    ) -> Option<FeedEnd> {
+        let target = info.state.last_sequence;
+        let filtered = self.shared.config.filter != ">";
+        let mut staging = Staging::default();
+        let mut expiring = BTreeMap::new();
+        let mut errors = 0;
+        let mut progress_logged = tokio::time::Instant::now();
+        // Nothing to deliver: an empty bucket (or filter) yields no message to say it is done.
+        let mut done = feed.caught_up();
+        while !done {
+            let item = tokio::select! {
+                _ = self.shutdown.cancelled() => return Some(FeedEnd::Shutdown),
+                item = feed.next() => item,
+            };
+            let update = match self.check_item(item, &mut errors) {
+                Ok(Some(update)) => update,
+                Ok(None) => continue,
+                Err(end) => return Some(end),
+            };
+            let (revision, pending) = (update.revision, update.pending);
+            let (entry, expires) = self.entry(update);
+            if expires != 0 {
+                expiring.insert((expires, revision), entry.key.clone());
+            }
+            staging.apply(entry, expires);
+            done = revision >= target || (filtered && pending == 0);
+            if !done && progress_logged.elapsed() >= SYNC_PROGRESS_EVERY {
+                progress_logged = tokio::time::Instant::now();
+                tracing::info!(
+                    keys_loaded = staging.len(),
+                    revision,
+                    target_revision = target,
+                    "snapshot loading"
+                );
+            }
+        }
+        staging.advance(target);
+        let keys = staging.len();
+        self.shared
+            .set_stream_created(info.created.unix_timestamp_nanos());
+        self.shared.mirror.install(staging);
+        self.shared.mirror.confirm(Instant::now());
+        self.expiring = expiring;
+        let revision = self.shared.mirror.applied();
+        match reason {
+            Some(reason) => tracing::warn!(keys, revision, %reason, "mirror rebuilt"),
+            None => tracing::info!(keys, revision, "mirror synced"),
+        }
+        None
+    }
+
+    /// Applies the feed's changes as they come, sweeps expired values, and stops for a resync.
+    async fn follow(&mut self, feed: &mut Feed) -> FeedEnd {
+        let shared = self.shared.clone();
+        let mirror = &shared.mirror;
+        let mut errors = 0;
+        loop {
+            let next_expiry = self.expiring.keys().next().map(|&(at, _)| {
+                tokio::time::Instant::now()
+                    + Duration::from_nanos(at.saturating_sub(unix_nanos()).max(0) as u64)
+            });
+            let item = tokio::select! {
+                _ = self.shutdown.cancelled() => return FeedEnd::Shutdown,
+                _ = shared.resync_requested.notified() => {
+                    match shared.take_resync() {
+                        Some(reason) => return FeedEnd::Resync(reason),
+                        None => continue,
+                    }
+                }
+                _ = sleep_until(next_expiry) => {
+                    self.sweep();
+                    continue;
+                }
+                item = feed.next() => item,
+            };
+            let update = match self.check_item(item, &mut errors) {
+                Ok(Some(update)) => update,
+                Ok(None) => continue,
+                Err(end) => return end,
+            };
+            let (revision, caught_up) = (update.revision, update.pending == 0);
+            let (entry, expires) = self.entry(update);
+            let key = (expires != 0).then(|| entry.key.clone());
+            if mirror.apply(entry, expires) {
+                if let Some(key) = key {
+                    self.expiring.insert((expires, revision), key);
+                }
+            }
+            if caught_up {
+                mirror.confirm(Instant::now());
+            }
+        }
+    }
+
+    /// Sorts out a feed item: an update, an error to tolerate (`None`), or the end of the feed.
+    fn check_item(
+        &self,
+        item: Option<Result<Update, String>>,
+        errors: &mut u32,
+    ) -> Result<Option<Update>, FeedEnd> {
+        match item {
+            None => Err(FeedEnd::Lost("the feed ended".to_string())),
+            Some(Err(err)) => {
+                // The ordered consumer usually recovers by itself after an error item.
+                *errors += 1;
+                tracing::debug!(error = %err, errors, "feed error");
+                if *errors >= FEED_ERROR_LIMIT {
+                    return Err(FeedEnd::Lost(format!(
+                        "the feed failed {errors} times in a row: {err}"
+                    )));
+                }
+                Ok(None)
+            }
+            Some(Ok(update)) => {
+                *errors = 0;
+                Ok(Some(update))
+            }
+        }
+    }
+
+    /// The mirror's form of an update, and when its value expires (Unix ns; 0: never): its own
+    /// TTL if it has one, else the bucket's `max_age`.
+    fn entry(&self, update: Update) -> (Entry, i64) {
+        let lifetime = match update.ttl {
+            Some(ttl) => Some(ttl),
+            None => match self.shared.max_age.load(Ordering::Relaxed) {
+                0 => None,
+                nanos => Some(Duration::from_nanos(nanos)),
+            },
+        };
+        let expires = match (update.operation, lifetime) {
+            (Operation::Put, Some(lifetime)) if lifetime != Duration::MAX => update
+                .created
+                .saturating_add(lifetime.as_nanos().min(i64::MAX as u128) as i64),
+            _ => 0,
+        };
+        let entry = Entry {
+            key: update.key,
+            value: update.value,
+            revision: update.revision,
+            created: update.created,
+            operation: update.operation,
+        };
+        (entry, expires)
+    }
+
+    /// Removes every value whose time has come, whether or not NATS sends a marker for it.
+    fn sweep(&mut self) {
+        let now = unix_nanos();
+        while let Some(entry) = self.expiring.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let ((_, revision), key) = entry.remove_entry();
+            self.shared.mirror.expire(&key, revision);
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Asks NATS about the stream every `check_every`: confirms the mirror current when the stream
+/// holds nothing it lacks, keeps `server_revision` and `max_age` current, and requests a resync
+/// when the bucket was recreated, went backwards, or lost messages the mirror still serves.
+/// Failures (NATS away) are simply retried next time: the mirror keeps serving what it has.
+async fn check_stream(shared: Arc<Shared>, store: kv::Store, shutdown: CancellationToken) {
+    let mut ticks = tokio::time::interval(shared.check_every());
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let filtered = shared.config.filter != ">";
+    let subject = format!("{}{}", store.prefix, shared.config.filter);
+    // Seen once already: act on a count mismatch only when it holds on two checks in a row.
+    let mut fewer_messages_than_keys = false;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        let mirror = &shared.mirror;
+        let applied_before = mirror.applied();
+        let sent = Instant::now();
+        let Ok(info) = store.stream.get_info().await else {
+            continue;
+        };
+        shared.learn(&info);
+        if !mirror.is_synced() || shared.resyncing.load(Ordering::Relaxed) {
+            continue;
+        }
+        let state = &info.state;
+        let created = info.created.unix_timestamp_nanos();
+        if shared
+            .stream_created()
+            .is_some_and(|known| known != created)
+        {
+            shared.request_resync("the bucket was deleted and created again".to_string());
+            continue;
+        }
+        if state.last_sequence < applied_before {
+            shared.request_resync(format!(
+                "the stream ends at revision {} but the mirror applied {applied_before}",
+                state.last_sequence
+            ));
+            continue;
+        }
+        // Every live key has a message in the stream; fewer messages means some were removed
+        // without a marker (a stream purge). Only meaningful while no update arrives in between.
+        let keys = mirror.len() as u64;
+        let quiet = mirror.applied() == applied_before;
+        if !filtered && quiet && state.messages < keys {
+            if fewer_messages_than_keys {
+                fewer_messages_than_keys = false;
+                shared.request_resync(format!(
+                    "the stream holds {} messages but the mirror {keys} keys: messages were removed \
+                     without a marker",
+                    state.messages
+                ));
+                continue;
+            }
+            fewer_messages_than_keys = true;
+        } else {
+            fewer_messages_than_keys = false;
+        }
+        let mut latest = state.last_sequence;
+        if filtered && latest > mirror.applied() {
+            latest = match store.stream.get_last_raw_message_by_subject(&subject).await {
+                Ok(message) => message.sequence,
+                Err(err)
+                    if err.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
+                {
+                    0
+                }
+                Err(_) => continue,
+            };
+        }
+        if latest <= mirror.applied() {
+            mirror.confirm(sent);
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! A bucket's change feed: an ordered push consumer on the bucket's stream, decoded into updates.
+//!
+//! async-nats' `kv::Watch` drops the message headers, and the mirror needs one of them: a put's
+//! per-key TTL (`Nats-TTL`), without which it could not expire a value that another client wrote
+//! with a TTL. So the feed reads the stream itself, exactly as `kv::Watch` does (same consumer
+//! settings, same operation headers, same limit-marker reasons), and keeps the TTL.
+
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{push, DeliverPolicy, ReplayPolicy};
+use async_nats::jetstream::kv;
+use bytes::Bytes;
+use futures::StreamExt;
+
+use crate::protocol::Operation;
+
+/// One message of the bucket's stream, as the mirror applies it.
+#[derive(Debug, Clone)]
+pub struct Update {
+    pub key: String,
+    pub value: Bytes,
+    pub revision: u64,
+    /// When NATS stored the message, in Unix nanoseconds.
+    pub created: i64,
+    pub operation: Operation,
+    /// The message's own TTL (`Nats-TTL`), if it has one.
+    pub ttl: Option<Duration>,
+    /// Messages the server still has to deliver after this one.
+    pub pending: u64,
+}
+
+/// Where a feed starts.
+#[derive(Debug, Clone, Copy)]
+pub enum Start {
+    /// Each key's latest message, then every later change: a snapshot.
+    Snapshot,
+    /// Every message from this revision on.
+    From(u64),
+}
+
+pub struct Feed {
+    messages: push::Ordered,
+    prefix: String,
+    /// The server had nothing (more) to deliver when the consumer was created or at some message.
+    caught_up: bool,
+}
+
+impl Feed {
+    pub async fn start(
+        client: &async_nats::Client,
+        store: &kv::Store,
+        filter: &str,
+        start: Start,
+    ) -> Result<Feed, String> {
+        let deliver_policy = match start {
+            Start::Snapshot => DeliverPolicy::LastPerSubject,
+            Start::From(revision) => DeliverPolicy::ByStartSequence {
+                start_sequence: revision,
+            },
+        };
+        let consumer = store
+            .stream
+            .create_consumer(push::OrderedConfig {
+                deliver_subject: client.new_inbox(),
+                description: Some("nearkv mirror".to_string()),
+                filter_subject: format!("{}{}", store.prefix, filter),
+                replay_policy: ReplayPolicy::Instant,
+                deliver_policy,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| format!("cannot create the bucket's consumer: {e}"))?;
+        let caught_up = consumer.cached_info().num_pending == 0;
+        let messages = consumer
+            .messages()
+            .await
+            .map_err(|e| format!("cannot subscribe to the bucket's consumer: {e}"))?;
+        Ok(Feed {
+            messages,
+            prefix: store.prefix.clone(),
+            caught_up,
+        })
+    }
+
+    /// Whether the feed has delivered everything the stream held when it last said so.
+    pub fn caught_up(&self) -> bool {
+        self.caught_up
+    }
+
+    /// The next update; `None` when the consumer ended, `Some(Err)` on a (possibly transient) error.
+    pub async fn next(&mut self) -> Option<Result<Update, String>> {
+        let message = match self.messages.next().await? {
+            Ok(message) => message,
+            Err(err) => return Some(Err(err.to_string())),
+        };
+        let info = match message.info() {
+            Ok(info) => info,
+            Err(err) => return Some(Err(format!("a message without valid metadata: {err}"))),
+        };
+        let Some(key) = message.subject.strip_prefix(self.prefix.as_str()) else {
+            return Some(Err(format!(
+                "a message on `{}`, outside the bucket",
+                message.subject
+            )));
+        };
+        if info.pending == 0 {
+            self.caught_up = true;
+        }
+        let headers = message.headers.as_ref();
+        let header = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
+        let operation = match (header("KV-Operation"), header("Nats-Marker-Reason")) {
+            (Some("DEL"), _) | (None, Some("Remove")) => Operation::Delete,
+            (Some("PURGE"), _) | (None, Some(_)) => Operation::Purge,
+            _ => Operation::Put,
+        };
+        let ttl = match operation {
+            Operation::Put => header("Nats-TTL").and_then(parse_ttl),
+            Operation::Delete | Operation::Purge => None,
+        };
+        Some(Ok(Update {
+            key: key.to_string(),
+            // A copy, so the mirror does not pin the connection's larger read buffer.
+            value: Bytes::copy_from_slice(&message.payload),
+            revision: info.stream_sequence,
+            created: info
+                .published
+                .unix_timestamp_nanos()
+                .clamp(0, i64::MAX as i128) as i64,
+            operation,
+            ttl,
+            pending: info.pending,
+        }))
+    }
+}
+
+/// Reads a `Nats-TTL` header: whole seconds ("30"), a Go duration ("1500ms", "1h30m"), or "never".
+pub fn parse_ttl(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    if text == "never" {
+        return None;
+    }
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let number: f64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let nanos_per_unit = match &rest[..unit_len] {
+            "ns" => 1.0,
+            "us" | "µs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        total += Duration::from_nanos((number * nanos_per_unit) as u64);
+    }
+    Some(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_headers_in_every_form_the_server_accepts() {
+        assert_eq!(parse_ttl("30"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_ttl("1500ms"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_ttl("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_ttl("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_ttl("never"), None);
+        assert_eq!(parse_ttl("soon"), None);
+        assert_eq!(parse_ttl("5x"), None);
+    }
+}
