@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -248,6 +248,10 @@ struct Gauges {
     last_event: IntGaugeVec,
     synced: IntGaugeVec,
     watcher_restarts: IntCounterVec,
+    rebuilds: IntCounterVec,
+    strong_read_fetches: IntCounterVec,
+    age: GaugeVec,
+    stale: IntGaugeVec,
     nats_connected: IntGauge,
 }
 
@@ -255,6 +259,10 @@ impl CacheCollector {
     fn new(cache: Arc<Cache>) -> CacheCollector {
         let gauge = |name: &str, help: &str| {
             IntGaugeVec::new(Opts::new(name, help), &["bucket"])
+                .unwrap_or_else(|err| panic!("invalid metric definition: {err}"))
+        };
+        let counter = |name: &str, help: &str| {
+            IntCounterVec::new(Opts::new(name, help), &["bucket"])
                 .unwrap_or_else(|err| panic!("invalid metric definition: {err}"))
         };
         let gauges = Gauges {
@@ -274,11 +282,30 @@ impl CacheCollector {
                 "Unix time of the last update the mirror applied (0: none yet).",
             ),
             synced: gauge("nearkv_mirror_synced", "1 once the initial snapshot is applied, else 0."),
-            watcher_restarts: IntCounterVec::new(
-                Opts::new("nearkv_watcher_restarts_total", "Times a bucket's KV watcher was recreated."),
+            watcher_restarts: counter(
+                "nearkv_watcher_restarts_total",
+                "Times a bucket's change feed was recreated after a loss.",
+            ),
+            rebuilds: counter(
+                "nearkv_mirror_rebuilds_total",
+                "Times a mirror was reloaded from a fresh snapshot after its initial sync (stream purged, recreated or history lost).",
+            ),
+            strong_read_fetches: counter(
+                "nearkv_strong_read_fetches_total",
+                "NATS requests made for strong reads; strong reads that arrive together share one.",
+            ),
+            age: GaugeVec::new(
+                Opts::new(
+                    "nearkv_mirror_age_seconds",
+                    "Seconds since NATS last confirmed the mirror current (the age_ms of reads).",
+                ),
                 &["bucket"],
             )
             .unwrap_or_else(|err| panic!("invalid metric definition: {err}")),
+            stale: gauge(
+                "nearkv_mirror_stale",
+                "1 while the mirror's age exceeds the bucket's max_staleness (reads fail with stale), else 0.",
+            ),
             nats_connected: IntGauge::new("nearkv_nats_connected", "1 while the NATS connection is up, else 0.")
                 .unwrap_or_else(|err| panic!("invalid metric definition: {err}")),
         };
@@ -295,7 +322,7 @@ impl CacheCollector {
 }
 
 impl Gauges {
-    fn collectors(&self) -> [&dyn Collector; 9] {
+    fn collectors(&self) -> [&dyn Collector; 13] {
         [
             &self.keys,
             &self.bytes,
@@ -305,6 +332,10 @@ impl Gauges {
             &self.last_event,
             &self.synced,
             &self.watcher_restarts,
+            &self.rebuilds,
+            &self.strong_read_fetches,
+            &self.age,
+            &self.stale,
             &self.nats_connected,
         ]
     }
@@ -334,8 +365,19 @@ impl Collector for CacheCollector {
                 .with_label_values(&name)
                 .set(s.last_update / 1_000_000_000);
             g.synced.with_label_values(&name).set(i64::from(s.synced));
-            let restarts = g.watcher_restarts.with_label_values(&name);
-            restarts.inc_by(bucket.watcher_restarts().saturating_sub(restarts.get()));
+            let counters = [
+                (&g.watcher_restarts, bucket.watcher_restarts()),
+                (&g.rebuilds, s.rebuilds),
+                (&g.strong_read_fetches, bucket.strong_read_fetches()),
+            ];
+            for (counter, total) in counters {
+                let counter = counter.with_label_values(&name);
+                counter.inc_by(total.saturating_sub(counter.get()));
+            }
+            if let Some(ms) = s.age_ms {
+                g.age.with_label_values(&name).set(ms as f64 / 1000.0);
+            }
+            g.stale.with_label_values(&name).set(i64::from(s.stale));
         }
         g.nats_connected.set(i64::from(
             self.cache.nats_client().connection_state() == async_nats::connection::State::Connected,

@@ -147,14 +147,10 @@ impl Actor {
 
     /// Runs one feed until it is lost, a resync is needed or the sidecar shuts down.
     async fn run_feed(&mut self, store: &kv::Store, resync: Option<String>) -> FeedEnd {
-        let info = tokio::select! {
-            _ = self.shutdown.cancelled() => return FeedEnd::Shutdown,
-            info = store.stream.get_info() => match info {
-                Ok(info) => info,
-                Err(err) => return FeedEnd::Lost(format!("cannot read the bucket's stream: {err}")),
-            },
+        let info = match self.shared.stream_info(&self.shutdown).await {
+            Ok(info) => info,
+            Err(end) => return end,
         };
-        self.shared.learn(&info);
         let resync = resync.or_else(|| self.history_lost(&info));
         let filter = self.shared.config.filter.as_str();
         let start = if resync.is_some() || !self.shared.mirror.is_synced() {
@@ -268,6 +264,18 @@ impl Actor {
                 Ok(None) => continue,
                 Err(end) => return end,
             };
+            if update.resumed {
+                // Check the stream before applying anything from a consumer recreated behind our
+                // back: if the bucket was recreated, its messages must not mix into this mirror.
+                match shared.stream_info(&self.shutdown).await {
+                    Ok(info) => {
+                        if let Some(reason) = self.history_lost(&info) {
+                            return FeedEnd::Resync(reason);
+                        }
+                    }
+                    Err(end) => return end,
+                }
+            }
             let (revision, caught_up) = (update.revision, update.pending == 0);
             let (entry, expires) = self.entry(update);
             let key = (expires != 0).then(|| entry.key.clone());
@@ -343,6 +351,28 @@ impl Actor {
             }
             let ((_, revision), key) = entry.remove_entry();
             self.shared.mirror.expire(&key, revision);
+        }
+    }
+}
+
+impl Shared {
+    /// The stream's info, taken in (see [`Shared::learn`]); how the feed ends if it cannot be had.
+    async fn stream_info(
+        &self,
+        shutdown: &CancellationToken,
+    ) -> Result<jetstream::stream::Info, FeedEnd> {
+        let Some(store) = self.store.get() else {
+            return Err(FeedEnd::Lost("the bucket is not open".to_string()));
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => Err(FeedEnd::Shutdown),
+            info = store.stream.get_info() => match info {
+                Ok(info) => {
+                    self.learn(&info);
+                    Ok(info)
+                }
+                Err(err) => Err(FeedEnd::Lost(format!("cannot read the bucket's stream: {err}"))),
+            },
         }
     }
 }

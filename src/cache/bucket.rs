@@ -344,18 +344,19 @@ impl Bucket {
         }
     }
 
-    /// Whether the bucket should receive traffic: synced, and connected to NATS.
+    /// Whether the bucket should receive traffic: synced, fresh enough, and connected to NATS.
     pub fn readiness(&self) -> Result<(), String> {
         if !self.shared.mirror.is_synced() {
             return Err(self.not_ready().message);
         }
+        self.check_fresh(false).map_err(|err| err.message)?;
         if self.shared.client.connection_state() != async_nats::connection::State::Connected {
             return Err(
                 "the NATS connection is down; reads are served from the last known state"
                     .to_string(),
             );
         }
-        self.check_fresh(false).map_err(|err| err.message)
+        Ok(())
     }
 
     /// Times the bucket's KV watcher was recreated after a loss.

@@ -27,6 +27,9 @@ pub struct Update {
     pub ttl: Option<Duration>,
     /// Messages the server still has to deliver after this one.
     pub pending: u64,
+    /// The first message of a consumer the ordered consumer recreated by itself (after a missed
+    /// heartbeat or a sequence gap): the stream it reads may not be the one the feed began on.
+    pub resumed: bool,
 }
 
 /// Where a feed starts.
@@ -43,6 +46,8 @@ pub struct Feed {
     prefix: String,
     /// The server had nothing (more) to deliver when the consumer was created or at some message.
     caught_up: bool,
+    /// Messages delivered so far.
+    delivered: u64,
 }
 
 impl Feed {
@@ -79,6 +84,7 @@ impl Feed {
             messages,
             prefix: store.prefix.clone(),
             caught_up,
+            delivered: 0,
         })
     }
 
@@ -106,6 +112,8 @@ impl Feed {
         if info.pending == 0 {
             self.caught_up = true;
         }
+        let resumed = self.delivered > 0 && info.consumer_sequence == 1;
+        self.delivered += 1;
         let headers = message.headers.as_ref();
         let header = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
         let operation = match (header("KV-Operation"), header("Nats-Marker-Reason")) {
@@ -129,6 +137,7 @@ impl Feed {
             operation,
             ttl,
             pending: info.pending,
+            resumed,
         }))
     }
 }

@@ -6,6 +6,7 @@ mod harness;
 mod bench;
 mod cli;
 mod consistency;
+mod freshness;
 mod interop;
 mod operability;
 mod ops;

@@ -50,6 +50,8 @@ async fn reads_survive_a_nats_restart_and_the_mirror_converges_after_it() {
     .await;
     let entry = client.get("o", "k").await.unwrap().unwrap();
     assert_eq!(entry.value.as_ref(), b"from another client");
+    // A restarted server keeps the stream: the mirror resumes, it is not reloaded.
+    assert_eq!(client.status(Some("o")).await.unwrap()[0].rebuilds, 0);
     // And writes through the sidecar work again.
     eventually(Duration::from_secs(10), "writes to work again", || async {
         client.put("o", "k2", b"back").await.is_ok()
