@@ -9,6 +9,9 @@ ensure_nats_py
 export NEARKV_NATS_SERVER="$NATS_SERVER"
 export NEARKV_PYTHONPATH
 # --all-targets also runs benches/ once each (criterion's test mode), so they keep working.
-cargo test --locked --all-targets "$@"
+cargo test --locked --all-targets "$@" -- --skip history::history_checker
+# The history checker (tests/integration/history/) on its own, so that its report shows:
+# operations run, violations found (must be 0). Longer runs: scripts/history.sh.
+cargo test --locked --test integration history::history_checker -- --exact --nocapture
 cargo test --locked --doc
 ./scripts/check-deploy.sh

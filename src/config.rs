@@ -227,6 +227,9 @@ impl Default for BucketConfig {
     }
 }
 
+/// The shortest `max_staleness` a bucket may have.
+const MIN_MAX_STALENESS: Duration = Duration::from_millis(200);
+
 impl BucketConfig {
     pub fn named(name: impl Into<String>) -> Self {
         BucketConfig {
@@ -313,6 +316,22 @@ impl Config {
             if !(1..=5).contains(&bucket.replicas) {
                 return Err(invalid(field("replicas"), "must be between 1 and 5"));
             }
+            if bucket
+                .max_staleness
+                .is_some_and(|max| max < MIN_MAX_STALENESS)
+            {
+                return Err(invalid(
+                    field("max_staleness"),
+                    "must be at least 200ms: the mirror is confirmed current four times per \
+                     max_staleness, and each confirmation is a NATS round trip",
+                ));
+            }
+            if !bucket.limit_markers.is_zero() && bucket.limit_markers < Duration::from_secs(1) {
+                return Err(invalid(
+                    field("limit_markers"),
+                    "must be 0s (off) or at least 1s, as NATS requires",
+                ));
+            }
         }
         Ok(())
     }
@@ -367,6 +386,13 @@ mod tests {
         assert_eq!(bucket.max_value_size, default_bucket.max_value_size);
         assert_eq!(bucket.storage, default_bucket.storage);
         assert_eq!(bucket.replicas, default_bucket.replicas);
+        assert_eq!(bucket.limit_markers, default_bucket.limit_markers);
+        assert_eq!(bucket.max_staleness, default_bucket.max_staleness);
+        let example = std::fs::read_to_string(&path).expect("example reads");
+        assert!(
+            example.contains("# max_staleness = "),
+            "max_staleness is unset by default, so the example shows it commented out"
+        );
     }
 
     #[test]
@@ -385,5 +411,9 @@ mod tests {
         assert!(err.contains("buckets"), "{err}");
         let err = parse("[[buckets]]\nname = \"a\"\nmax_age = \"soon\"").unwrap_err();
         assert!(err.contains("max_age"), "{err}");
+        let err = parse("[[buckets]]\nname = \"a\"\nmax_staleness = \"10ms\"").unwrap_err();
+        assert!(err.contains("buckets[0].max_staleness"), "{err}");
+        let ok = parse("[[buckets]]\nname = \"a\"\nmax_staleness = \"5s\"").unwrap();
+        assert_eq!(ok.buckets[0].max_staleness, Some(Duration::from_secs(5)));
     }
 }

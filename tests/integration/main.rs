@@ -7,6 +7,7 @@ mod bench;
 mod cli;
 mod consistency;
 mod freshness;
+mod history;
 mod interop;
 mod operability;
 mod ops;
