@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::bucket::Shared;
 use super::feed::{Feed, Start, Update};
-use super::mirror::{unix_nanos, Staging};
+use super::mirror::{unix_nanos, Applied, ExpiryKey, Staging};
 use crate::nats::open_bucket;
 use crate::protocol::{Entry, Operation};
 
@@ -32,7 +32,24 @@ pub(crate) struct Actor {
     pub(crate) shutdown: CancellationToken,
     /// Values that expire, by expiry time (Unix ns) and revision. A value replaced since stays
     /// listed until due, and is then skipped because its revision no longer matches.
-    pub(crate) expiring: BTreeMap<(i64, u64), String>,
+    pub(crate) expiring: BTreeMap<ExpiryKey, String>,
+}
+
+/// Tracks the expiry of a value just applied, and forgets the one of the value it replaced.
+fn track_expiry(
+    expiring: &mut BTreeMap<ExpiryKey, String>,
+    applied: Applied,
+    tracked: Option<(ExpiryKey, String)>,
+) {
+    let Applied::Done { replaced } = applied else {
+        return;
+    };
+    if let Some(replaced) = replaced {
+        expiring.remove(&replaced);
+    }
+    if let Some((expiry, key)) = tracked {
+        expiring.insert(expiry, key);
+    }
 }
 
 enum FeedEnd {
@@ -205,10 +222,9 @@ impl Actor {
             };
             let (revision, pending) = (update.revision, update.pending);
             let (entry, expires) = self.entry(update);
-            if expires != 0 {
-                expiring.insert((expires, revision), entry.key.clone());
-            }
-            staging.apply(entry, expires);
+            let tracked = (expires != 0).then(|| ((expires, revision), entry.key.clone()));
+            let applied = staging.apply(entry, expires);
+            track_expiry(&mut expiring, applied, tracked);
             done = revision >= target || (filtered && pending == 0);
             if !done && progress_logged.elapsed() >= SYNC_PROGRESS_EVERY {
                 progress_logged = tokio::time::Instant::now();
@@ -278,12 +294,9 @@ impl Actor {
             }
             let (revision, caught_up) = (update.revision, update.pending == 0);
             let (entry, expires) = self.entry(update);
-            let key = (expires != 0).then(|| entry.key.clone());
-            if mirror.apply(entry, expires) {
-                if let Some(key) = key {
-                    self.expiring.insert((expires, revision), key);
-                }
-            }
+            let tracked = (expires != 0).then(|| ((expires, revision), entry.key.clone()));
+            let applied = mirror.apply(entry, expires);
+            track_expiry(&mut self.expiring, applied, tracked);
             if caught_up {
                 mirror.confirm(Instant::now());
             }

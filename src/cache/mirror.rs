@@ -92,17 +92,39 @@ pub enum MirrorEvent {
     Rebuilt,
 }
 
-/// Puts or removes `key` in `table`; returns how many bytes of keys and values that added.
-fn write_table(table: &Table, key: &str, operation: Operation, value: MirrorValue) -> i64 {
+/// When a value expires (Unix ns) and its revision: how the actor tracks a value's expiry.
+pub type ExpiryKey = (i64, u64);
+
+/// What applying an update did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The revision was applied before (a resumed feed may deliver it again); nothing changed.
+    Again,
+    /// Applied. `replaced`: the expiry of the value it replaced or removed, if that could expire.
+    Done { replaced: Option<ExpiryKey> },
+}
+
+/// Puts or removes `key` in `table`; returns how many bytes of keys and values that added, and
+/// the expiry of the value it replaced.
+fn write_table(
+    table: &Table,
+    key: &str,
+    operation: Operation,
+    value: MirrorValue,
+) -> (i64, Option<ExpiryKey>) {
     let size = |value: &MirrorValue| (key.len() + value.value.len()) as i64;
-    match operation {
-        Operation::Put => {
-            let added = size(&value);
-            let old = table.insert(CompactString::from(key), value);
-            added - old.map_or(0, |old| size(&old))
-        }
-        Operation::Delete | Operation::Purge => table.remove(key).map_or(0, |(_, old)| -size(&old)),
-    }
+    let (added, old) = match operation {
+        Operation::Put => (
+            size(&value),
+            table.insert(CompactString::from(key), value),
+        ),
+        Operation::Delete | Operation::Purge => (0, table.remove(key).map(|(_, old)| old)),
+    };
+    let removed = old.as_ref().map_or(0, size);
+    let replaced = old
+        .filter(|old| old.expires != 0)
+        .map(|old| (old.expires, old.revision));
+    (added - removed, replaced)
 }
 
 /// A snapshot being loaded while the mirror keeps serving its current table.
@@ -125,11 +147,11 @@ impl Default for Staging {
 }
 
 impl Staging {
-    pub fn apply(&mut self, entry: Entry, expires: i64) {
+    pub fn apply(&mut self, entry: Entry, expires: i64) -> Applied {
         if entry.revision <= self.applied {
-            return;
+            return Applied::Again;
         }
-        self.bytes += write_table(
+        let (added, replaced) = write_table(
             &self.table,
             &entry.key,
             entry.operation,
@@ -140,8 +162,10 @@ impl Staging {
                 expires,
             },
         );
+        self.bytes += added;
         self.applied = entry.revision;
         self.last_update = entry.created;
+        Applied::Done { replaced }
     }
 
     /// Records that the snapshot covers every revision up to `revision`.
@@ -300,13 +324,12 @@ impl Mirror {
         }
     }
 
-    /// Applies one update from the feed. Returns false (and changes nothing) for a revision
-    /// already applied, which a recreated feed may deliver again.
-    pub fn apply(&self, entry: Entry, expires: i64) -> bool {
+    /// Applies one update from the feed, whose value expires at `expires` (Unix ns; 0: never).
+    pub fn apply(&self, entry: Entry, expires: i64) -> Applied {
         if entry.revision <= self.applied() {
-            return false;
+            return Applied::Again;
         }
-        let added = write_table(
+        let (added, replaced) = write_table(
             &self.table.load(),
             &entry.key,
             entry.operation,
@@ -323,7 +346,7 @@ impl Mirror {
         // Only after `advance`: a watch that subscribes later reads an `applied` that covers this
         // update.
         self.publish(|| MirrorEvent::Applied(Arc::new(entry)));
-        true
+        Applied::Done { replaced }
     }
 
     fn add_bytes(&self, added: i64) {
@@ -508,16 +531,20 @@ mod tests {
     #[test]
     fn applies_in_revision_order_and_ignores_replays() {
         let mirror = Mirror::new(16);
-        assert!(mirror.apply(entry("a", "1", 1, Operation::Put), 0));
-        assert!(mirror.apply(entry("b", "22", 2, Operation::Put), 0));
-        assert!(!mirror.apply(entry("a", "stale", 1, Operation::Put), 0));
+        let done = Applied::Done { replaced: None };
+        assert_eq!(mirror.apply(entry("a", "1", 1, Operation::Put), 0), done);
+        assert_eq!(mirror.apply(entry("b", "22", 2, Operation::Put), 0), done);
+        assert_eq!(
+            mirror.apply(entry("a", "stale", 1, Operation::Put), 0),
+            Applied::Again
+        );
         assert_eq!(mirror.get("a").unwrap().value, Bytes::from("1"));
         assert_eq!(mirror.bytes(), 2 + 3);
-        assert!(mirror.apply(entry("a", "", 3, Operation::Delete), 0));
+        assert_eq!(mirror.apply(entry("a", "", 3, Operation::Delete), 0), done);
         assert!(mirror.get("a").is_none());
         assert_eq!(mirror.applied(), 3);
         assert_eq!(mirror.bytes(), 3);
-        assert!(mirror.apply(entry("b", "", 4, Operation::Purge), 0));
+        assert_eq!(mirror.apply(entry("b", "", 4, Operation::Purge), 0), done);
         assert!(mirror.is_empty());
         assert_eq!(mirror.bytes(), 0);
     }

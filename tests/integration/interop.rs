@@ -101,6 +101,12 @@ async fn a_python_client_written_from_the_protocol_doc_works() {
     assert_eq!(steps["get"]["value_hex"], "0068656c6c6f");
     assert_eq!(steps["get"]["revision"], put_revision);
     assert_eq!(steps["get"]["operation"], "put");
+    // The mirror's revision and age travel with every read.
+    assert!(steps["get"]["mirror_revision"].as_u64().unwrap() >= put_revision);
+    assert!(steps["get"]["age_ms"].is_u64());
+    assert!(steps["strong"]["mirror_revision"].as_u64().unwrap() >= put_revision);
+    assert_eq!(steps["strong"]["value_hex"], "0068656c6c6f");
+    assert_eq!(steps["ttl_on_delete"], "bad_request");
     assert_eq!(steps["get_absent"]["entry"], serde_json::Value::Null);
     assert_eq!(steps["cas_conflict"]["code"], "wrong_revision");
     assert_eq!(steps["cas_conflict"]["current_revision"], put_revision);

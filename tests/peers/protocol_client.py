@@ -55,7 +55,11 @@ def main(path, bucket):
     out("put", put)
     got = c.call("get", bucket=bucket, key="py.1")
     out("get", {"value_hex": got["entry"]["value"].hex(), "revision": got["entry"]["revision"],
-                "operation": got["entry"]["operation"]})
+                "operation": got["entry"]["operation"], "mirror_revision": got["revision"],
+                "age_ms": got["age_ms"]})
+    strong = c.call("get", bucket=bucket, key="py.1", consistency="strong", allow_stale=None)
+    out("strong", {"mirror_revision": strong["revision"], "value_hex": strong["entry"]["value"].hex()})
+    out("ttl_on_delete", c.call("delete", bucket=bucket, key="py.1", ttl_ms=5000)["error"]["code"])
     out("get_absent", c.call("get", bucket=bucket, key="py.none"))
     out("cas_conflict", c.call("put", bucket=bucket, key="py.1", value=b"x", expect_revision=0)["error"])
     out("cas_ok", c.call("put", bucket=bucket, key="py.1", value=b"y", expect_revision=put["revision"]))
