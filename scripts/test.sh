@@ -8,10 +8,11 @@ ensure_nats_server
 ensure_nats_py
 export NEARKV_NATS_SERVER="$NATS_SERVER"
 export NEARKV_PYTHONPATH
-# --all-targets also runs benches/ once each (criterion's test mode), so they keep working.
-cargo test --locked --all-targets "$@" -- --skip history::history_checker
-# The history checker (tests/integration/history/) on its own, so that its report shows:
-# operations run, violations found (must be 0). Longer runs: scripts/history.sh.
+# Unit tests, and benches/ once each in criterion's test mode, so they keep working.
+cargo test --locked --lib --bins --benches
+# Integration tests; then the history checker (tests/integration/history/) on its own, so that
+# its report shows: operations run, violations found (must be 0). Longer runs: scripts/history.sh.
+cargo test --locked --test integration -- --skip history::history_checker
 cargo test --locked --test integration history::history_checker -- --exact --nocapture
 cargo test --locked --doc
 ./scripts/check-deploy.sh

@@ -82,6 +82,17 @@ pub struct SocketConfig {
     /// Deadline of a request that does not carry `timeout_ms`.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// Client connections served at once; one more is told `too_many_connections` and closed.
+    pub max_connections: usize,
+    /// Requests that wait (writes, `min_revision` and strong reads) in flight on one connection;
+    /// one more is answered `too_many_requests`. Reads answered from memory do not count.
+    pub max_in_flight: usize,
+    /// Active watches on one connection; one more is answered `too_many_watches`.
+    pub max_watches: usize,
+    /// A connection that sends nothing for this long, with no request in flight and no watch, is
+    /// told `idle_timeout` and closed (within twice this time). "0s": never.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
 }
 
 pub const DEFAULT_SOCKET_PATH: &str = "/tmp/nearkv.sock";
@@ -94,6 +105,10 @@ impl Default for SocketConfig {
             mode: "0660".to_string(),
             max_frame_size: DEFAULT_MAX_FRAME_SIZE,
             request_timeout: Duration::from_secs(5),
+            max_connections: 1024,
+            max_in_flight: 1024,
+            max_watches: 256,
+            idle_timeout: Duration::from_secs(15 * 60),
         }
     }
 }
@@ -269,6 +284,15 @@ impl Config {
         }
         self.socket.mode_bits()?;
         self.http.address()?;
+        for (field, value) in [
+            ("socket.max_connections", self.socket.max_connections),
+            ("socket.max_in_flight", self.socket.max_in_flight),
+            ("socket.max_watches", self.socket.max_watches),
+        ] {
+            if value == 0 {
+                return Err(invalid(field, "must be at least 1"));
+            }
+        }
         if self.socket.max_frame_size < 1024 {
             return Err(invalid(
                 "socket.max_frame_size",
@@ -374,6 +398,13 @@ mod tests {
             example.socket.request_timeout,
             defaults.socket.request_timeout
         );
+        assert_eq!(
+            example.socket.max_connections,
+            defaults.socket.max_connections
+        );
+        assert_eq!(example.socket.max_in_flight, defaults.socket.max_in_flight);
+        assert_eq!(example.socket.max_watches, defaults.socket.max_watches);
+        assert_eq!(example.socket.idle_timeout, defaults.socket.idle_timeout);
         assert_eq!(example.http.listen, defaults.http.listen);
         assert_eq!(example.log.level, defaults.log.level);
         assert_eq!(example.log.format, defaults.log.format);

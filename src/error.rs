@@ -35,6 +35,14 @@ pub enum ErrorCode {
     FrameTooLarge,
     /// A watch fell too far behind the bucket's updates and was ended.
     SlowConsumer,
+    /// The server already serves `socket.max_connections` connections; this one is closed.
+    TooManyConnections,
+    /// The connection already has `socket.max_in_flight` waiting requests in flight.
+    TooManyRequests,
+    /// The connection already has `socket.max_watches` active watches.
+    TooManyWatches,
+    /// The connection sent nothing for `socket.idle_timeout` and is closed.
+    IdleTimeout,
     /// A bug or an unexpected answer from NATS; the message says what happened.
     Internal,
 }
@@ -55,6 +63,10 @@ impl ErrorCode {
             ErrorCode::Stale => "stale",
             ErrorCode::FrameTooLarge => "frame_too_large",
             ErrorCode::SlowConsumer => "slow_consumer",
+            ErrorCode::TooManyConnections => "too_many_connections",
+            ErrorCode::TooManyRequests => "too_many_requests",
+            ErrorCode::TooManyWatches => "too_many_watches",
+            ErrorCode::IdleTimeout => "idle_timeout",
             ErrorCode::Internal => "internal",
         }
     }

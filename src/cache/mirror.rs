@@ -114,10 +114,7 @@ fn write_table(
 ) -> (i64, Option<ExpiryKey>) {
     let size = |value: &MirrorValue| (key.len() + value.value.len()) as i64;
     let (added, old) = match operation {
-        Operation::Put => (
-            size(&value),
-            table.insert(CompactString::from(key), value),
-        ),
+        Operation::Put => (size(&value), table.insert(CompactString::from(key), value)),
         Operation::Delete | Operation::Purge => (0, table.remove(key).map(|(_, old)| old)),
     };
     let removed = old.as_ref().map_or(0, size);

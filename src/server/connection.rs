@@ -4,12 +4,13 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -26,19 +27,32 @@ const OUTPUT_QUEUE: usize = 256;
 /// The writer sends at most this much in one write.
 const MAX_WRITE: usize = 256 * 1024;
 
+/// What one connection may use (from `SocketConfig`), so that no client can take the sidecar down.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_frame_size: u32,
+    pub max_in_flight: usize,
+    pub max_watches: usize,
+    /// `Duration::ZERO`: never close an idle connection.
+    pub idle_timeout: Duration,
+}
+
 pub struct Connection {
     ctx: Arc<Context>,
     out: mpsc::Sender<Vec<u8>>,
     watches: HashMap<u64, CancellationToken>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
+    limits: Limits,
+    /// One permit per waiting request in flight.
+    in_flight: Arc<Semaphore>,
 }
 
 impl Connection {
     pub async fn run(
         stream: UnixStream,
         ctx: Arc<Context>,
-        max_frame_size: u32,
+        limits: Limits,
         shutdown: CancellationToken,
     ) {
         ctx.metrics.connections.inc();
@@ -50,8 +64,10 @@ impl Connection {
             watches: HashMap::new(),
             tasks: TaskTracker::new(),
             shutdown,
+            limits,
+            in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
         };
-        let mut frames = FrameReader::new(read_half, max_frame_size);
+        let mut frames = FrameReader::new(read_half, limits.max_frame_size);
         let mut batch = Vec::new();
         let open = connection
             .serve(&mut frames, &mut socket, &mut queued, &mut batch)
@@ -90,6 +106,12 @@ impl Connection {
         let shutdown = self.shutdown.clone();
         let cancelled = shutdown.cancelled();
         tokio::pin!(cancelled);
+        // Checked every `idle_timeout`: a period without a frame, a request in flight or a watch
+        // closes the connection. Counting frames keeps the clock off the request path.
+        let idle = self.limits.idle_timeout;
+        let mut idle_checks = (!idle.is_zero())
+            .then(|| tokio::time::interval_at(tokio::time::Instant::now() + idle, idle));
+        let mut frames_since_check = 0u64;
         loop {
             let next = tokio::select! {
                 biased;
@@ -101,7 +123,23 @@ impl Connection {
                     continue;
                 }
                 next = frames.next_frame() => next,
+                _ = tick(&mut idle_checks) => {
+                    if frames_since_check == 0 && self.is_idle() {
+                        let error = Error::new(
+                            ErrorCode::IdleTimeout,
+                            format!(
+                                "no request for {} s; the connection is closed: reconnect when needed",
+                                idle.as_secs()
+                            ),
+                        );
+                        encode_error(batch, 0, &error);
+                        return true;
+                    }
+                    frames_since_check = 0;
+                    continue;
+                }
             };
+            frames_since_check += 1;
             let frame = match next {
                 Ok(Some(frame)) => frame,
                 Ok(None) => return true,
@@ -157,10 +195,30 @@ impl Connection {
                     .request(bucket, op, started.elapsed().as_secs_f64(), error);
             }
             Route::Waiting => {
+                let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
+                    let error = Error::new(
+                        ErrorCode::TooManyRequests,
+                        format!(
+                            "this connection already has {} requests waiting (socket.max_in_flight); \
+                             wait for their responses, or spread the load over more connections",
+                            self.limits.max_in_flight
+                        ),
+                    );
+                    encode_error(batch, id, &error);
+                    let bucket = self.ctx.bucket_label(&request);
+                    self.ctx.metrics.request(
+                        bucket,
+                        op,
+                        started.elapsed().as_secs_f64(),
+                        Some(error.code),
+                    );
+                    return;
+                };
                 let ctx = self.ctx.clone();
                 let bucket = ctx.bucket_label(&request).to_string();
                 let out = self.out.clone();
                 self.tasks.spawn(async move {
+                    let _permit = permit;
                     let mut response = Vec::new();
                     let error = dispatch::waiting(&ctx, &frame, &mut response).await;
                     ctx.metrics
@@ -190,6 +248,17 @@ impl Connection {
                 filter,
                 initial,
             } => {
+                if self.watches.len() >= self.limits.max_watches {
+                    let error = Error::new(
+                        ErrorCode::TooManyWatches,
+                        format!(
+                            "this connection already has {} active watches (socket.max_watches); \
+                             unwatch one, or watch a wider filter",
+                            self.limits.max_watches
+                        ),
+                    );
+                    return fail(batch, error);
+                }
                 if self.watches.contains_key(&id) {
                     let error = Error::new(
                         ErrorCode::BadRequest,
@@ -238,6 +307,23 @@ impl Connection {
             },
             _ => None,
         }
+    }
+}
+
+impl Connection {
+    /// Nothing in flight and no watch: only then may the idle timeout close the connection.
+    fn is_idle(&mut self) -> bool {
+        self.watches.retain(|_, token| !token.is_cancelled());
+        self.watches.is_empty() && self.in_flight.available_permits() == self.limits.max_in_flight
+    }
+}
+
+async fn tick(checks: &mut Option<tokio::time::Interval>) {
+    match checks {
+        Some(checks) => {
+            checks.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }
 

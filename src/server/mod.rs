@@ -5,15 +5,19 @@ mod dispatch;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use tokio::net::UnixListener;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::SocketConfig;
 
-use connection::Connection;
+use crate::error::{Error, ErrorCode};
+use crate::protocol::response::encode_error;
+use connection::{Connection, Limits};
 pub use dispatch::Context;
 
 #[derive(Debug, thiserror::Error)]
@@ -32,7 +36,8 @@ pub enum BindError {
 pub struct Server {
     listener: UnixListener,
     path: PathBuf,
-    max_frame_size: u32,
+    limits: Limits,
+    max_connections: usize,
 }
 
 impl Server {
@@ -72,7 +77,13 @@ impl Server {
         Ok(Server {
             listener,
             path,
-            max_frame_size: config.max_frame_size,
+            limits: Limits {
+                max_frame_size: config.max_frame_size,
+                max_in_flight: config.max_in_flight,
+                max_watches: config.max_watches,
+                idle_timeout: config.idle_timeout,
+            },
+            max_connections: config.max_connections,
         })
     }
 
@@ -84,6 +95,7 @@ impl Server {
     /// requests finish, ends watches, and removes the socket file.
     pub async fn run(self, ctx: Arc<Context>, shutdown: CancellationToken) {
         let connections = TaskTracker::new();
+        let active = Arc::new(AtomicUsize::new(0));
         let mut next_connection: u64 = 0;
         loop {
             let accepted = tokio::select! {
@@ -92,10 +104,21 @@ impl Server {
             };
             match accepted {
                 Ok((stream, _)) => {
+                    if active.load(Ordering::Relaxed) >= self.max_connections {
+                        connections.spawn(refuse(stream, self.max_connections));
+                        continue;
+                    }
+                    active.fetch_add(1, Ordering::Relaxed);
                     next_connection += 1;
                     let span = tracing::info_span!("connection", id = next_connection);
+                    let connection =
+                        Connection::run(stream, ctx.clone(), self.limits, shutdown.clone());
+                    let active = active.clone();
                     connections.spawn(tracing::Instrument::instrument(
-                        Connection::run(stream, ctx.clone(), self.max_frame_size, shutdown.clone()),
+                        async move {
+                            connection.await;
+                            active.fetch_sub(1, Ordering::Relaxed);
+                        },
                         span,
                     ));
                 }
@@ -113,4 +136,26 @@ impl Server {
         connections.close();
         connections.wait().await;
     }
+}
+
+/// Tells a connection over `max_connections` why it is closed, then closes it.
+async fn refuse(mut stream: UnixStream, max_connections: usize) {
+    tracing::warn!(
+        max_connections,
+        "connection refused: socket.max_connections reached"
+    );
+    let error = Error::new(
+        ErrorCode::TooManyConnections,
+        format!(
+            "the sidecar already serves {max_connections} connections (socket.max_connections); \
+             reuse a connection (requests pipeline on one) or raise the limit"
+        ),
+    );
+    let mut frame = Vec::new();
+    encode_error(&mut frame, 0, &error);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+        let _ = stream.write_all(&frame).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
 }

@@ -252,11 +252,12 @@ async fn a_bucket_deleted_and_recreated_is_rebuilt_and_watchers_see_deletes_then
             && seen.iter().any(|(k, _, v)| k == "b" && v == b"new-b")
     })
     .await;
-    let deletes: Vec<&str> = changes
+    let mut deletes: Vec<&str> = changes
         .iter()
         .filter(|(_, op, _)| *op == Operation::Delete)
         .map(|(k, _, _)| k.as_str())
         .collect();
+    deletes.sort_unstable();
     assert_eq!(deletes, ["a", "c"], "{changes:?}");
     let last_delete = changes
         .iter()

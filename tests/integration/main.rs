@@ -9,6 +9,7 @@ mod consistency;
 mod freshness;
 mod history;
 mod interop;
+mod limits;
 mod operability;
 mod ops;
 mod outage;

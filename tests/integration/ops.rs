@@ -327,12 +327,19 @@ async fn a_filtered_mirror_serves_its_keys_only() {
         consistency: Consistency::Strong,
         ..ReadOptions::default()
     };
-    let entry = client
-        .get_with("f", "orders.2", strong)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(entry.revision, r);
+    let strong_read = || async {
+        client
+            .get_with("f", "orders.2", strong)
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    assert_eq!(strong_read().await.revision, r);
+    // The stream's latest revision now lies outside the filter, where this mirror never goes: a
+    // strong read waits for the filter's latest revision instead, and answers.
+    let outside = kv.put("users.3", "u3".into()).await.unwrap();
+    assert!(outside > r);
+    assert_eq!(strong_read().await.revision, r);
     sidecar.stop().await;
 
     // A filter that matches nothing yet is synced at once.

@@ -10,11 +10,11 @@ use tokio::net::UnixStream;
 
 use crate::harness::{bucket, NatsServer, Sidecar};
 
-async fn send_raw(stream: &mut UnixStream, bytes: &[u8]) {
+pub(crate) async fn send_raw(stream: &mut UnixStream, bytes: &[u8]) {
     stream.write_all(bytes).await.unwrap();
 }
 
-fn frame(value: &Value) -> Vec<u8> {
+pub(crate) fn frame(value: &Value) -> Vec<u8> {
     let body = rmp_serde::to_vec_named(value).unwrap();
     let mut out = (body.len() as u32).to_be_bytes().to_vec();
     out.extend_from_slice(&body);
@@ -22,7 +22,7 @@ fn frame(value: &Value) -> Vec<u8> {
 }
 
 /// Reads one response frame as JSON (bin values become arrays of numbers).
-async fn read_response(stream: &mut UnixStream) -> Option<Value> {
+pub(crate) async fn read_response(stream: &mut UnixStream) -> Option<Value> {
     let mut len = [0u8; 4];
     tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut len))
         .await
@@ -55,7 +55,7 @@ fn to_json(value: rmpv::Value) -> Value {
     }
 }
 
-async fn expect_closed(stream: &mut UnixStream) {
+pub(crate) async fn expect_closed(stream: &mut UnixStream) {
     let mut buf = [0u8; 1];
     let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
         .await

@@ -339,32 +339,62 @@ fn check_compare_and_set(
     }
 }
 
+/// The highest revision acknowledged by each point in time: acknowledgements sorted by time,
+/// with a running maximum, so "the latest write acknowledged before t" is one binary search.
+struct AckedBefore {
+    /// (completion time, highest revision acknowledged by then, the op that wrote it)
+    points: Vec<(Time, u64, usize)>,
+}
+
+impl AckedBefore {
+    fn new(mut acked: Vec<(Time, u64, usize)>) -> Self {
+        acked.sort_unstable();
+        let mut best = (0, usize::MAX);
+        let points = acked
+            .into_iter()
+            .map(|(done, rev, op)| {
+                if rev > best.0 {
+                    best = (rev, op);
+                }
+                (done, best.0, best.1)
+            })
+            .collect();
+        AckedBefore { points }
+    }
+
+    /// The highest revision acknowledged before `t`, and its op.
+    fn at(&self, t: Time) -> Option<(u64, usize)> {
+        let before = self.points.partition_point(|&(done, _, _)| done < t);
+        before
+            .checked_sub(1)
+            .map(|i| (self.points[i].1, self.points[i].2))
+    }
+}
+
 /// (d) A strong read reflects every write acknowledged (to anyone) before it began.
 fn check_strong_reads(history: &[Op], violations: &mut Vec<Violation>) {
-    let mut acked: Vec<(Time, u64, usize)> = history
-        .iter()
-        .enumerate()
-        .filter_map(|(i, op)| match op.outcome {
-            Outcome::Written(rev) => Some((op.completed, rev, i)),
-            _ => None,
-        })
-        .collect();
-    acked.sort_unstable();
-    // The highest revision acknowledged by each completion time, and per key.
-    let mut best: Vec<(u64, usize)> = Vec::with_capacity(acked.len());
-    for &(_, rev, i) in &acked {
-        let prev = best.last().copied().unwrap_or((0, usize::MAX));
-        best.push(if rev > prev.0 { (rev, i) } else { prev });
-    }
+    let acked = |key: Option<&str>| {
+        AckedBefore::new(
+            history
+                .iter()
+                .enumerate()
+                .filter(|(_, op)| key.is_none_or(|k| op.key == k))
+                .filter_map(|(i, op)| match op.outcome {
+                    Outcome::Written(rev) => Some((op.completed, rev, i)),
+                    _ => None,
+                })
+                .collect(),
+        )
+    };
+    let all = acked(None);
+    let mut per_key: HashMap<&str, AckedBefore> = HashMap::new();
     for (i, op) in history.iter().enumerate() {
         let (Kind::Get(Consistency::Strong), Outcome::Read { entry, mirror }) =
             (&op.kind, &op.outcome)
         else {
             continue;
         };
-        let before = acked.partition_point(|&(done, _, _)| done < op.invoked);
-        if before > 0 {
-            let (rev, w) = best[before - 1];
+        if let Some((rev, w)) = all.at(op.invoked) {
             if *mirror < rev {
                 violations.push(Violation {
                     rule: "(d) strong reads",
@@ -376,11 +406,10 @@ fn check_strong_reads(history: &[Op], violations: &mut Vec<Violation>) {
                 });
             }
         }
-        let key_latest = acked[..before]
-            .iter()
-            .filter(|&&(_, _, w)| history[w].key == op.key)
-            .max_by_key(|&&(_, rev, _)| rev);
-        if let (Some(&(_, rev, w)), Some((_, seen))) = (key_latest, entry) {
+        let key = per_key
+            .entry(op.key.as_str())
+            .or_insert_with(|| acked(Some(op.key.as_str())));
+        if let (Some((rev, w)), Some((_, seen))) = (key.at(op.invoked), entry) {
             if *seen < rev {
                 violations.push(Violation {
                     rule: "(d) strong reads",

@@ -12,6 +12,8 @@
 mod check;
 
 use std::collections::HashMap;
+
+use futures::StreamExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -170,14 +172,14 @@ fn write_outcome(result: Result<u64, ClientError>) -> Outcome {
     }
 }
 
+/// What the stream holds at a revision: the key and its value (`None` for a marker).
+type Stored = (String, Option<String>);
+
 /// Each key's final state and every acknowledged write's message, as a plain NATS client sees them.
 async fn server_view(
     nats: &NatsServer,
     history: &[Op],
-) -> (
-    HashMap<String, FinalEntry>,
-    HashMap<u64, Option<(String, Option<String>)>>,
-) {
+) -> (HashMap<String, FinalEntry>, HashMap<u64, Option<Stored>>) {
     let kv = nats.kv(BUCKET).await;
     let mut final_state = HashMap::new();
     for key in KEYS {
@@ -204,25 +206,36 @@ async fn server_view(
                 .push(rev);
         }
     }
-    let mut stored = HashMap::new();
-    for op in history {
-        let (Outcome::Written(rev) | Outcome::StoredLate(rev)) = op.outcome else {
-            continue;
-        };
-        match kv.stream.get_raw_message(rev).await {
-            Ok(message) => {
-                let key = message
-                    .subject
-                    .strip_prefix(&format!("$KV.{BUCKET}."))
-                    .unwrap_or(&message.subject)
-                    .to_string();
-                stored.insert(rev, Some((key, marker_free_value(&message))));
+    // Every acknowledged write's message, fetched 64 at a time.
+    let prefix = format!("$KV.{BUCKET}.");
+    let fetched: Vec<(u64, &str, Option<Stored>)> =
+        futures::stream::iter(history.iter().filter_map(|op| match op.outcome {
+            Outcome::Written(rev) | Outcome::StoredLate(rev) => Some((rev, op.key.as_str())),
+            _ => None,
+        }))
+        .map(|(rev, key)| {
+            let kv = &kv;
+            let prefix = &prefix;
+            async move {
+                let message = kv.stream.get_raw_message(rev).await.ok().map(|message| {
+                    let subject = message.subject.strip_prefix(prefix.as_str());
+                    let subject = subject.unwrap_or(&message.subject).to_string();
+                    (subject, marker_free_value(&message))
+                });
+                (rev, key, message)
             }
-            Err(_) => {
-                let newer = revisions_by_key[op.key.as_str()]
-                    .iter()
-                    .filter(|&&r| r > rev)
-                    .count() as i64;
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    let mut stored = HashMap::new();
+    for (rev, key, message) in fetched {
+        match message {
+            Some(message) => {
+                stored.insert(rev, Some(message));
+            }
+            None => {
+                let newer = revisions_by_key[key].iter().filter(|&&r| r > rev).count() as i64;
                 if newer >= HISTORY {
                     stored.insert(rev, None);
                 }
