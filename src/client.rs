@@ -1,15 +1,17 @@
-//! The Rust client: one Unix-socket connection, shared by any number of concurrent calls.
+//! The Rust client: one Unix-socket connection, shared by any number of concurrent calls, and
+//! reopened by itself when it is lost.
 //!
 //! Requests are pipelined: each call gets a fresh id, its frame is queued for a writer task, and
 //! a reader task routes each response to the waiting call by id, so calls never wait for each
 //! other. Watches are `Stream`s fed by the same reader.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
@@ -59,13 +61,152 @@ enum Waiter {
     Watch(mpsc::UnboundedSender<Bytes>),
 }
 
-struct Shared {
+/// How a [`Client`] gets its connection back after losing it (the sidecar restarted, or closed
+/// an idle connection).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientOptions {
+    /// Connection attempts after a loss before a call fails with `Connect`; 0: never reconnect.
+    pub reconnect_attempts: u32,
+    /// The first wait between attempts; it doubles up to `reconnect_backoff_max`, with jitter.
+    pub reconnect_backoff: Duration,
+    pub reconnect_backoff_max: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            reconnect_attempts: 20,
+            reconnect_backoff: Duration::from_millis(50),
+            reconnect_backoff_max: Duration::from_secs(2),
+        }
+    }
+}
+
+/// One socket connection: its pending calls and watches, and the queue to its writer task.
+struct Connection {
     waiters: Mutex<HashMap<u64, Waiter>>,
     out: mpsc::UnboundedSender<Vec<u8>>,
+    closed: AtomicBool,
+}
+
+impl Connection {
+    async fn open(path: &Path) -> Result<Arc<Connection>, ClientError> {
+        let stream = UnixStream::connect(path)
+            .await
+            .map_err(|source| ClientError::Connect {
+                path: path.display().to_string(),
+                source,
+            })?;
+        let (read_half, mut write_half) = stream.into_split();
+        let (out, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+        let connection = Arc::new(Connection {
+            waiters: Mutex::new(HashMap::new()),
+            out,
+            closed: AtomicBool::new(false),
+        });
+        let writer = Arc::downgrade(&connection);
+        tokio::spawn(async move {
+            while let Some(mut buf) = rx.recv().await {
+                while let Ok(more) = rx.try_recv() {
+                    buf.extend_from_slice(&more);
+                }
+                if write_half.write_all(&buf).await.is_err() {
+                    if let Some(connection) = writer.upgrade() {
+                        connection.close();
+                    }
+                    return;
+                }
+            }
+        });
+        let reader = Arc::downgrade(&connection);
+        tokio::spawn(async move {
+            let mut frames = FrameReader::new(read_half, MAX_RESPONSE);
+            while let Ok(Some(frame)) = frames.next_frame().await {
+                let Some(connection) = reader.upgrade() else {
+                    return;
+                };
+                connection.route(frame);
+            }
+            if let Some(connection) = reader.upgrade() {
+                connection.close();
+            }
+        });
+        Ok(connection)
+    }
+
+    /// Hands a response or watch message to whoever waits for its id.
+    fn route(&self, frame: Bytes) {
+        let id = match peek_id_ok(&frame) {
+            Some((id, _)) => id,
+            None => match rmp_serde::from_slice::<IdOnly>(&frame) {
+                Ok(head) => head.id,
+                Err(_) => return,
+            },
+        };
+        let Ok(mut waiters) = self.waiters.lock() else {
+            return;
+        };
+        match waiters.get(&id) {
+            Some(Waiter::Call(_)) => {
+                if let Some(Waiter::Call(tx)) = waiters.remove(&id) {
+                    let _ = tx.send(frame);
+                }
+            }
+            Some(Waiter::Watch(tx)) => {
+                let _ = tx.send(frame);
+            }
+            None => {}
+        }
+    }
+
+    /// Marks the connection lost; dropping the waiters tells every pending call and watch.
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        if let Ok(mut waiters) = self.waiters.lock() {
+            waiters.clear();
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    fn forget(&self, id: u64) {
+        if let Ok(mut waiters) = self.waiters.lock() {
+            waiters.remove(&id);
+        }
+    }
+
+    /// Queues a request whose answers go to `waiter`.
+    fn send(&self, id: u64, request: &Request<'_>, waiter: Waiter) -> Result<(), ClientError> {
+        let mut buf = Vec::new();
+        encode(id, request, &mut buf);
+        self.waiters
+            .lock()
+            .map_err(|_| ClientError::Closed)?
+            .insert(id, waiter);
+        if self.is_closed() {
+            self.forget(id);
+            return Err(ClientError::Closed);
+        }
+        self.out.send(buf).map_err(|_| ClientError::Closed)
+    }
+}
+
+struct Shared {
+    path: PathBuf,
+    options: ClientOptions,
+    current: Mutex<Arc<Connection>>,
+    /// Held while reconnecting, so that concurrent calls wait for one new connection.
+    reconnecting: tokio::sync::Mutex<()>,
     next_id: AtomicU64,
 }
 
 /// A connection to a nearkv sidecar. Cheap to clone; clones share the connection.
+///
+/// When the connection is lost, calls in flight fail with [`ClientError::Closed`] (a write among
+/// them may or may not have happened: read before retrying it) and watches end; the next call
+/// reconnects by itself, with backoff, as [`ClientOptions`] says.
 #[derive(Clone)]
 pub struct Client {
     shared: Arc<Shared>,
@@ -81,90 +222,78 @@ pub enum WatchEvent {
 }
 
 impl Client {
+    /// Connects with the default [`ClientOptions`]. The first connection is not retried: a
+    /// sidecar that is not there is reported at once.
     pub async fn connect(path: impl AsRef<Path>) -> Result<Client, ClientError> {
-        let path = path.as_ref();
-        let stream = UnixStream::connect(path)
-            .await
-            .map_err(|source| ClientError::Connect {
-                path: path.display().to_string(),
-                source,
-            })?;
-        let (read_half, mut write_half) = stream.into_split();
-        let (out, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
-        let shared = Arc::new(Shared {
-            waiters: Mutex::new(HashMap::new()),
-            out,
-            next_id: AtomicU64::new(1),
-        });
-        tokio::spawn(async move {
-            while let Some(mut buf) = rx.recv().await {
-                while let Ok(more) = rx.try_recv() {
-                    buf.extend_from_slice(&more);
-                }
-                if write_half.write_all(&buf).await.is_err() {
-                    return;
-                }
-            }
-        });
-        let reader_shared = Arc::downgrade(&shared);
-        tokio::spawn(async move {
-            let mut frames = FrameReader::new(read_half, MAX_RESPONSE);
-            while let Ok(Some(frame)) = frames.next_frame().await {
-                let Some(shared) = reader_shared.upgrade() else {
-                    return;
-                };
-                let id = match peek_id_ok(&frame) {
-                    Some((id, _)) => id,
-                    None => match rmp_serde::from_slice::<IdOnly>(&frame) {
-                        Ok(head) => head.id,
-                        Err(_) => continue,
-                    },
-                };
-                let Ok(mut waiters) = shared.waiters.lock() else {
-                    return;
-                };
-                match waiters.get(&id) {
-                    Some(Waiter::Call(_)) => {
-                        if let Some(Waiter::Call(tx)) = waiters.remove(&id) {
-                            let _ = tx.send(frame);
-                        }
-                    }
-                    Some(Waiter::Watch(tx)) => {
-                        let _ = tx.send(frame);
-                    }
-                    None => {}
-                }
-            }
-            // Dropping the waiters tells every pending call and watch that the connection is gone.
-            if let Some(shared) = reader_shared.upgrade() {
-                if let Ok(mut waiters) = shared.waiters.lock() {
-                    waiters.clear();
-                }
-            }
-        });
-        Ok(Client { shared })
+        Client::connect_with(path, ClientOptions::default()).await
     }
 
-    fn send(
+    pub async fn connect_with(
+        path: impl AsRef<Path>,
+        options: ClientOptions,
+    ) -> Result<Client, ClientError> {
+        let path = path.as_ref().to_path_buf();
+        let connection = Connection::open(&path).await?;
+        Ok(Client {
+            shared: Arc::new(Shared {
+                path,
+                options,
+                current: Mutex::new(connection),
+                reconnecting: tokio::sync::Mutex::new(()),
+                next_id: AtomicU64::new(1),
+            }),
+        })
+    }
+
+    fn current(&self) -> Option<Arc<Connection>> {
+        self.shared.current.lock().ok().map(|c| c.clone())
+    }
+
+    /// The live connection, reconnecting first if it was lost.
+    async fn connection(&self) -> Result<Arc<Connection>, ClientError> {
+        if let Some(connection) = self.current().filter(|c| !c.is_closed()) {
+            return Ok(connection);
+        }
+        let _one_at_a_time = self.shared.reconnecting.lock().await;
+        if let Some(connection) = self.current().filter(|c| !c.is_closed()) {
+            return Ok(connection);
+        }
+        let options = self.shared.options;
+        let mut wait = options.reconnect_backoff;
+        let mut attempt = 0;
+        loop {
+            match Connection::open(&self.shared.path).await {
+                Ok(connection) => {
+                    if let Ok(mut current) = self.shared.current.lock() {
+                        *current = connection.clone();
+                    }
+                    return Ok(connection);
+                }
+                Err(err) if attempt >= options.reconnect_attempts => return Err(err),
+                Err(_) => {
+                    attempt += 1;
+                    let jitter = wait.mul_f64(random_fraction() / 4.0);
+                    tokio::time::sleep(wait + jitter).await;
+                    wait = (wait * 2).min(options.reconnect_backoff_max);
+                }
+            }
+        }
+    }
+
+    async fn send(
         &self,
         request: &Request<'_>,
-        waiter: impl FnOnce(u64) -> Waiter,
-    ) -> Result<u64, ClientError> {
+        waiter: Waiter,
+    ) -> Result<(u64, Arc<Connection>), ClientError> {
+        let connection = self.connection().await?;
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut buf = Vec::new();
-        encode(id, request, &mut buf);
-        self.shared
-            .waiters
-            .lock()
-            .map_err(|_| ClientError::Closed)?
-            .insert(id, waiter(id));
-        self.shared.out.send(buf).map_err(|_| ClientError::Closed)?;
-        Ok(id)
+        connection.send(id, request, waiter)?;
+        Ok((id, connection))
     }
 
     async fn call<T: DeserializeOwned>(&self, request: &Request<'_>) -> Result<T, ClientError> {
         let (tx, rx) = oneshot::channel();
-        self.send(request, |_| Waiter::Call(tx))?;
+        self.send(request, Waiter::Call(tx)).await?;
         let frame = rx.await.map_err(|_| ClientError::Closed)?;
         decode_response(&frame)
     }
@@ -313,25 +442,30 @@ impl Client {
             filter,
             initial,
         };
-        let id = self.send(&request, |_| Waiter::Watch(tx))?;
+        let (id, connection) = self.send(&request, Waiter::Watch(tx)).await?;
         let first = rx.recv().await.ok_or(ClientError::Closed)?;
         if let Err(err) = decode_response::<serde::de::IgnoredAny>(&first) {
-            self.forget(id);
+            connection.forget(id);
             return Err(err);
         }
         Ok(WatchStream {
             id,
             rx,
+            connection,
             client: self.clone(),
             ended: false,
         })
     }
+}
 
-    fn forget(&self, id: u64) {
-        if let Ok(mut waiters) = self.shared.waiters.lock() {
-            waiters.remove(&id);
-        }
-    }
+/// A number in [0, 1), different on each call: jitter, so that clients that lost the same
+/// sidecar do not all reconnect in step.
+fn random_fraction() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let bits = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    (bits >> 11) as f64 / (1u64 << 53) as f64
 }
 
 #[derive(serde::Deserialize)]
@@ -359,6 +493,8 @@ fn decode_response<T: DeserializeOwned>(frame: &[u8]) -> Result<T, ClientError> 
 pub struct WatchStream {
     id: u64,
     rx: mpsc::UnboundedReceiver<Bytes>,
+    /// The connection the watch lives on; it ends with it.
+    connection: Arc<Connection>,
     client: Client,
     ended: bool,
 }
@@ -390,7 +526,7 @@ impl futures::Stream for WatchStream {
         };
         if push.end {
             self.ended = true;
-            self.client.forget(self.id);
+            self.connection.forget(self.id);
             return Poll::Ready(push.error.map(|e| Err(ClientError::Server(e.into()))));
         }
         if push.synced {
@@ -408,12 +544,12 @@ impl futures::Stream for WatchStream {
 impl Drop for WatchStream {
     fn drop(&mut self) {
         if !self.ended {
-            self.client.forget(self.id);
+            self.connection.forget(self.id);
             // Its answer finds no waiter and is dropped.
             let id = self.client.shared.next_id.fetch_add(1, Ordering::Relaxed);
             let mut buf = Vec::new();
             encode(id, &Request::Unwatch { watch: self.id }, &mut buf);
-            let _ = self.client.shared.out.send(buf);
+            let _ = self.connection.out.send(buf);
         }
     }
 }

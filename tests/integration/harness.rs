@@ -240,3 +240,100 @@ where
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+/// The built `nearkv serve` binary as a child process, to signal, restart and measure.
+pub struct SidecarProcess {
+    child: Option<Child>,
+    pub socket: PathBuf,
+    args: Vec<String>,
+    _dir: TempDir,
+}
+
+impl SidecarProcess {
+    /// Starts `nearkv serve` mirroring `buckets` (created when missing); returns once the socket
+    /// is there. `extra` are more `serve` flags.
+    pub async fn start(nats_url: &str, buckets: &[&str], extra: &[&str]) -> SidecarProcess {
+        let dir = TempDir::new().expect("temp dir");
+        let socket = dir.path().join("nearkv.sock");
+        let mut args: Vec<String> = ["serve", "--create-buckets", "--nats-url", nats_url]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        for bucket in buckets {
+            args.extend(["--bucket".to_string(), bucket.to_string()]);
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut process = SidecarProcess {
+            child: None,
+            socket,
+            args,
+            _dir: dir,
+        };
+        process.spawn().await;
+        process
+    }
+
+    async fn spawn(&mut self) {
+        let http = format!("127.0.0.1:{}", free_port());
+        let child = Command::new(env!("CARGO_BIN_EXE_nearkv"))
+            .args(&self.args)
+            .args(["--socket"])
+            .arg(&self.socket)
+            .args(["--http-listen", &http, "--log-level", "warn"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("nearkv starts");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.socket.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "the sidecar's socket never appeared"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Sends SIGTERM and waits for the exit; returns whether it exited cleanly.
+    pub async fn terminate(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return false;
+        };
+        let pid = child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status();
+        assert!(sent.is_ok_and(|s| s.success()), "kill -TERM {pid}");
+        tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .expect("wait task")
+            .is_ok_and(|status| status.success())
+    }
+
+    /// Starts it again with the same socket and flags.
+    pub async fn restart(&mut self) {
+        self.spawn().await;
+    }
+
+    /// The process's peak resident memory so far (VmHWM), in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("the sidecar's /proc status");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    }
+}
+
+impl Drop for SidecarProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

@@ -6,6 +6,7 @@ mod harness;
 mod bench;
 mod cli;
 mod consistency;
+mod faults;
 mod freshness;
 mod history;
 mod interop;

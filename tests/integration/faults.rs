@@ -1,0 +1,211 @@
+//! Faults around the sidecar itself: restarted under load, watched by a client that never reads.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use nearkv::client::{ClientError, ClientOptions};
+use serde_json::json;
+
+use crate::harness::{eventually, NatsServer, SidecarProcess};
+use crate::raw_socket::{frame, read_response, send_raw};
+
+/// What a writer saw of each of its writes.
+#[derive(Default)]
+struct Tally {
+    acknowledged: HashMap<String, (u64, String)>,
+    failed: HashMap<String, usize>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_request_loses_no_acknowledged_write_and_clients_reconnect() {
+    let nats = NatsServer::start().await;
+    let mut sidecar = SidecarProcess::start(&nats.url(), &["r"], &[]).await;
+    let options = ClientOptions {
+        reconnect_attempts: 200,
+        reconnect_backoff: Duration::from_millis(10),
+        reconnect_backoff_max: Duration::from_millis(100),
+    };
+    let client = nearkv::client::Client::connect_with(&sidecar.socket, options)
+        .await
+        .unwrap();
+    crate::harness::wait_synced(&client).await;
+    let no_retry = nearkv::client::Client::connect_with(
+        &sidecar.socket,
+        ClientOptions {
+            reconnect_attempts: 0,
+            ..options
+        },
+    )
+    .await
+    .unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let client = client.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut tally = Tally::default();
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let key = format!("w{w}-{n}");
+                    let value = format!("value {n}");
+                    match client.put("r", &key, value.as_bytes()).await {
+                        Ok(rev) => {
+                            tally.acknowledged.insert(key, (rev, value));
+                        }
+                        Err(err) => {
+                            let kind = match err.server_error() {
+                                Some(e) => e.code.as_str().to_string(),
+                                None => format!("{err:?}")
+                                    .split(['(', ' ', '{'])
+                                    .next()
+                                    .unwrap_or("?")
+                                    .to_string(),
+                            };
+                            *tally.failed.entry(kind).or_default() += 1;
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                    }
+                }
+                tally
+            })
+        })
+        .collect();
+
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(
+        sidecar.terminate().await,
+        "a clean exit on SIGTERM, mid-request"
+    );
+    assert!(!sidecar.socket.exists(), "the socket file is removed");
+    // While it is away, a client told not to reconnect says so at once.
+    match no_retry.ping().await {
+        Err(ClientError::Connect { .. }) => {}
+        other => panic!("expected a connect error, got {other:?}"),
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sidecar.restart().await;
+    // The shared client reconnects by itself: writes are acknowledged again.
+    let before = client
+        .status(Some("r"))
+        .await
+        .map(|s| s[0].revision)
+        .unwrap_or(0);
+    eventually(
+        Duration::from_secs(20),
+        "writes acknowledged after the restart",
+        || async {
+            client
+                .status(Some("r"))
+                .await
+                .is_ok_and(|s| s[0].synced && s[0].revision > before + 10)
+        },
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let mut acknowledged = HashMap::new();
+    let mut failed: HashMap<String, usize> = HashMap::new();
+    for writer in writers {
+        let tally = writer.await.unwrap();
+        acknowledged.extend(tally.acknowledged);
+        for (kind, count) in tally.failed {
+            *failed.entry(kind).or_default() += count;
+        }
+    }
+
+    // Every acknowledged write is in NATS, at its revision, byte for byte.
+    let kv = nats.kv("r").await;
+    let mut lost = Vec::new();
+    for (key, (rev, value)) in &acknowledged {
+        match kv.entry(key).await.unwrap() {
+            Some(entry) if entry.revision == *rev && entry.value == value.as_bytes() => {}
+            other => lost.push(format!("{key}: acknowledged {rev}, NATS has {other:?}")),
+        }
+    }
+    println!(
+        "sidecar SIGTERM under load: {} writes acknowledged, failed by kind {failed:?}, lost {}",
+        acknowledged.len(),
+        lost.len()
+    );
+    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+    assert!(acknowledged.len() > 20);
+    let after_restart = client.get("r", "w0-1").await.unwrap();
+    assert!(
+        after_restart.is_some(),
+        "reads work through the reconnected client"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_that_never_reads_cannot_grow_the_sidecar_and_ends_slow_consumer() {
+    const UPDATES: usize = 100_000;
+    let nats = NatsServer::start().await;
+    let sidecar = SidecarProcess::start(&nats.url(), &["slow"], &[]).await;
+    let client = nearkv::Client::connect(&sidecar.socket).await.unwrap();
+    crate::harness::wait_synced(&client).await;
+    // The slow client: opens watches on its own connection, then reads nothing.
+    let mut slow = tokio::net::UnixStream::connect(&sidecar.socket).await.unwrap();
+    for id in 1..=4 {
+        let watch = json!({"id": id, "op": "watch", "bucket": "slow"});
+        send_raw(&mut slow, &frame(&watch)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let baseline = sidecar.peak_rss();
+
+    // 100,000 updates of 1 KiB, from another NATS client, 64 in flight at a time.
+    let kv = nats.kv("slow").await;
+    let value = bytes::Bytes::from(vec![b'x'; 1024]);
+    futures::stream::iter(0..UPDATES)
+        .map(|i| {
+            let kv = kv.clone();
+            let value = value.clone();
+            async move { kv.put(format!("k{}", i % 1000), value).await.unwrap() }
+        })
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await;
+    // Another client is unaffected meanwhile, and the mirror has everything.
+    let last = kv.status().await.unwrap().info.state.last_sequence;
+    let read = nearkv::protocol::ReadOptions {
+        min_revision: Some(last),
+        timeout_ms: Some(30_000),
+        ..Default::default()
+    };
+    assert!(client.get_with("slow", "k1", read).await.unwrap().is_some());
+    let peak = sidecar.peak_rss();
+    println!(
+        "slow watcher: 4 unread watches, {UPDATES} updates of 1 KiB: peak RSS {:.1} MiB (before the updates {:.1} MiB)",
+        peak as f64 / 1048576.0,
+        baseline as f64 / 1048576.0
+    );
+    // 100,000 KiB went through; a sidecar that buffered them for the watcher would hold ~100 MiB
+    // per watch. Bounded: the mirror (1000 keys), the event ring and the connection's queues.
+    assert!(
+        peak < baseline + 64 * 1024 * 1024,
+        "peak RSS {peak} grew far beyond {baseline}"
+    );
+
+    // When the slow client reads at last, each watch ends with slow_consumer, and the
+    // connection still answers.
+    let mut ended = Vec::new();
+    let mut events = 0;
+    while ended.len() < 4 {
+        let message = read_response(&mut slow).await.expect("the connection stays open");
+        if message["end"] == true {
+            ended.push((message["id"].clone(), message["error"]["code"].clone()));
+        } else if message.get("event").is_some() {
+            events += 1;
+        }
+    }
+    println!("slow watcher: read {events} events before the ends: {ended:?}");
+    for (_, code) in &ended {
+        assert_eq!(code, "slow_consumer", "{ended:?}");
+    }
+    send_raw(&mut slow, &frame(&json!({"id": 99, "op": "ping"}))).await;
+    assert_eq!(read_response(&mut slow).await.unwrap()["ok"], true);
+}
