@@ -9,6 +9,8 @@ pub mod response;
 pub mod types;
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;
 
 pub use request::{Request, WriteOptions};

@@ -149,7 +149,9 @@ async fn a_watcher_that_never_reads_cannot_grow_the_sidecar_and_ends_slow_consum
     let client = nearkv::Client::connect(&sidecar.socket).await.unwrap();
     crate::harness::wait_synced(&client).await;
     // The slow client: opens watches on its own connection, then reads nothing.
-    let mut slow = tokio::net::UnixStream::connect(&sidecar.socket).await.unwrap();
+    let mut slow = tokio::net::UnixStream::connect(&sidecar.socket)
+        .await
+        .unwrap();
     for id in 1..=4 {
         let watch = json!({"id": id, "op": "watch", "bucket": "slow"});
         send_raw(&mut slow, &frame(&watch)).await;
@@ -195,7 +197,9 @@ async fn a_watcher_that_never_reads_cannot_grow_the_sidecar_and_ends_slow_consum
     let mut ended = Vec::new();
     let mut events = 0;
     while ended.len() < 4 {
-        let message = read_response(&mut slow).await.expect("the connection stays open");
+        let message = read_response(&mut slow)
+            .await
+            .expect("the connection stays open");
         if message["end"] == true {
             ended.push((message["id"].clone(), message["error"]["code"].clone()));
         } else if message.get("event").is_some() {
