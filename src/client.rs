@@ -87,6 +87,9 @@ struct Connection {
     waiters: Mutex<HashMap<u64, Waiter>>,
     out: mpsc::UnboundedSender<Vec<u8>>,
     closed: AtomicBool,
+    /// The error the server sent with id 0 before closing the connection (`forbidden`,
+    /// `too_many_connections`, `idle_timeout`, `frame_too_large`): why calls on it failed.
+    refusal: Mutex<Option<Error>>,
 }
 
 impl Connection {
@@ -103,17 +106,16 @@ impl Connection {
             waiters: Mutex::new(HashMap::new()),
             out,
             closed: AtomicBool::new(false),
+            refusal: Mutex::new(None),
         });
-        let writer = Arc::downgrade(&connection);
+        // A failed write ends the writer only: the reader still reads what the server sent
+        // before closing (its reason, with id 0) and then closes the connection.
         tokio::spawn(async move {
             while let Some(mut buf) = rx.recv().await {
                 while let Ok(more) = rx.try_recv() {
                     buf.extend_from_slice(&more);
                 }
                 if write_half.write_all(&buf).await.is_err() {
-                    if let Some(connection) = writer.upgrade() {
-                        connection.close();
-                    }
                     return;
                 }
             }
@@ -143,6 +145,17 @@ impl Connection {
                 Err(_) => return,
             },
         };
+        if id == 0 {
+            if let Ok(Head {
+                error: Some(error), ..
+            }) = rmp_serde::from_slice::<Head>(&frame)
+            {
+                if let Ok(mut refusal) = self.refusal.lock() {
+                    *refusal = Some(error.into());
+                }
+            }
+            return;
+        }
         let Ok(mut waiters) = self.waiters.lock() else {
             return;
         };
@@ -171,6 +184,14 @@ impl Connection {
         self.closed.load(Ordering::Acquire)
     }
 
+    /// Why a call on this connection got no answer: the server's reason, if it gave one.
+    fn lost(&self) -> ClientError {
+        match self.refusal.lock().ok().and_then(|r| r.clone()) {
+            Some(error) => ClientError::Server(error),
+            None => ClientError::Closed,
+        }
+    }
+
     fn forget(&self, id: u64) {
         if let Ok(mut waiters) = self.waiters.lock() {
             waiters.remove(&id);
@@ -187,9 +208,9 @@ impl Connection {
             .insert(id, waiter);
         if self.is_closed() {
             self.forget(id);
-            return Err(ClientError::Closed);
+            return Err(self.lost());
         }
-        self.out.send(buf).map_err(|_| ClientError::Closed)
+        self.out.send(buf).map_err(|_| self.lost())
     }
 }
 
@@ -293,8 +314,8 @@ impl Client {
 
     async fn call<T: DeserializeOwned>(&self, request: &Request<'_>) -> Result<T, ClientError> {
         let (tx, rx) = oneshot::channel();
-        self.send(request, Waiter::Call(tx)).await?;
-        let frame = rx.await.map_err(|_| ClientError::Closed)?;
+        let (_, connection) = self.send(request, Waiter::Call(tx)).await?;
+        let frame = rx.await.map_err(|_| connection.lost())?;
         decode_response(&frame)
     }
 
@@ -443,7 +464,9 @@ impl Client {
             initial,
         };
         let (id, connection) = self.send(&request, Waiter::Watch(tx)).await?;
-        let first = rx.recv().await.ok_or(ClientError::Closed)?;
+        let Some(first) = rx.recv().await else {
+            return Err(connection.lost());
+        };
         if let Err(err) = decode_response::<serde::de::IgnoredAny>(&first) {
             connection.forget(id);
             return Err(err);

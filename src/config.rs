@@ -77,6 +77,14 @@ pub struct SocketConfig {
     pub path: PathBuf,
     /// File mode of the socket, as an octal string such as "0660".
     pub mode: String,
+    /// Group of the socket file (a name or a number), so that the application's group may
+    /// connect; unset: the sidecar's own group.
+    pub group: Option<String>,
+    /// When either list is non-empty, only peers whose user id is in `allow_uids` or whose
+    /// (primary) group id is in `allow_gids` may connect (checked with SO_PEERCRED); others get
+    /// `forbidden` and are closed.
+    pub allow_uids: Vec<u32>,
+    pub allow_gids: Vec<u32>,
     /// Largest frame (the length prefix's value) a client may send.
     pub max_frame_size: u32,
     /// Deadline of a request that does not carry `timeout_ms`.
@@ -103,6 +111,9 @@ impl Default for SocketConfig {
         SocketConfig {
             path: PathBuf::from(DEFAULT_SOCKET_PATH),
             mode: "0660".to_string(),
+            group: None,
+            allow_uids: Vec::new(),
+            allow_gids: Vec::new(),
             max_frame_size: DEFAULT_MAX_FRAME_SIZE,
             request_timeout: Duration::from_secs(5),
             max_connections: 1024,
@@ -114,6 +125,40 @@ impl Default for SocketConfig {
 }
 
 impl SocketConfig {
+    /// The socket file's group id, if one is configured: a number, or a name from /etc/group.
+    pub fn group_id(&self) -> Result<Option<u32>, ConfigError> {
+        let Some(group) = &self.group else {
+            return Ok(None);
+        };
+        if let Ok(gid) = group.parse() {
+            return Ok(Some(gid));
+        }
+        let groups = std::fs::read_to_string("/etc/group").unwrap_or_default();
+        groups
+            .lines()
+            .filter_map(|line| {
+                let mut fields = line.split(':');
+                let name = fields.next()?;
+                let gid = fields.nth(1)?.parse().ok()?;
+                Some((name, gid))
+            })
+            .find(|(name, _)| name == group)
+            .map(|(_, gid)| Some(gid))
+            .ok_or_else(|| {
+                invalid(
+                    "socket.group",
+                    format!("no group named {group:?} in /etc/group; give a name or a number"),
+                )
+            })
+    }
+
+    /// Whether a peer with these ids may connect.
+    pub fn allows(&self, uid: u32, gid: u32) -> bool {
+        (self.allow_uids.is_empty() && self.allow_gids.is_empty())
+            || self.allow_uids.contains(&uid)
+            || self.allow_gids.contains(&gid)
+    }
+
     /// The mode as permission bits; validated by [`Config::validate`].
     pub fn mode_bits(&self) -> Result<u32, ConfigError> {
         let digits = self.mode.trim_start_matches("0o");
@@ -219,6 +264,8 @@ pub struct BucketConfig {
     /// then allowed, and NATS announces each expiry. 0: off. Needs nats-server 2.11 or later.
     #[serde(with = "humantime_serde")]
     pub limit_markers: Duration,
+    /// Refuse writes through this sidecar with `forbidden`; reads and watches work as usual.
+    pub read_only: bool,
     /// Fail cached reads with `stale` once NATS last confirmed the mirror current longer ago
     /// than this. Unset: serve what the mirror has for as long as NATS is away (fail-static).
     #[serde(with = "humantime_serde", default)]
@@ -237,6 +284,7 @@ impl Default for BucketConfig {
             storage: Storage::File,
             replicas: 1,
             limit_markers: Duration::ZERO,
+            read_only: false,
             max_staleness: None,
         }
     }
@@ -283,6 +331,7 @@ impl Config {
             return Err(invalid("nats.user", "user and password go together"));
         }
         self.socket.mode_bits()?;
+        self.socket.group_id()?;
         self.http.address()?;
         for (field, value) in [
             ("socket.max_connections", self.socket.max_connections),
@@ -419,6 +468,10 @@ mod tests {
         assert_eq!(bucket.replicas, default_bucket.replicas);
         assert_eq!(bucket.limit_markers, default_bucket.limit_markers);
         assert_eq!(bucket.max_staleness, default_bucket.max_staleness);
+        assert_eq!(bucket.read_only, default_bucket.read_only);
+        assert_eq!(example.socket.group, defaults.socket.group);
+        assert_eq!(example.socket.allow_uids, defaults.socket.allow_uids);
+        assert_eq!(example.socket.allow_gids, defaults.socket.allow_gids);
         let example = std::fs::read_to_string(&path).expect("example reads");
         assert!(
             example.contains("# max_staleness = "),
@@ -442,6 +495,9 @@ mod tests {
         assert!(err.contains("buckets"), "{err}");
         let err = parse("[[buckets]]\nname = \"a\"\nmax_age = \"soon\"").unwrap_err();
         assert!(err.contains("max_age"), "{err}");
+        let err = parse("[socket]\ngroup = \"no-such-group-here\"\n[[buckets]]\nname = \"a\"")
+            .unwrap_err();
+        assert!(err.contains("socket.group"), "{err}");
         let err = parse("[[buckets]]\nname = \"a\"\nmax_staleness = \"10ms\"").unwrap_err();
         assert!(err.contains("buckets[0].max_staleness"), "{err}");
         let ok = parse("[[buckets]]\nname = \"a\"\nmax_staleness = \"5s\"").unwrap();

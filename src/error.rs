@@ -43,6 +43,8 @@ pub enum ErrorCode {
     TooManyWatches,
     /// The connection sent nothing for `socket.idle_timeout` and is closed.
     IdleTimeout,
+    /// The peer's user or group may not use this socket, or the bucket is read-only here.
+    Forbidden,
     /// A bug or an unexpected answer from NATS; the message says what happened.
     Internal,
 }
@@ -67,6 +69,7 @@ impl ErrorCode {
             ErrorCode::TooManyRequests => "too_many_requests",
             ErrorCode::TooManyWatches => "too_many_watches",
             ErrorCode::IdleTimeout => "idle_timeout",
+            ErrorCode::Forbidden => "forbidden",
             ErrorCode::Internal => "internal",
         }
     }

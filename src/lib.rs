@@ -57,7 +57,7 @@ pub async fn serve(config: config::Config, shutdown: CancellationToken) -> Resul
         },
         None => None,
     };
-    let server = server::Server::bind(&config.socket, mode).await?;
+    let server = server::Server::bind(&config.socket, mode, config.socket.group_id()?).await?;
     let bucket_names: Vec<&str> = config.buckets.iter().map(|b| b.name.as_str()).collect();
     let metrics = metrics::Metrics::new(&bucket_names);
     let client = nats::connect(&config.nats, Some(metrics.nats_reconnects.clone())).await?;

@@ -448,6 +448,16 @@ impl Bucket {
         value: Bytes,
         write: WriteOptions,
     ) -> Result<u64> {
+        if self.shared.config.read_only {
+            return Err(Error::new(
+                ErrorCode::Forbidden,
+                format!(
+                    "bucket `{}` is read-only through this sidecar (read_only = true); write \
+                     through a sidecar that allows it, or with a NATS client",
+                    self.shared.config.name
+                ),
+            ));
+        }
         let timeout = self.timeout(write.timeout_ms);
         let store = self.store()?;
         if self.shared.client.connection_state() != async_nats::connection::State::Connected {

@@ -38,12 +38,18 @@ pub struct Server {
     path: PathBuf,
     limits: Limits,
     max_connections: usize,
+    allow_uids: Vec<u32>,
+    allow_gids: Vec<u32>,
 }
 
 impl Server {
     /// Binds the socket with the configured mode. A socket file left by a crashed run (nobody
     /// accepts on it) is replaced; one that a live process still serves is left alone.
-    pub async fn bind(config: &SocketConfig, mode: u32) -> Result<Server, BindError> {
+    pub async fn bind(
+        config: &SocketConfig,
+        mode: u32,
+        group: Option<u32>,
+    ) -> Result<Server, BindError> {
         let path = config.path.clone();
         let io = |source| BindError::Io {
             path: path.clone(),
@@ -68,7 +74,10 @@ impl Server {
         ));
         let _ = std::fs::remove_file(&staging);
         let listener = UnixListener::bind(&staging).map_err(io)?;
-        let placed = std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(mode))
+        let placed = std::os::unix::fs::chown(&staging, None, group)
+            .and_then(|()| {
+                std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(mode))
+            })
             .and_then(|()| std::fs::rename(&staging, &path));
         if let Err(err) = placed {
             let _ = std::fs::remove_file(&staging);
@@ -84,6 +93,8 @@ impl Server {
                 idle_timeout: config.idle_timeout,
             },
             max_connections: config.max_connections,
+            allow_uids: config.allow_uids.clone(),
+            allow_gids: config.allow_gids.clone(),
         })
     }
 
@@ -104,8 +115,8 @@ impl Server {
             };
             match accepted {
                 Ok((stream, _)) => {
-                    if active.load(Ordering::Relaxed) >= self.max_connections {
-                        connections.spawn(refuse(stream, self.max_connections));
+                    if let Some(refusal) = self.refusal(&stream, active.load(Ordering::Relaxed)) {
+                        connections.spawn(refuse(stream, refusal));
                         continue;
                     }
                     active.fetch_add(1, Ordering::Relaxed);
@@ -138,19 +149,55 @@ impl Server {
     }
 }
 
-/// Tells a connection over `max_connections` why it is closed, then closes it.
-async fn refuse(mut stream: UnixStream, max_connections: usize) {
-    tracing::warn!(
-        max_connections,
-        "connection refused: socket.max_connections reached"
-    );
-    let error = Error::new(
-        ErrorCode::TooManyConnections,
-        format!(
-            "the sidecar already serves {max_connections} connections (socket.max_connections); \
-             reuse a connection (requests pipeline on one) or raise the limit"
-        ),
-    );
+impl Server {
+    /// Why a new connection may not be served, if it may not: its peer is not allowed, or
+    /// there are too many connections already.
+    fn refusal(&self, stream: &UnixStream, active: usize) -> Option<Error> {
+        if !self.allow_uids.is_empty() || !self.allow_gids.is_empty() {
+            let peer = stream.peer_cred().ok();
+            let allowed = peer.is_some_and(|peer| {
+                self.allow_uids.contains(&peer.uid()) || self.allow_gids.contains(&peer.gid())
+            });
+            if !allowed {
+                let (uid, gid) = (peer.map(|p| p.uid()), peer.map(|p| p.gid()));
+                tracing::warn!(
+                    ?uid,
+                    ?gid,
+                    "connection refused: peer not in socket.allow_uids / allow_gids"
+                );
+                let who = match (uid, gid) {
+                    (Some(uid), Some(gid)) => format!("user {uid} (group {gid})"),
+                    _ => "a peer whose credentials cannot be read".to_string(),
+                };
+                return Some(Error::new(
+                    ErrorCode::Forbidden,
+                    format!(
+                        "{who} may not use this sidecar: not in socket.allow_uids or \
+                         socket.allow_gids"
+                    ),
+                ));
+            }
+        }
+        if active >= self.max_connections {
+            tracing::warn!(
+                max_connections = self.max_connections,
+                "connection refused: socket.max_connections reached"
+            );
+            return Some(Error::new(
+                ErrorCode::TooManyConnections,
+                format!(
+                    "the sidecar already serves {} connections (socket.max_connections); reuse a \
+                     connection (requests pipeline on one) or raise the limit",
+                    self.max_connections
+                ),
+            ));
+        }
+        None
+    }
+}
+
+/// Tells a connection why it is not served, then closes it.
+async fn refuse(mut stream: UnixStream, error: Error) {
     let mut frame = Vec::new();
     encode_error(&mut frame, 0, &error);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {

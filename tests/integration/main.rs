@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod access;
 mod bench;
 mod cli;
 mod consistency;
