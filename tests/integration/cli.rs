@@ -31,10 +31,20 @@ fn assert_exit(output: &Output, code: i32) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_commands_exit_codes_and_json() {
     let nats = NatsServer::start().await;
-    let sidecar = Sidecar::start(&nats.url(), vec![bucket("shop_orders")]).await;
+    let ttl = nearkv::config::BucketConfig {
+        limit_markers: Duration::from_secs(1),
+        ..bucket("ttl")
+    };
+    let sidecar = Sidecar::start(&nats.url(), vec![bucket("shop_orders"), ttl]).await;
     sidecar.synced_client().await;
     let s = sidecar.socket.clone();
     let s = s.as_path();
+
+    // A TTL: stored with the value; refused where the bucket does not allow it.
+    assert_exit(&nearkv(s, &["put", "ttl", "session", "s", "--ttl", "30s"]), 0);
+    let out = nearkv(s, &["put", "shop_orders", "session", "s", "--ttl", "30s"]);
+    assert_exit(&out, 2);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad_request"));
 
     let out = nearkv(s, &["put", "shop_orders", "order-1", "{\"id\":1}"]);
     assert_exit(&out, 0);
@@ -50,6 +60,11 @@ async fn cli_commands_exit_codes_and_json() {
     assert_eq!(json["value"], "{\"id\":1}");
     assert_eq!(json["revision"], r1);
     assert_eq!(json["operation"], "put");
+    // How fresh the answer is: the mirror's revision and age.
+    assert!(json["mirror"]["revision"].as_u64().unwrap() >= r1);
+    assert!(json["mirror"]["age_ms"].is_u64());
+    let out = nearkv(s, &["get", "shop_orders", "order-1", "--allow-stale"]);
+    assert_exit(&out, 0);
 
     // Missing key: exit 1.
     let out = nearkv(s, &["get", "shop_orders", "order-404"]);
