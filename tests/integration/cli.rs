@@ -41,7 +41,10 @@ async fn cli_commands_exit_codes_and_json() {
     let s = s.as_path();
 
     // A TTL: stored with the value; refused where the bucket does not allow it.
-    assert_exit(&nearkv(s, &["put", "ttl", "session", "s", "--ttl", "30s"]), 0);
+    assert_exit(
+        &nearkv(s, &["put", "ttl", "session", "s", "--ttl", "30s"]),
+        0,
+    );
     let out = nearkv(s, &["put", "shop_orders", "session", "s", "--ttl", "30s"]);
     assert_exit(&out, 2);
     assert!(String::from_utf8_lossy(&out.stderr).contains("bad_request"));
