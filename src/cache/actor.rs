@@ -281,8 +281,14 @@ impl Actor {
                 Err(end) => return end,
             };
             if update.resumed {
-                // Check the stream before applying anything from a consumer recreated behind our
-                // back: if the bucket was recreated, its messages must not mix into this mirror.
+                // The consumer was lost (deleted, or NATS restarted) and recreated from the last
+                // delivered revision. Check the stream before applying anything from it: if the
+                // bucket was recreated, its messages must not mix into this mirror.
+                shared.watcher_restarts.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    revision = update.revision,
+                    "the feed's consumer was recreated after a loss; resuming"
+                );
                 match shared.stream_info(&self.shutdown).await {
                     Ok(info) => {
                         if let Some(reason) = self.history_lost(&info) {

@@ -213,3 +213,59 @@ async fn a_watcher_that_never_reads_cannot_grow_the_sidecar_and_ends_slow_consum
     send_raw(&mut slow, &frame(&json!({"id": 99, "op": "ping"}))).await;
     assert_eq!(read_response(&mut slow).await.unwrap()["ok"], true);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_consumer_is_recreated_from_the_last_applied_revision() {
+    let nats = NatsServer::start().await;
+    let sidecar =
+        crate::harness::Sidecar::start(&nats.url(), vec![crate::harness::bucket("c")]).await;
+    let client = sidecar.synced_client().await;
+    client.put("c", "before", b"1").await.unwrap();
+    let restarts_before =
+        metric(&sidecar.http, "nearkv_watcher_restarts_total{bucket=\"c\"}").await;
+
+    // Delete the server-side consumer behind the sidecar's feed, as an operator might by mistake.
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let stream = js.get_stream("KV_c").await.unwrap();
+    let names: Vec<String> = stream.consumer_names().map(|n| n.unwrap()).collect().await;
+    assert_eq!(names.len(), 1, "one consumer: the sidecar's feed");
+    assert!(stream.delete_consumer(&names[0]).await.unwrap().success);
+
+    // Writes by another client keep reaching the mirror, in order, none lost.
+    let other = nats.kv("c").await;
+    let mut last = 0;
+    for i in 0..5 {
+        last = other.put(format!("after{i}"), "v".into()).await.unwrap();
+    }
+    eventually(
+        Duration::from_secs(30),
+        "the mirror to catch up after the loss",
+        || async { client.status(Some("c")).await.unwrap()[0].revision >= last },
+    )
+    .await;
+    let keys = client.keys("c", None, false).await.unwrap();
+    assert_eq!(
+        keys,
+        ["after0", "after1", "after2", "after3", "after4", "before"]
+    );
+    let restarts = metric(&sidecar.http, "nearkv_watcher_restarts_total{bucket=\"c\"}").await;
+    assert!(
+        restarts > restarts_before,
+        "the restart is counted ({restarts_before} -> {restarts})"
+    );
+    println!("consumer deleted: mirror caught up to revision {last}; watcher restarts {restarts}");
+}
+
+/// A metric's value from the sidecar's /metrics, 0 when absent.
+async fn metric(http: &str, series: &str) -> u64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(http).await.unwrap();
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
+        .lines()
+        .find_map(|line| line.strip_prefix(series))
+        .map_or(0, |v| v.trim().parse::<f64>().unwrap() as u64)
+}
