@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, kv};
+use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use super::bucket::Shared;
@@ -134,7 +135,7 @@ impl Actor {
     }
 
     /// Why the mirror cannot resume from its last applied revision, if it cannot.
-    fn history_lost(&self, info: &jetstream::stream::Info) -> Option<String> {
+    async fn history_lost(&self, info: &jetstream::stream::Info) -> Option<String> {
         let mirror = &self.shared.mirror;
         if !mirror.is_synced() {
             return None;
@@ -150,16 +151,41 @@ impl Actor {
                 state.last_sequence
             ));
         }
-        // A filtered mirror's revisions leave gaps anyway (changes outside the filter).
-        let filtered = self.shared.config.filter != ">";
-        if !filtered && state.first_sequence > applied + 1 {
-            return Some(format!(
-                "the stream now starts at revision {}, so revisions after {applied} that the mirror \
-                 never saw were removed (purged, expired or superseded)",
-                state.first_sequence
-            ));
+        if state.first_sequence > applied + 1 {
+            // Messages the mirror never saw are gone. Harmless when each was superseded by a
+            // later message of its key, which the feed still delivers; not when a key the mirror
+            // holds has no message left at all (a purge, or a limit the mirror did not see).
+            return self.keys_without_messages().await;
         }
         None
+    }
+
+    /// A reason to reload, if some live key of the mirror has no message left in the stream.
+    async fn keys_without_messages(&self) -> Option<String> {
+        let store = self.shared.store.get()?;
+        let filter = format!("{}{}", store.prefix, self.shared.config.filter);
+        let mut stored = std::collections::HashSet::new();
+        let mut subjects = match store.stream.info_with_subjects(filter).await {
+            Ok(subjects) => subjects,
+            Err(err) => return Some(format!("cannot list the stream's keys after a gap: {err}")),
+        };
+        while let Some(subject) = subjects.next().await {
+            match subject {
+                Ok((subject, _)) => {
+                    stored.insert(subject.strip_prefix(store.prefix.as_str())?.to_string());
+                }
+                Err(err) => {
+                    return Some(format!("cannot list the stream's keys after a gap: {err}"))
+                }
+            }
+        }
+        let missing = self.shared.mirror.keys(|key| !stored.contains(key)).len();
+        (missing > 0).then(|| {
+            format!(
+                "{missing} keys of the mirror have no message left in the stream: they were removed \
+                 while the mirror was not following"
+            )
+        })
     }
 
     /// Runs one feed until it is lost, a resync is needed or the sidecar shuts down.
@@ -168,7 +194,10 @@ impl Actor {
             Ok(info) => info,
             Err(end) => return end,
         };
-        let resync = resync.or_else(|| self.history_lost(&info));
+        let resync = match resync {
+            Some(reason) => Some(reason),
+            None => self.history_lost(&info).await,
+        };
         let filter = self.shared.config.filter.as_str();
         let start = if resync.is_some() || !self.shared.mirror.is_synced() {
             Start::Snapshot
@@ -291,7 +320,7 @@ impl Actor {
                 );
                 match shared.stream_info(&self.shutdown).await {
                     Ok(info) => {
-                        if let Some(reason) = self.history_lost(&info) {
+                        if let Some(reason) = self.history_lost(&info).await {
                             return FeedEnd::Resync(reason);
                         }
                     }

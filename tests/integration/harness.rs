@@ -337,3 +337,79 @@ impl Drop for SidecarProcess {
         }
     }
 }
+
+/// A loopback TCP proxy in front of a NATS server, to cut the connections through it and refuse
+/// new ones, as a broken network would.
+pub struct Proxy {
+    pub port: u16,
+    /// The token every connection through the proxy ends on; `cut` cancels and replaces it.
+    current: std::sync::Arc<std::sync::Mutex<CancellationToken>>,
+    refusing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(target_port: u16) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("proxy binds");
+        let port = listener.local_addr().expect("proxy address").port();
+        let current = std::sync::Arc::new(std::sync::Mutex::new(CancellationToken::new()));
+        let refusing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let task = {
+            let (current, refusing) = (current.clone(), refusing.clone());
+            tokio::spawn(async move {
+                while let Ok((mut inbound, _)) = listener.accept().await {
+                    if refusing.load(std::sync::atomic::Ordering::SeqCst) {
+                        continue;
+                    }
+                    let cut = current.lock().map(|c| c.clone()).unwrap_or_default();
+                    tokio::spawn(async move {
+                        let Ok(mut outbound) =
+                            tokio::net::TcpStream::connect(("127.0.0.1", target_port)).await
+                        else {
+                            return;
+                        };
+                        tokio::select! {
+                            _ = cut.cancelled() => {}
+                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        }
+                    });
+                }
+            })
+        };
+        Proxy {
+            port,
+            current,
+            refusing,
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Drops every connection through the proxy and, while `refuse` is set, every new one.
+    pub fn cut(&self, refuse: bool) {
+        self.refusing
+            .store(refuse, std::sync::atomic::Ordering::SeqCst);
+        if let Ok(mut token) = self.current.lock() {
+            token.cancel();
+            *token = CancellationToken::new();
+        }
+    }
+
+    /// Lets new connections through again.
+    pub fn heal(&self) {
+        self.refusing
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.cut(true);
+    }
+}
