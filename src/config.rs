@@ -45,6 +45,9 @@ pub struct Config {
 pub struct NatsConfig {
     /// Server URLs; the client fails over between them.
     pub servers: Vec<String>,
+    /// Try `servers` in the order given (the first one first) instead of in random order, e.g.
+    /// to prefer the node on the same host.
+    pub retain_servers_order: bool,
     /// A `.creds` file (JWT and nkey seed).
     pub credentials_file: Option<PathBuf>,
     pub user: Option<String>,
@@ -61,6 +64,7 @@ impl Default for NatsConfig {
     fn default() -> Self {
         NatsConfig {
             servers: vec!["nats://127.0.0.1:4222".to_string()],
+            retain_servers_order: false,
             credentials_file: None,
             user: None,
             password: None,
@@ -321,6 +325,14 @@ impl Config {
         if self.nats.servers.is_empty() {
             return Err(invalid("nats.servers", "give at least one NATS server URL"));
         }
+        for (i, url) in self.nats.servers.iter().enumerate() {
+            if let Err(err) = url.parse::<async_nats::ServerAddr>() {
+                return Err(invalid(
+                    format!("nats.servers[{i}]"),
+                    format!("{url:?} is not a NATS URL such as \"nats://127.0.0.1:4222\": {err}"),
+                ));
+            }
+        }
         if self.nats.token.is_some() && self.nats.user.is_some() {
             return Err(invalid(
                 "nats.token",
@@ -436,6 +448,10 @@ mod tests {
         let defaults = Config::default();
         assert_eq!(example.nats.servers, defaults.nats.servers);
         assert_eq!(example.nats.connection_name, defaults.nats.connection_name);
+        assert_eq!(
+            example.nats.retain_servers_order,
+            defaults.nats.retain_servers_order
+        );
         assert_eq!(example.nats.request_timeout, defaults.nats.request_timeout);
         assert_eq!(example.socket.path, defaults.socket.path);
         assert_eq!(example.socket.mode, defaults.socket.mode);
@@ -491,6 +507,10 @@ mod tests {
         assert!(err.contains("paht"), "{err}");
         let err = parse("[[buckets]]\nname = \"a\"\nhistory = 0").unwrap_err();
         assert!(err.contains("buckets[0].history"), "{err}");
+        let err =
+            parse("[nats]\nservers = [\"nats://a:1\", \"nats://b:x\"]\n[[buckets]]\nname = \"a\"")
+                .unwrap_err();
+        assert!(err.contains("nats.servers[1]"), "{err}");
         let err = parse("").unwrap_err();
         assert!(err.contains("buckets"), "{err}");
         let err = parse("[[buckets]]\nname = \"a\"\nmax_age = \"soon\"").unwrap_err();

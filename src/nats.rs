@@ -32,6 +32,9 @@ pub async fn connect(
     if let Some(token) = &config.token {
         options = options.token(token.clone());
     }
+    if config.retain_servers_order {
+        options = options.retain_servers_order();
+    }
     options = options
         .name(&config.connection_name)
         .request_timeout(Some(config.request_timeout))
@@ -57,7 +60,7 @@ pub async fn connect(
                 }
             }
         });
-    async_nats::connect_with_options(config.servers.join(","), options)
+    async_nats::connect_with_options(config.servers.as_slice(), options)
         .await
         .map_err(|err| ConnectError::Connect(err.to_string()))
 }

@@ -44,16 +44,32 @@ pub struct NatsServer {
     child: Option<Child>,
     pub port: u16,
     store: TempDir,
+    /// More command-line arguments: cluster routes, a config file.
+    extra: Vec<String>,
 }
 
 impl NatsServer {
     pub async fn start() -> NatsServer {
+        NatsServer::start_with(Vec::new()).await
+    }
+
+    /// A server with more arguments. With a config file that requires authentication, use
+    /// [`NatsServer::launch`]: the readiness probe here connects without credentials.
+    pub async fn start_with(extra: Vec<String>) -> NatsServer {
+        let server = NatsServer::launch(free_port(), extra);
+        server.wait_ready().await;
+        server
+    }
+
+    /// Starts the process without waiting for it to serve.
+    pub fn launch(port: u16, extra: Vec<String>) -> NatsServer {
         let mut server = NatsServer {
             child: None,
-            port: free_port(),
+            port,
             store: TempDir::new().expect("temp dir"),
+            extra,
         };
-        server.spawn().await;
+        server.spawn_process();
         server
     }
 
@@ -61,7 +77,7 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
-    async fn spawn(&mut self) {
+    fn spawn_process(&mut self) {
         let child = Command::new(nats_server_bin())
             .args([
                 "-js",
@@ -72,12 +88,22 @@ impl NatsServer {
                 "-sd",
             ])
             .arg(self.store.path())
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("nats-server starts");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
+    }
+
+    async fn spawn(&mut self) {
+        self.spawn_process();
+        self.wait_ready().await;
+    }
+
+    /// Waits until JetStream answers (in a cluster: once it has a meta leader).
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(client) = async_nats::connect(self.url()).await {
                 let js = async_nats::jetstream::new(client);
@@ -411,5 +437,52 @@ impl Drop for Proxy {
     fn drop(&mut self) {
         self.task.abort();
         self.cut(true);
+    }
+}
+
+/// A JetStream cluster of nats-server processes on loopback, routed to each other.
+pub struct NatsCluster {
+    pub nodes: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    pub async fn start(size: usize) -> NatsCluster {
+        let cluster_ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
+        let routes = cluster_ports
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let nodes: Vec<NatsServer> = cluster_ports
+            .iter()
+            .enumerate()
+            .map(|(i, port)| {
+                let extra = [
+                    "--server_name".to_string(),
+                    format!("n{i}"),
+                    "--cluster_name".to_string(),
+                    "nearkv".to_string(),
+                    "--cluster".to_string(),
+                    format!("nats://127.0.0.1:{port}"),
+                    "--routes".to_string(),
+                    routes.clone(),
+                ];
+                NatsServer::launch(free_port(), extra.to_vec())
+            })
+            .collect();
+        for node in &nodes {
+            node.wait_ready().await;
+        }
+        NatsCluster { nodes }
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(NatsServer::url).collect()
+    }
+
+    /// The node whose server name is `name` ("n0", "n1", ...).
+    pub fn node(&mut self, name: &str) -> &mut NatsServer {
+        let index: usize = name.trim_start_matches('n').parse().expect("a node name");
+        &mut self.nodes[index]
     }
 }

@@ -6,6 +6,7 @@ mod harness;
 mod access;
 mod bench;
 mod cli;
+mod cluster;
 mod consistency;
 mod faults;
 mod freshness;
