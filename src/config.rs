@@ -23,6 +23,29 @@ pub enum ConfigError {
     Invalid { field: String, message: String },
 }
 
+/// A password or token: read from the config, handed to NATS, never printed (its `Debug` and
+/// `Display` show `***`), so it cannot reach a log line or an error message.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(secret: impl Into<String>) -> Self {
+        Secret(secret.into())
+    }
+
+    /// The secret itself, for the NATS client only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         field: field.into(),
@@ -51,8 +74,17 @@ pub struct NatsConfig {
     /// A `.creds` file (JWT and nkey seed).
     pub credentials_file: Option<PathBuf>,
     pub user: Option<String>,
-    pub password: Option<String>,
-    pub token: Option<String>,
+    pub password: Option<Secret>,
+    pub token: Option<Secret>,
+    /// A file holding a user nkey seed (`SU...`), for nkey authentication.
+    pub nkey_seed_file: Option<PathBuf>,
+    /// Refuse to talk to NATS without TLS.
+    pub tls_required: bool,
+    /// PEM file of the CA(s) that signed the NATS server's certificate, if not a public one.
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM client certificate and key, for servers that verify clients (mutual TLS).
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
     /// Shown by `nats server report connections`.
     pub connection_name: String,
     /// How long a NATS request (a write, a stream info) may take before it counts as `unavailable`.
@@ -66,6 +98,11 @@ impl Default for NatsConfig {
             servers: vec!["nats://127.0.0.1:4222".to_string()],
             retain_servers_order: false,
             credentials_file: None,
+            nkey_seed_file: None,
+            tls_required: false,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
             user: None,
             password: None,
             token: None,
@@ -333,10 +370,23 @@ impl Config {
                 ));
             }
         }
-        if self.nats.token.is_some() && self.nats.user.is_some() {
+        let methods = [
+            self.nats.credentials_file.is_some(),
+            self.nats.user.is_some(),
+            self.nats.token.is_some(),
+            self.nats.nkey_seed_file.is_some(),
+        ];
+        if methods.iter().filter(|&&m| m).count() > 1 {
             return Err(invalid(
-                "nats.token",
-                "use either token or user/password, not both",
+                "nats",
+                "use one authentication method: credentials_file, user + password, token or \
+                 nkey_seed_file",
+            ));
+        }
+        if self.nats.tls_cert_file.is_some() != self.nats.tls_key_file.is_some() {
+            return Err(invalid(
+                "nats.tls_cert_file",
+                "a client certificate needs its key (tls_key_file), and the other way round",
             ));
         }
         if self.nats.user.is_some() != self.nats.password.is_some() {
@@ -511,6 +561,17 @@ mod tests {
             parse("[nats]\nservers = [\"nats://a:1\", \"nats://b:x\"]\n[[buckets]]\nname = \"a\"")
                 .unwrap_err();
         assert!(err.contains("nats.servers[1]"), "{err}");
+        let err = parse(
+            "[nats]\ntoken = \"t0k3n\"\nuser = \"u\"\npassword = \"pw\"\n[[buckets]]\nname = \"a\"",
+        )
+        .unwrap_err();
+        assert!(err.contains("one authentication method"), "{err}");
+        assert!(!err.contains("t0k3n") && !err.contains("pw"), "{err}");
+        let config = parse("[nats]\ntoken = \"t0k3n\"\n[[buckets]]\nname = \"a\"").unwrap();
+        assert!(
+            !format!("{config:?}").contains("t0k3n"),
+            "secrets never print"
+        );
         let err = parse("").unwrap_err();
         assert!(err.contains("buckets"), "{err}");
         let err = parse("[[buckets]]\nname = \"a\"\nmax_age = \"soon\"").unwrap_err();

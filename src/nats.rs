@@ -27,10 +27,26 @@ pub async fn connect(
         None => ConnectOptions::new(),
     };
     if let (Some(user), Some(password)) = (&config.user, &config.password) {
-        options = options.user_and_password(user.clone(), password.clone());
+        options = options.user_and_password(user.clone(), password.expose().to_string());
     }
     if let Some(token) = &config.token {
-        options = options.token(token.clone());
+        options = options.token(token.expose().to_string());
+    }
+    if let Some(path) = &config.nkey_seed_file {
+        let seed = std::fs::read_to_string(path).map_err(|source| ConnectError::Credentials {
+            path: path.display().to_string(),
+            source,
+        })?;
+        options = options.nkey(seed.trim().to_string());
+    }
+    if let Some(ca) = &config.tls_ca_file {
+        options = options.add_root_certificates(ca.clone());
+    }
+    if let (Some(cert), Some(key)) = (&config.tls_cert_file, &config.tls_key_file) {
+        options = options.add_client_certificate(cert.clone(), key.clone());
+    }
+    if config.tls_required || config.tls_ca_file.is_some() || config.tls_cert_file.is_some() {
+        options = options.require_tls(true);
     }
     if config.retain_servers_order {
         options = options.retain_servers_order();
@@ -67,7 +83,7 @@ pub async fn connect(
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    #[error("cannot read NATS credentials file {path}: {source}")]
+    #[error("cannot read NATS credentials or key file {path}: {source}")]
     Credentials {
         path: String,
         source: std::io::Error,
