@@ -293,7 +293,7 @@ impl Client {
                 Err(err) if attempt >= options.reconnect_attempts => return Err(err),
                 Err(_) => {
                     attempt += 1;
-                    let jitter = wait.mul_f64(random_fraction() / 4.0);
+                    let jitter = wait.mul_f64(crate::random_fraction() / 4.0);
                     tokio::time::sleep(wait + jitter).await;
                     wait = (wait * 2).min(options.reconnect_backoff_max);
                 }
@@ -479,16 +479,6 @@ impl Client {
             ended: false,
         })
     }
-}
-
-/// A number in [0, 1), different on each call: jitter, so that clients that lost the same
-/// sidecar do not all reconnect in step.
-fn random_fraction() -> f64 {
-    use std::hash::{BuildHasher, Hasher};
-    let bits = std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish();
-    (bits >> 11) as f64 / (1u64 << 53) as f64
 }
 
 #[derive(serde::Deserialize)]

@@ -95,3 +95,13 @@ pub async fn serve(config: config::Config, shutdown: CancellationToken) -> Resul
     tracing::info!("nearkv stopped");
     Ok(())
 }
+
+/// A number in [0, 1), different on each call (the standard library's per-instance random hash
+/// keys): jitter for retries, so that peers that failed together do not retry in step.
+pub(crate) fn random_fraction() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let bits = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    (bits >> 11) as f64 / (1u64 << 53) as f64
+}

@@ -73,8 +73,9 @@ impl Actor {
         let base = BACKOFF_MIN
             .saturating_mul(1 << (*attempt).min(6))
             .min(BACKOFF_MAX);
-        let jitter =
-            Duration::from_millis(u64::from(std::process::id() ^ attempt.wrapping_mul(7919)) % 100);
+        // Up to a quarter more, drawn afresh each time, so that sidecars that lost NATS together
+        // do not all come back in step.
+        let jitter = base.mul_f64(crate::random_fraction() / 4.0);
         *attempt += 1;
         tokio::select! {
             _ = self.shutdown.cancelled() => false,
