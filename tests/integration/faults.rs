@@ -9,7 +9,7 @@ use futures::StreamExt;
 use nearkv::client::{ClientError, ClientOptions};
 use serde_json::json;
 
-use crate::harness::{eventually, NatsServer, SidecarProcess};
+use crate::harness::{eventually, metric, NatsServer, SidecarProcess};
 use crate::raw_socket::{frame, read_response, send_raw};
 
 /// What a writer saw of each of its writes.
@@ -256,20 +256,6 @@ async fn a_deleted_consumer_is_recreated_from_the_last_applied_revision() {
     println!("consumer deleted: mirror caught up to revision {last}; watcher restarts {restarts}");
 }
 
-/// A metric's value from the sidecar's /metrics, 0 when absent.
-async fn metric(http: &str, series: &str) -> u64 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(http).await.unwrap();
-    let request = format!("GET /metrics HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    response
-        .lines()
-        .find_map(|line| line.strip_prefix(series))
-        .map_or(0, |v| v.trim().parse::<f64>().unwrap() as u64)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_nats_connection_heals_without_a_restart_and_loses_no_change() {
     let nats = NatsServer::start().await;
@@ -314,7 +300,7 @@ async fn a_cut_nats_connection_heals_without_a_restart_and_loses_no_change() {
         }
     }
     assert_eq!(seen, written);
-    let reconnects = metric(&sidecar.http, "nearkv_nats_reconnects_total ").await;
+    let reconnects = metric(&sidecar.http, "nearkv_nats_reconnects_total").await;
     assert!(reconnects >= 1, "the reconnect is counted");
     // Writes through the sidecar work again.
     eventually(Duration::from_secs(10), "writes to work again", || async {

@@ -9,7 +9,9 @@ use nearkv::client::{Client, WatchEvent};
 use nearkv::protocol::{Consistency, Operation, ReadOptions, WriteOptions};
 use nearkv::ErrorCode;
 
-use crate::harness::{bucket, eventually, NatsServer, Sidecar};
+use crate::harness::{bucket, eventually, http_get, metric, NatsServer, Sidecar};
+
+const FETCHES: &str = "nearkv_strong_read_fetches_total{bucket=\"st\"}";
 
 fn unix_nanos() -> i64 {
     SystemTime::now()
@@ -339,9 +341,9 @@ async fn stale_reads_fail_past_max_staleness_unless_allowed() {
     assert_eq!(client.keys("s", None, true).await.unwrap(), ["k"]);
     // A bucket without max_staleness stays fail-static.
     assert!(client.get("relaxed", "k").await.unwrap().is_some());
-    let response = reqwest_like_get(&sidecar.http, "/readyz").await;
-    assert!(response.starts_with("HTTP/1.1 503"), "{response}");
-    assert!(response.contains("max_staleness"), "{response}");
+    let (code, body) = http_get(&sidecar.http, "/readyz").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("max_staleness"), "{body}");
 
     nats.restart().await;
     eventually(Duration::from_secs(30), "fresh reads again", || async {
@@ -349,17 +351,6 @@ async fn stale_reads_fail_past_max_staleness_unless_allowed() {
     })
     .await;
     assert!(!client.status(Some("s")).await.unwrap()[0].stale);
-}
-
-/// A plain HTTP/1.1 GET, returning the whole response.
-async fn reqwest_like_get(address: &str, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    response
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -372,7 +363,7 @@ async fn concurrent_strong_reads_share_their_nats_requests() {
         consistency: Consistency::Strong,
         ..ReadOptions::default()
     };
-    let before = strong_read_fetches(&sidecar.http).await;
+    let before = metric(&sidecar.http, FETCHES).await;
     const READS: usize = 200;
     let mut revisions = BTreeMap::new();
     for round in 0..3 {
@@ -390,18 +381,10 @@ async fn concurrent_strong_reads_share_their_nats_requests() {
             *revisions.entry(entry.revision).or_insert(0) += 1;
         }
     }
-    let fetches = strong_read_fetches(&sidecar.http).await - before;
+    let fetches = metric(&sidecar.http, FETCHES).await - before;
     assert!(
         fetches < (3 * READS / 4) as u64,
         "{} strong reads made {fetches} NATS requests",
         3 * READS
     );
-}
-
-async fn strong_read_fetches(http: &str) -> u64 {
-    let metrics = reqwest_like_get(http, "/metrics").await;
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix("nearkv_strong_read_fetches_total{bucket=\"st\"} "))
-        .map_or(0, |n| n.trim().parse().unwrap())
 }

@@ -486,3 +486,41 @@ impl NatsCluster {
         &mut self.nodes[index]
     }
 }
+
+/// A plain HTTP/1.1 GET; returns the status code and body.
+pub async fn http_get(address: &str, path: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("HTTP endpoint reachable");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes())
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut response),
+    )
+    .await
+    .expect("HTTP response in time")
+    .unwrap();
+    let response = String::from_utf8_lossy(&response).to_string();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("an HTTP status line");
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    // Bodies may be chunked; the tests only search them for lines and names.
+    (status, body.to_string())
+}
+
+/// One series' value from a sidecar's /metrics, e.g. `nearkv_watcher_restarts_total{bucket="c"}`;
+/// 0 when absent.
+pub async fn metric(http: &str, series: &str) -> u64 {
+    let (_, body) = http_get(http, "/metrics").await;
+    body.lines()
+        .find_map(|line| line.strip_prefix(series))
+        .and_then(|value| value.trim().parse::<f64>().ok())
+        .map_or(0, |value| value as u64)
+}

@@ -6,32 +6,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use nearkv::protocol::WriteOptions;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::harness::{bucket, eventually, NatsServer, Sidecar};
-
-/// A plain HTTP/1.1 GET; returns the status code and body.
-async fn http_get(address: &str, path: &str) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(address)
-        .await
-        .expect("HTTP endpoint reachable");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
-        .await
-        .expect("HTTP response in time")
-        .unwrap();
-    let response = String::from_utf8_lossy(&response).to_string();
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("an HTTP status line");
-    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    // Bodies may be chunked; the tests only search them for lines and names.
-    (status, body.to_string())
-}
+use crate::harness::{bucket, eventually, http_get, NatsServer, Sidecar};
 
 /// The value of one sample, e.g. `nearkv_requests_total{bucket="m",op="put"}`; 0 when absent.
 fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
