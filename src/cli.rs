@@ -306,11 +306,7 @@ async fn client_command(
         } => {
             let read = ReadOptions {
                 min_revision,
-                consistency: if strong {
-                    Consistency::Strong
-                } else {
-                    Consistency::Cached
-                },
+                consistency: Consistency::strong_if(strong),
                 timeout_ms,
                 allow_stale,
             };

@@ -28,11 +28,7 @@ fn read_options() -> impl Strategy<Value = ReadOptions> {
         .prop_map(
             |(min_revision, strong, timeout_ms, allow_stale)| ReadOptions {
                 min_revision,
-                consistency: if strong {
-                    Consistency::Strong
-                } else {
-                    Consistency::Cached
-                },
+                consistency: Consistency::strong_if(strong),
                 timeout_ms,
                 allow_stale,
             },

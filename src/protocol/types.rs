@@ -69,6 +69,15 @@ pub enum Consistency {
 }
 
 impl Consistency {
+    /// `Strong` when `strong`, else `Cached`: for flags such as the CLI's `--strong`.
+    pub fn strong_if(strong: bool) -> Self {
+        if strong {
+            Consistency::Strong
+        } else {
+            Consistency::Cached
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Consistency::Cached => "cached",
