@@ -34,6 +34,9 @@ pub(crate) struct Actor {
     /// Values that expire, by expiry time (Unix ns) and revision. A value replaced since stays
     /// listed until due, and is then skipped because its revision no longer matches.
     pub(crate) expiring: BTreeMap<ExpiryKey, String>,
+    /// Why the mirror must be reloaded from a fresh snapshot; kept until a reload succeeds, so
+    /// that a feed lost halfway through one does not forget it.
+    pub(crate) resync: Option<String>,
 }
 
 /// Tracks the expiry of a value just applied, and forgets the one of the value it replaced.
@@ -109,13 +112,12 @@ impl Actor {
             self.shutdown.clone(),
         ));
         attempt = 0;
-        let mut resync = None;
         loop {
-            match self.run_feed(&store, resync.take()).await {
+            match self.run_feed(&store).await {
                 FeedEnd::Shutdown => return,
                 FeedEnd::Resync(reason) => {
                     tracing::warn!(%reason, applied = self.shared.mirror.applied(), "reloading the mirror from a fresh snapshot");
-                    resync = Some(reason);
+                    self.resync = Some(reason);
                 }
                 FeedEnd::Lost(reason) => {
                     self.shared.watcher_restarts.fetch_add(1, Ordering::Relaxed);
@@ -190,17 +192,16 @@ impl Actor {
     }
 
     /// Runs one feed until it is lost, a resync is needed or the sidecar shuts down.
-    async fn run_feed(&mut self, store: &kv::Store, resync: Option<String>) -> FeedEnd {
+    async fn run_feed(&mut self, store: &kv::Store) -> FeedEnd {
         let info = match self.shared.stream_info(&self.shutdown).await {
             Ok(info) => info,
             Err(end) => return end,
         };
-        let resync = match resync {
-            Some(reason) => Some(reason),
-            None => self.history_lost(&info).await,
-        };
+        if self.resync.is_none() {
+            self.resync = self.history_lost(&info).await;
+        }
         let filter = self.shared.config.filter.as_str();
-        let start = if resync.is_some() || !self.shared.mirror.is_synced() {
+        let start = if self.resync.is_some() || !self.shared.mirror.is_synced() {
             Start::Snapshot
         } else {
             Start::From(self.shared.mirror.applied() + 1)
@@ -215,7 +216,7 @@ impl Actor {
         };
         if let Start::Snapshot = start {
             self.shared.resyncing.store(true, Ordering::Relaxed);
-            let loaded = self.load_snapshot(&mut feed, &info, resync).await;
+            let loaded = self.load_snapshot(&mut feed, &info).await;
             self.shared.resyncing.store(false, Ordering::Relaxed);
             if let Some(end) = loaded {
                 return end;
@@ -230,7 +231,6 @@ impl Actor {
         &mut self,
         feed: &mut Feed,
         info: &jetstream::stream::Info,
-        reason: Option<String>,
     ) -> Option<FeedEnd> {
         let target = info.state.last_sequence;
         let filtered = self.shared.config.filter != ">";
@@ -274,7 +274,7 @@ impl Actor {
         self.shared.mirror.confirm(Instant::now());
         self.expiring = expiring;
         let revision = self.shared.mirror.applied();
-        match reason {
+        match self.resync.take() {
             Some(reason) => tracing::warn!(keys, revision, %reason, "mirror rebuilt"),
             None => tracing::info!(keys, revision, "mirror synced"),
         }

@@ -130,6 +130,7 @@ impl Bucket {
             shared: shared.clone(),
             shutdown,
             expiring: Default::default(),
+            resync: None,
         };
         let span = tracing::info_span!("bucket", bucket = %shared.config.name);
         let task = tokio::spawn(tracing::Instrument::instrument(actor.run(), span));
