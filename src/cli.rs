@@ -490,6 +490,15 @@ fn ago(then: i64, now: i64) -> String {
     }
 }
 
+/// Time since NATS last confirmed the mirror current, marked when past `max_staleness`.
+fn freshness(age_ms: Option<u64>, stale: bool) -> String {
+    match age_ms {
+        None => "-".to_string(),
+        Some(ms) if stale => format!("{:.1}s(stale)", ms as f64 / 1000.0),
+        Some(ms) => format!("{:.1}s", ms as f64 / 1000.0),
+    }
+}
+
 fn status_table(buckets: &[BucketStatus], now: i64) -> String {
     let mut rows = vec![[
         "BUCKET",
@@ -497,6 +506,7 @@ fn status_table(buckets: &[BucketStatus], now: i64) -> String {
         "SIZE",
         "REVISION",
         "LAG",
+        "AGE",
         "SYNCED",
         "NATS",
         "LAST UPDATE",
@@ -509,6 +519,7 @@ fn status_table(buckets: &[BucketStatus], now: i64) -> String {
             human_bytes(b.bytes),
             b.revision.to_string(),
             b.lag.to_string(),
+            freshness(b.age_ms, b.stale),
             if b.synced { "yes" } else { "no" }.to_string(),
             if b.connected {
                 "connected"
@@ -519,7 +530,7 @@ fn status_table(buckets: &[BucketStatus], now: i64) -> String {
             ago(b.last_update, now),
         ]);
     }
-    let widths: Vec<usize> = (0..8)
+    let widths: Vec<usize> = (0..9)
         .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
         .collect();
     rows.iter()
@@ -617,6 +628,7 @@ mod tests {
                 "KiB",
                 "10",
                 "2",
+                "0.4s",
                 "yes",
                 "connected",
                 "1m15s"
@@ -624,5 +636,7 @@ mod tests {
         );
         assert_eq!(human_bytes(10), "10 B");
         assert_eq!(ago(0, now), "never");
+        assert_eq!(freshness(Some(12_340), true), "12.3s(stale)");
+        assert_eq!(freshness(None, false), "-");
     }
 }
