@@ -48,6 +48,7 @@ pub struct Metrics {
     cache_misses: IntCounterVec,
     write_conflicts: IntCounterVec,
     pub connections: IntGauge,
+    connections_refused: IntCounterVec,
     pub watches: IntGauge,
     watch_delivered: IntCounterVec,
     watch_dropped: IntCounterVec,
@@ -123,6 +124,12 @@ impl Metrics {
                     "nearkv_socket_connections",
                     "Open client connections on the socket.",
                 ),
+            ),
+            connections_refused: counter(
+                "nearkv_connections_refused_total",
+                "Connections refused on accept or closed by the server, by error code \
+                 (too_many_connections, forbidden, idle_timeout, frame_too_large).",
+                &["code"],
             ),
             watches: registered(
                 r,
@@ -212,6 +219,13 @@ impl Metrics {
                     .inc_by(misses);
             }
         }
+    }
+
+    /// Counts a connection the server refused or closed, by the code it was sent.
+    pub fn connection_refused(&self, code: ErrorCode) {
+        self.connections_refused
+            .with_label_values(&[code.as_str()])
+            .inc();
     }
 
     pub fn watch_delivered(&self, bucket: &str) -> IntCounter {

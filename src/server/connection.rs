@@ -133,6 +133,7 @@ impl Connection {
                             ),
                         );
                         encode_error(batch, 0, &error);
+                        self.ctx.metrics.connection_refused(error.code);
                         return true;
                     }
                     frames_since_check = 0;
@@ -152,6 +153,7 @@ impl Connection {
                         ),
                     );
                     encode_error(batch, 0, &error);
+                    self.ctx.metrics.connection_refused(error.code);
                     return true;
                 }
                 Err(err) => {

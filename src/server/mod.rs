@@ -116,6 +116,7 @@ impl Server {
             match accepted {
                 Ok((stream, _)) => {
                     if let Some(refusal) = self.refusal(&stream, active.load(Ordering::Relaxed)) {
+                        ctx.metrics.connection_refused(refusal.code);
                         connections.spawn(refuse(stream, refusal));
                         continue;
                     }

@@ -94,6 +94,14 @@ async fn each_limit_answers_with_its_error_and_spares_the_other_clients() {
         (json!(0), json!("idle_timeout"))
     );
     expect_closed(&mut idle).await;
+    // Each refusal is counted for operators.
+    for code in ["too_many_connections", "idle_timeout"] {
+        let series = format!("nearkv_connections_refused_total{{code=\"{code}\"}}");
+        assert!(
+            crate::harness::metric(&sidecar.http, &series).await >= 1,
+            "{series}"
+        );
+    }
     // The client that kept its connection busy was never disturbed (its own idle time aside).
     drop(client);
     let client = sidecar.client().await;
