@@ -172,6 +172,17 @@ impl Metrics {
             };
             metrics.by_bucket.insert(bucket.to_string(), resolved);
         }
+        // Exported at 0 from the start, so that rates and alerts on them work before the first.
+        for code in [
+            ErrorCode::TooManyConnections,
+            ErrorCode::Forbidden,
+            ErrorCode::IdleTimeout,
+            ErrorCode::FrameTooLarge,
+        ] {
+            metrics
+                .connections_refused
+                .with_label_values(&[code.as_str()]);
+        }
         let process = prometheus::process_collector::ProcessCollector::for_self();
         let _ = metrics.registry.register(Box::new(process));
         Arc::new(metrics)
