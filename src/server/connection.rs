@@ -128,8 +128,9 @@ impl Connection {
                         let error = Error::new(
                             ErrorCode::IdleTimeout,
                             format!(
-                                "no request for {} s; the connection is closed: reconnect when needed",
-                                idle.as_secs()
+                                "no request for {} (socket.idle_timeout); the connection is closed: \
+                                 reconnect when needed",
+                                humantime::format_duration(idle)
                             ),
                         );
                         encode_error(batch, 0, &error);
