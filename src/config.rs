@@ -492,6 +492,25 @@ mod tests {
     }
 
     #[test]
+    fn the_kubernetes_example_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes/configmap.yaml");
+        let yaml = std::fs::read_to_string(path).expect("configmap reads");
+        // The block scalar under `nearkv.toml: |`, indented by four spaces.
+        let toml: String = yaml
+            .lines()
+            .skip_while(|line| !line.trim_start().starts_with("nearkv.toml: |"))
+            .skip(1)
+            .take_while(|line| line.is_empty() || line.starts_with("    "))
+            .map(|line| format!("{}\n", line.get(4..).unwrap_or("")))
+            .collect();
+        let config = parse(&toml).unwrap_or_else(|e| panic!("configmap's nearkv.toml: {e}"));
+        assert_eq!(
+            config.buckets[0].max_staleness,
+            Some(Duration::from_secs(30))
+        );
+    }
+
+    #[test]
     fn the_documented_example_lists_every_default() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/nearkv.toml");
         let example = Config::from_file(&path).expect("example parses");
