@@ -307,6 +307,12 @@ pub struct BucketConfig {
     pub limit_markers: Duration,
     /// Refuse writes through this sidecar with `forbidden`; reads and watches work as usual.
     pub read_only: bool,
+    /// How often an idle mirror asks NATS for the stream's state: it confirms the mirror current
+    /// (the `age_ms` of reads) and notices a purged or recreated bucket. A mirror that hears from
+    /// its feed asks only every fifth time. One stream-info request per bucket per interval at
+    /// most: raise it for many buckets or many sidecars.
+    #[serde(with = "humantime_serde")]
+    pub check_interval: Duration,
     /// Fail cached reads with `stale` once NATS last confirmed the mirror current longer ago
     /// than this. Unset: serve what the mirror has for as long as NATS is away (fail-static).
     #[serde(with = "humantime_serde", default)]
@@ -326,6 +332,7 @@ impl Default for BucketConfig {
             replicas: 1,
             limit_markers: Duration::ZERO,
             read_only: false,
+            check_interval: Duration::from_secs(1),
             max_staleness: None,
         }
     }
@@ -459,6 +466,12 @@ impl Config {
                     field("max_staleness"),
                     "must be at least 200ms: the mirror is confirmed current four times per \
                      max_staleness, and each confirmation is a NATS round trip",
+                ));
+            }
+            if bucket.check_interval < Duration::from_millis(50) {
+                return Err(invalid(
+                    field("check_interval"),
+                    "must be at least 50ms: each check is a NATS request",
                 ));
             }
             if !bucket.limit_markers.is_zero() && bucket.limit_markers < Duration::from_secs(1) {

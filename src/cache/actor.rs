@@ -433,12 +433,18 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-/// Asks NATS about the stream every `check_every`: confirms the mirror current when the stream
-/// holds nothing it lacks, keeps `server_revision` and `max_age` current, and requests a resync
-/// when the bucket was recreated, went backwards, or lost messages the mirror still serves.
+/// Asks NATS about the stream every `check_every` (every fifth time while the feed itself keeps
+/// confirming the mirror): confirms the mirror current when the stream holds nothing it lacks,
+/// keeps `server_revision` and `max_age` current, and requests a resync when the bucket was
+/// recreated, went backwards, or lost messages the mirror still serves.
 /// Failures (NATS away) are simply retried next time: the mirror keeps serving what it has.
 async fn check_stream(shared: Arc<Shared>, store: kv::Store, shutdown: CancellationToken) {
-    let mut ticks = tokio::time::interval(shared.check_every());
+    /// A mirror its feed keeps confirming is still checked every this many intervals, for the
+    /// purges and recreations no feed message shows.
+    const FULL_CHECK_EVERY: u32 = 5;
+    let every = shared.check_every();
+    let mut ticks = tokio::time::interval(every);
+    let mut since_check = 0;
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let filtered = shared.config.filter != ">";
     let subject = format!("{}{}", store.prefix, shared.config.filter);
@@ -450,6 +456,13 @@ async fn check_stream(shared: Arc<Shared>, store: kv::Store, shutdown: Cancellat
             _ = ticks.tick() => {}
         }
         let mirror = &shared.mirror;
+        since_check += 1;
+        // Recent enough that it cannot be this checker's own confirmation of one interval ago.
+        let confirmed_by_feed = mirror.age().is_some_and(|age| age < every / 2);
+        if confirmed_by_feed && since_check < FULL_CHECK_EVERY {
+            continue;
+        }
+        since_check = 0;
         let applied_before = mirror.applied();
         let sent = Instant::now();
         let Ok(info) = store.stream.get_info().await else {

@@ -89,10 +89,10 @@ impl Shared {
         self.resync_reason.lock().ok().and_then(|mut r| r.take())
     }
 
-    /// How often the checker asks NATS about the stream: every second, or four times per
+    /// How often the checker may ask NATS about the stream: `check_interval`, or four times per
     /// `max_staleness` when that is shorter, so that a healthy mirror never reads as stale.
     pub(crate) fn check_every(&self) -> Duration {
-        let every = Duration::from_secs(1);
+        let every = self.config.check_interval;
         match self.config.max_staleness {
             Some(max) => every.min(max / 4).max(Duration::from_millis(50)),
             None => every,
