@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::bucket::Shared;
 use super::feed::{Feed, Start, Update};
 use super::mirror::{unix_nanos, Applied, ExpiryKey, Staging};
+use super::strong::last_revision;
 use crate::nats::open_bucket;
 use crate::protocol::{Entry, Operation};
 
@@ -508,15 +509,10 @@ async fn check_stream(shared: Arc<Shared>, store: kv::Store, shutdown: Cancellat
         }
         let mut latest = state.last_sequence;
         if filtered && latest > mirror.applied() {
-            latest = match store.stream.get_last_raw_message_by_subject(&subject).await {
-                Ok(message) => message.sequence,
-                Err(err)
-                    if err.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
-                {
-                    0
-                }
-                Err(_) => continue,
+            let Ok(filter_latest) = last_revision(&store, &subject).await else {
+                continue;
             };
+            latest = filter_latest;
         }
         if latest <= mirror.applied() {
             mirror.confirm(sent);

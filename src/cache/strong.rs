@@ -85,7 +85,7 @@ impl StrongReads {
 /// The latest revision among the subjects `subject` matches, asked of the stream leader: the
 /// stream's last sequence for the whole bucket; for a filter, the last message on it (a filtered
 /// mirror never sees the revisions outside its filter, so it must not wait for them).
-async fn last_revision(store: &kv::Store, subject: &str) -> Result<u64> {
+pub(crate) async fn last_revision(store: &kv::Store, subject: &str) -> Result<u64> {
     let unavailable = |err: &dyn std::fmt::Display| {
         Error::new(
             ErrorCode::Unavailable,

@@ -125,20 +125,28 @@ async fn killing_the_stream_leader_loses_no_acknowledged_write_and_mirrors_match
         .unwrap_or_default();
 
     // Every acknowledged write is on the server (asked of any node, as a plain NATS client).
-    let kv = js.get_key_value("cl").await.unwrap();
+    // The checks below are this test's own NATS reads: the cluster may still be settling after the
+    // restart, so each is retried for a while (the sidecars are not involved).
+    let kv = settled(|| js.get_key_value("cl")).await;
     let mut lost = Vec::new();
     for (key, (rev, value)) in &acknowledged {
-        match kv.entry(key).await.unwrap() {
+        match settled(|| kv.entry(key)).await {
             Some(e) if e.revision == *rev && e.value == value.as_bytes() => {}
             other => lost.push(format!("{key}@{rev}: NATS has {other:?}")),
         }
     }
     // Both mirrors equal the server's state, key for key.
-    let server_last = stream.info().await.unwrap().state.last_sequence;
-    let mut server_keys: Vec<String> = {
+    let server_last = settled(|| js.get_stream("KV_cl"))
+        .await
+        .cached_info()
+        .state
+        .last_sequence;
+    let mut server_keys: Vec<String> = settled(|| async {
         use futures::TryStreamExt;
-        kv.keys().await.unwrap().try_collect().await.unwrap()
-    };
+        let keys = kv.keys().await.map_err(|e| e.to_string())?;
+        keys.try_collect().await.map_err(|e| e.to_string())
+    })
+    .await;
     server_keys.sort();
     let mut diverged = Vec::new();
     for (i, sidecar) in sidecars.iter().enumerate() {
@@ -151,7 +159,7 @@ async fn killing_the_stream_leader_loses_no_acknowledged_write_and_mirrors_match
         let keys: Vec<&str> = server_keys.iter().map(String::as_str).collect();
         let entries = client.mget("cl", &keys, read).await.unwrap();
         for (key, entry) in keys.iter().zip(entries) {
-            let server = kv.entry(*key).await.unwrap();
+            let server = settled(|| kv.entry(*key)).await;
             let same = match (&entry, &server) {
                 (Some(m), Some(s)) => m.revision == s.revision && m.value == s.value,
                 _ => false,
@@ -183,4 +191,21 @@ async fn killing_the_stream_leader_loses_no_acknowledged_write_and_mirrors_match
     assert!(diverged.is_empty(), "{diverged:?}");
     assert_eq!(read_failures.load(Ordering::Relaxed), 0);
     assert!(acknowledged.len() > 100, "the load ran");
+}
+
+/// Retries one of the test's own NATS requests until it succeeds, for up to 30 s.
+async fn settled<T, E: std::fmt::Debug, F: std::future::Future<Output = Result<T, E>>>(
+    mut request: impl FnMut() -> F,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match request().await {
+            Ok(value) => return value,
+            Err(err) if Instant::now() < deadline => {
+                eprintln!("retrying a NATS request while the cluster settles: {err:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(err) => panic!("NATS did not answer within 30 s: {err:?}"),
+        }
+    }
 }
