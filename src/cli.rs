@@ -26,8 +26,9 @@ pub struct Cli {
     /// The sidecar's Unix socket [default: the config's socket.path for serve, /tmp/nearkv.sock otherwise]
     #[arg(long, global = true, env = "NEARKV_SOCKET")]
     pub socket: Option<PathBuf>,
-    /// Print JSON for scripts (errors too, on stderr).
-    #[arg(long, global = true)]
+    /// Client commands: print JSON for scripts (errors too, on stderr). Give it before the command:
+    /// `nearkv --json get BUCKET KEY`.
+    #[arg(long)]
     pub json: bool,
     #[command(subcommand)]
     pub command: Command,
@@ -39,7 +40,9 @@ pub enum Command {
     Serve(ServeArgs),
     /// Print a key's value (raw bytes); exit 1 if the key is absent or deleted.
     Get {
+        /// The bucket, one the sidecar mirrors (see `nearkv status`).
         bucket: String,
+        /// The key, e.g. `order-1` or `orders.eu.1`.
         key: String,
         /// Wait until the mirror has applied at least this revision.
         #[arg(long)]
@@ -56,8 +59,11 @@ pub enum Command {
     },
     /// Store a value and print its revision. VALUE `-` reads standard input.
     Put {
+        /// The bucket, one the sidecar mirrors.
         bucket: String,
+        /// The key, e.g. `order-1` or `orders.eu.1`.
         key: String,
+        /// The value, stored as these bytes; `-` reads them from standard input.
         value: String,
         /// Compare-and-set: 0 = the key must be absent or deleted, N = its revision must be N.
         #[arg(long)]
@@ -69,21 +75,27 @@ pub enum Command {
     },
     /// Delete a key (a delete marker; history is kept) and print the marker's revision.
     Delete {
+        /// The bucket, one the sidecar mirrors.
         bucket: String,
+        /// The key to delete.
         key: String,
         #[arg(long)]
         expect_revision: Option<u64>,
     },
     /// Purge a key's history, leaving a purge marker, and print the marker's revision.
     Purge {
+        /// The bucket, one the sidecar mirrors.
         bucket: String,
+        /// The key whose history to purge.
         key: String,
         #[arg(long)]
         expect_revision: Option<u64>,
     },
     /// List live keys, sorted, optionally matching a NATS wildcard filter such as `orders.>`.
     Keys {
+        /// The bucket, one the sidecar mirrors.
         bucket: String,
+        /// A NATS wildcard filter: `*` one token, a final `>` the rest (default: every key).
         filter: Option<String>,
         /// Answer even if the mirror is older than the bucket's max_staleness.
         #[arg(long)]
@@ -91,7 +103,9 @@ pub enum Command {
     },
     /// Print the bucket's live entries, then every change, until interrupted.
     Watch {
+        /// The bucket, one the sidecar mirrors.
         bucket: String,
+        /// A NATS wildcard filter: `*` one token, a final `>` the rest (default: every key).
         filter: Option<String>,
         /// Only changes from now on, without the current values.
         #[arg(long)]
@@ -111,6 +125,7 @@ pub enum Command {
     },
     /// Show the mirrors' state, like `nats kv ls`.
     Status {
+        /// One bucket (default: every bucket the sidecar mirrors).
         bucket: Option<String>,
         /// Refresh every second until interrupted.
         #[arg(long)]
@@ -245,8 +260,10 @@ async fn serve(args: ServeArgs, socket: Option<PathBuf>) -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log.level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only for a terminal: logs sent to a file or a collector stay plain text.
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match config.log.format {
         LogFormat::Text => logs.init(),
@@ -290,11 +307,12 @@ async fn client_command(
     command: Command,
     socket: &std::path::Path,
     output: &Output,
-) -> Result<ExitCode, ClientError> {
+) -> Result<ExitCode, Failure> {
     let client = Client::connect(socket).await?;
     match command {
+        // `run` handles these before it gets here.
         Command::Serve(_) | Command::Bench(_) | Command::BenchRawServer { .. } => {
-            not_a_client_command()
+            Ok(ExitCode::from(EXIT_ERROR))
         }
         Command::Get {
             bucket,
@@ -327,7 +345,10 @@ async fn client_command(
                     if output.json {
                         output.line(&json!({ "entry": null, "mirror": mirror }));
                     }
-                    eprintln!("nearkv: key `{key}` not found in bucket `{bucket}`");
+                    eprintln!(
+                        "nearkv: not_found: key `{}` not found in bucket `{bucket}`",
+                        crate::keys::quote(&key)
+                    );
                     Ok(ExitCode::from(EXIT_NOT_FOUND))
                 }
             }
@@ -341,9 +362,9 @@ async fn client_command(
         } => {
             let value = if value == "-" {
                 let mut buf = Vec::new();
-                std::io::stdin().read_to_end(&mut buf).map_err(|e| {
-                    ClientError::Protocol(format!("cannot read standard input: {e}"))
-                })?;
+                std::io::stdin()
+                    .read_to_end(&mut buf)
+                    .map_err(|e| Failure::Input(format!("cannot read standard input: {e}")))?;
                 buf
             } else {
                 value.into_bytes()
@@ -411,7 +432,8 @@ async fn client_command(
                     )),
                 }
             }
-            Ok(ExitCode::SUCCESS)
+            // Only the sidecar ends a watch this command started (Ctrl-C ends the process).
+            Err(Failure::WatchEnded)
         }
         Command::Status { bucket, watch } => loop {
             let buckets = client.status(bucket.as_deref()).await?;
@@ -430,10 +452,6 @@ async fn client_command(
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         },
     }
-}
-
-fn not_a_client_command() -> Result<ExitCode, ClientError> {
-    Err(ClientError::Protocol("not a client command".to_string()))
 }
 
 /// An entry as JSON: `value` is the text when it is UTF-8, else `value_base64` holds the bytes.
@@ -576,21 +594,46 @@ impl Output {
         }
     }
 
-    fn error(&self, err: &ClientError) {
+    /// One line on stderr: `nearkv: <code>: <message>`, or with `--json` an `error` object with
+    /// the same code.
+    fn error(&self, failure: &Failure) {
+        let (code, message, server) = match failure {
+            Failure::Client(err) => (err.code(), err.message(), err.server_error()),
+            Failure::Input(message) => ("input", message.clone(), None),
+            Failure::WatchEnded => (
+                "unavailable",
+                "the sidecar ended the watch (it is shutting down); watch again once it is back"
+                    .to_string(),
+                None,
+            ),
+        };
         if self.json {
-            let error = match err.server_error() {
-                Some(e) => json!({
-                    "code": e.code.as_str(),
-                    "message": e.message,
-                    "current_revision": e.current_revision,
-                    "revision": e.revision,
-                }),
-                None => json!({ "code": "client", "message": err.to_string() }),
-            };
+            let error = json!({
+                "code": code,
+                "message": message,
+                "current_revision": server.and_then(|e| e.current_revision),
+                "revision": server.and_then(|e| e.revision),
+                "sent": server.and_then(|e| e.sent),
+            });
             eprintln!("{}", json!({ "error": error }));
         } else {
-            eprintln!("nearkv: {}", err.to_string().replace('\n', " "));
+            eprintln!("nearkv: {code}: {}", message.replace('\n', " "));
         }
+    }
+}
+
+/// Why a client command failed.
+enum Failure {
+    Client(ClientError),
+    /// Standard input could not be read (`put ... -`).
+    Input(String),
+    /// The sidecar ended a watch that the user did not stop.
+    WatchEnded,
+}
+
+impl From<ClientError> for Failure {
+    fn from(err: ClientError) -> Self {
+        Failure::Client(err)
     }
 }
 

@@ -47,6 +47,26 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// The documented code: the server's error code, or for failures on this side
+    /// `cannot_connect` (no sidecar answers at the socket), `connection_lost` (the connection
+    /// closed before the answer) and `protocol` (an answer this client cannot read).
+    pub fn code(&self) -> &'static str {
+        match self {
+            ClientError::Server(err) => err.code.as_str(),
+            ClientError::Connect { .. } => "cannot_connect",
+            ClientError::Closed => "connection_lost",
+            ClientError::Protocol(_) => "protocol",
+        }
+    }
+
+    /// What went wrong, without the code.
+    pub fn message(&self) -> String {
+        match self {
+            ClientError::Server(err) => err.message.clone(),
+            other => other.to_string(),
+        }
+    }
+
     /// The server's error, if that is what this is.
     pub fn server_error(&self) -> Option<&Error> {
         match self {

@@ -142,6 +142,15 @@ pub struct SocketConfig {
     /// told `idle_timeout` and closed (within twice this time). "0s": never.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// How long writing responses to a client may block (the client does not read) before the
+    /// connection is closed, so that it pins neither a task nor memory.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
+    /// After SIGTERM: how long in-flight requests may take to be answered before the remaining
+    /// connections are closed and the process exits (keep it under Kubernetes'
+    /// terminationGracePeriodSeconds, 30 s by default).
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
 }
 
 pub const DEFAULT_SOCKET_PATH: &str = "/tmp/nearkv.sock";
@@ -161,6 +170,8 @@ impl Default for SocketConfig {
             max_in_flight: 1024,
             max_watches: 256,
             idle_timeout: Duration::from_secs(15 * 60),
+            write_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(10),
         }
     }
 }
@@ -191,13 +202,6 @@ impl SocketConfig {
                     format!("no group named {group:?} in /etc/group; give a name or a number"),
                 )
             })
-    }
-
-    /// Whether a peer with these ids may connect.
-    pub fn allows(&self, uid: u32, gid: u32) -> bool {
-        (self.allow_uids.is_empty() && self.allow_gids.is_empty())
-            || self.allow_uids.contains(&uid)
-            || self.allow_gids.contains(&gid)
     }
 
     /// The mode as permission bits; validated by [`Config::validate`].
@@ -409,6 +413,14 @@ impl Config {
         ] {
             if value == 0 {
                 return Err(invalid(field, "must be at least 1"));
+            }
+        }
+        for (field, value) in [
+            ("socket.write_timeout", self.socket.write_timeout),
+            ("socket.shutdown_grace", self.socket.shutdown_grace),
+        ] {
+            if value < Duration::from_millis(100) {
+                return Err(invalid(field, "must be at least 100ms"));
             }
         }
         if self.socket.max_frame_size < 1024 {

@@ -91,6 +91,10 @@ pub struct Error {
     pub current_revision: Option<u64>,
     /// With `timeout` after a write: the revision NATS acknowledged, which the mirror had not applied yet.
     pub revision: Option<u64>,
+    /// With `unavailable` or `timeout` from a write: whether the write may have reached NATS.
+    /// `false`: it was never sent, so it certainly did not happen; `true`: it may or may not have
+    /// been stored (unless `revision` says it was).
+    pub sent: Option<bool>,
 }
 
 impl Error {
@@ -100,17 +104,33 @@ impl Error {
             message: message.into(),
             current_revision: None,
             revision: None,
+            sent: None,
         }
     }
 
+    /// A write that failed `unavailable` or `timeout`; `sent` says whether it may have reached NATS.
+    pub fn write_failed(code: ErrorCode, sent: bool, message: impl Into<String>) -> Self {
+        Error {
+            sent: Some(sent),
+            ..Error::new(code, message)
+        }
+    }
+
+    /// A refused compare-and-set. `current` is the key's latest revision read after the refusal;
+    /// 0 when the key has no value (absent, deleted, purged or expired).
     pub fn wrong_revision(key: &str, expected: u64, current: u64) -> Self {
+        let state = match current {
+            0 => "has no value (absent or deleted)".to_string(),
+            n => format!("is at revision {n}"),
+        };
         Error {
             current_revision: Some(current),
             ..Error::new(
                 ErrorCode::WrongRevision,
                 format!(
-                    "key `{key}` is at revision {current}, not the expected {expected}; \
-                     read it again and retry with expect_revision {current}"
+                    "key `{}` {state}, not at the expected revision {expected}; read it again and \
+                     retry with expect_revision {current}",
+                    crate::keys::quote(key)
                 ),
             )
         }

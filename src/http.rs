@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cache::Cache;
 use crate::metrics::Metrics;
 use crate::protocol::request::{encode, Request};
+use crate::protocol::response::Head;
 
 #[derive(Clone)]
 struct Endpoint {
@@ -59,23 +60,20 @@ async fn metrics_text(State(endpoint): State<Endpoint>) -> impl IntoResponse {
     )
 }
 
-/// Alive means the socket answers a `ping`, the way an application would use it.
+/// Alive means the socket answers a `ping` with `ok`, the way an application would use it. The
+/// probe's own connection comes from this process, which the socket exempts from its peer and
+/// connection limits: a full or restricted socket does not make a working sidecar look dead.
 async fn healthz(State(endpoint): State<Endpoint>) -> (StatusCode, String) {
+    let socket = endpoint.socket.display();
     match tokio::time::timeout(Duration::from_secs(2), ping(&endpoint.socket)).await {
         Ok(Ok(())) => (StatusCode::OK, "ok\n".to_string()),
         Ok(Err(err)) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "the socket {} does not answer: {err}\n",
-                endpoint.socket.display()
-            ),
+            format!("the socket {socket} does not answer a ping: {err}\n"),
         ),
         Err(_) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "the socket {} did not answer a ping within 2 s\n",
-                endpoint.socket.display()
-            ),
+            format!("the socket {socket} did not answer a ping within 2 s\n"),
         ),
     }
 }
@@ -87,24 +85,34 @@ async fn ping(socket: &std::path::Path) -> std::io::Result<()> {
     stream.write_all(&frame).await?;
     let mut len = [0u8; 4];
     stream.read_exact(&mut len).await?;
-    let mut body = vec![0u8; u32::from_be_bytes(len).min(4096) as usize];
+    let mut body = vec![0u8; u32::from_be_bytes(len).min(64 * 1024) as usize];
     stream.read_exact(&mut body).await?;
-    Ok(())
+    let head: Head = rmp_serde::from_slice(&body)
+        .map_err(|err| std::io::Error::other(format!("an undecodable answer: {err}")))?;
+    match (head.id, head.ok, head.error) {
+        (1, Some(true), _) => Ok(()),
+        (_, _, Some(error)) => Err(std::io::Error::other(format!(
+            "it answered {}: {}",
+            error.code, error.message
+        ))),
+        (id, ok, None) => Err(std::io::Error::other(format!(
+            "it answered id {id} with ok {ok:?} instead of ok to ping 1"
+        ))),
+    }
 }
 
-/// Ready means every bucket has completed its initial sync and NATS is connected; the body
-/// names each bucket that is not, and why.
+/// Ready latches once every bucket has completed its initial sync, as a local cache should:
+/// after that the mirror serves reads whether or not NATS is reachable (fail-static), so a
+/// NATS outage must not take every application pod out of its Service. It fails again only while
+/// a bucket is `stale` (its `max_staleness` exceeded), exactly when reads would fail. The body
+/// names each bucket's state, NATS connection included.
 async fn readyz(State(endpoint): State<Endpoint>) -> (StatusCode, String) {
     let mut body = String::new();
     let mut ready = true;
     for bucket in endpoint.cache.buckets() {
-        match bucket.readiness() {
-            Ok(()) => body.push_str(&format!("{}: ready\n", bucket.name())),
-            Err(reason) => {
-                ready = false;
-                body.push_str(&format!("{}: not ready: {reason}\n", bucket.name()));
-            }
-        }
+        let readiness = bucket.readiness();
+        ready &= readiness.ready;
+        body.push_str(&format!("{}: {}\n", bucket.name(), readiness.text));
     }
     let status = if ready {
         StatusCode::OK

@@ -7,6 +7,35 @@ fn is_key_char(c: u8) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, b'-' | b'/' | b'_' | b'=' | b'.')
 }
 
+/// nats-server's default `max_control_line`: the longest protocol line (`HPUB <subject> <reply>
+/// <sizes>`) it accepts before closing the connection. The server does not announce it in INFO.
+pub const NATS_MAX_CONTROL_LINE: usize = 4096;
+
+/// Room kept in a control line for the verb, the reply subject (a JetStream inbox) and the sizes.
+const CONTROL_LINE_RESERVE: usize = 256;
+
+/// The longest key whose subject, after a prefix of `prefix_len` bytes (`$KV.<bucket>.`), fits
+/// in NATS's control line.
+pub fn max_key_length(prefix_len: usize) -> usize {
+    NATS_MAX_CONTROL_LINE.saturating_sub(CONTROL_LINE_RESERVE + prefix_len)
+}
+
+/// How much of a client's key, filter or name an error message repeats.
+const QUOTE_MAX: usize = 64;
+
+/// `input` for an error message: whole when short, else its first 64 bytes and its length, so
+/// that a hostile client cannot make every error as large as its input.
+pub fn quote(input: &str) -> std::borrow::Cow<'_, str> {
+    if input.len() <= QUOTE_MAX {
+        return std::borrow::Cow::Borrowed(input);
+    }
+    let mut end = QUOTE_MAX;
+    while !input.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}… ({} bytes)", &input[..end], input.len()))
+}
+
 /// A key is one or more `.`-separated tokens of `[-/_=a-zA-Z0-9]`.
 pub fn validate_key(key: &str) -> Result<()> {
     let ok = !key.is_empty()
@@ -18,8 +47,9 @@ pub fn validate_key(key: &str) -> Result<()> {
         Err(Error::new(
             ErrorCode::InvalidKey,
             format!(
-                "invalid key {key:?}: a key is one or more `.`-separated tokens of letters, digits and `-/_=`, \
-                 without a leading, trailing or doubled `.`"
+                "invalid key {:?}: a key is one or more `.`-separated tokens of letters, digits and `-/_=`, \
+                 without a leading, trailing or doubled `.`",
+                quote(key)
             ),
         ))
     }
@@ -39,8 +69,9 @@ pub fn validate_filter(filter: &str) -> Result<()> {
         Err(Error::new(
             ErrorCode::InvalidKey,
             format!(
-                "invalid key filter {filter:?}: use key tokens, `*` for one token and a final `>` for the rest, \
-                 e.g. `orders.>` or `orders.*.status`"
+                "invalid key filter {:?}: use key tokens, `*` for one token and a final `>` for the rest, \
+                 e.g. `orders.>` or `orders.*.status`",
+                quote(filter)
             ),
         ))
     }
@@ -76,6 +107,19 @@ mod tests {
             let err = validate_key(bad).unwrap_err();
             assert_eq!(err.code, ErrorCode::InvalidKey, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn long_input_is_quoted_short() {
+        assert_eq!(quote("order-1"), "order-1");
+        let long = "L".repeat(5000);
+        let quoted = quote(&long);
+        assert!(quoted.starts_with(&"L".repeat(64)) && quoted.ends_with("(5000 bytes)"));
+        assert!(quoted.len() < 100);
+        let err = validate_key(&format!("{long} ")).unwrap_err();
+        assert!(err.message.len() < 300, "{}", err.message);
+        // Never cut inside a character.
+        assert!(quote(&"é".repeat(40)).ends_with("(80 bytes)"));
     }
 
     #[test]

@@ -49,6 +49,7 @@ pub struct Metrics {
     write_conflicts: IntCounterVec,
     pub connections: IntGauge,
     connections_refused: IntCounterVec,
+    pub slow_clients: IntCounter,
     pub watches: IntGauge,
     watch_delivered: IntCounterVec,
     watch_dropped: IntCounterVec,
@@ -130,6 +131,14 @@ impl Metrics {
                 "Connections refused on accept or closed by the server, by error code \
                  (too_many_connections, forbidden, idle_timeout, frame_too_large).",
                 &["code"],
+            ),
+            slow_clients: registered(
+                r,
+                IntCounter::new(
+                    "nearkv_slow_clients_disconnected_total",
+                    "Connections closed because the client did not read its responses within \
+                     socket.write_timeout.",
+                ),
             ),
             watches: registered(
                 r,
@@ -274,6 +283,7 @@ struct Gauges {
     synced: IntGaugeVec,
     watcher_restarts: IntCounterVec,
     rebuilds: IntCounterVec,
+    skipped: IntCounterVec,
     strong_read_fetches: IntCounterVec,
     age: GaugeVec,
     stale: IntGaugeVec,
@@ -315,6 +325,11 @@ impl CacheCollector {
                 "nearkv_mirror_rebuilds_total",
                 "Times a mirror was reloaded from a fresh snapshot after its initial sync (stream purged, recreated or history lost).",
             ),
+            skipped: counter(
+                "nearkv_mirror_revisions_skipped_total",
+                "Revisions the mirror never saw because NATS had already discarded them (superseded \
+                 history beyond the bucket's history setting); counted for unfiltered mirrors.",
+            ),
             strong_read_fetches: counter(
                 "nearkv_strong_read_fetches_total",
                 "NATS requests made for strong reads; strong reads that arrive together share one.",
@@ -347,7 +362,7 @@ impl CacheCollector {
 }
 
 impl Gauges {
-    fn collectors(&self) -> [&dyn Collector; 13] {
+    fn collectors(&self) -> [&dyn Collector; 14] {
         [
             &self.keys,
             &self.bytes,
@@ -358,6 +373,7 @@ impl Gauges {
             &self.synced,
             &self.watcher_restarts,
             &self.rebuilds,
+            &self.skipped,
             &self.strong_read_fetches,
             &self.age,
             &self.stale,
@@ -393,6 +409,7 @@ impl Collector for CacheCollector {
             let counters = [
                 (&g.watcher_restarts, bucket.watcher_restarts()),
                 (&g.rebuilds, s.rebuilds),
+                (&g.skipped, bucket.skipped_revisions()),
                 (&g.strong_read_fetches, bucket.strong_read_fetches()),
             ];
             for (counter, total) in counters {

@@ -107,7 +107,7 @@ impl Actor {
         };
         let _ = self.shared.store.set(store.clone());
         self.set_problem(None);
-        tokio::spawn(check_stream(
+        self.shared.tasks.spawn(check_stream(
             self.shared.clone(),
             store.clone(),
             self.shutdown.clone(),
@@ -252,7 +252,14 @@ impl Actor {
                 Err(end) => return Some(end),
             };
             let (revision, pending) = (update.revision, update.pending);
-            let (entry, expires) = self.entry(update);
+            let (mut entry, mut expires) = self.entry(update);
+            if expires != 0 && expires <= unix_nanos() {
+                // Expired while NATS still held it: the old mirror swept it already (and told its
+                // watches), so the snapshot must not bring it back for a moment.
+                entry.operation = Operation::Purge;
+                entry.value = bytes::Bytes::new();
+                expires = 0;
+            }
             let tracked = (expires != 0).then(|| ((expires, revision), entry.key.clone()));
             let applied = staging.apply(entry, expires);
             track_expiry(&mut expiring, applied, tracked);
@@ -286,6 +293,7 @@ impl Actor {
     async fn follow(&mut self, feed: &mut Feed) -> FeedEnd {
         let shared = self.shared.clone();
         let mirror = &shared.mirror;
+        let filtered = shared.config.filter != ">";
         let mut errors = 0;
         loop {
             let next_expiry = self.expiring.keys().next().map(|&(at, _)| {
@@ -330,6 +338,12 @@ impl Actor {
                 }
             }
             let (revision, caught_up) = (update.revision, update.pending == 0);
+            let applied_before = mirror.applied();
+            if !filtered && revision > applied_before + 1 {
+                shared
+                    .skipped_revisions
+                    .fetch_add(revision - applied_before - 1, Ordering::Relaxed);
+            }
             let (entry, expires) = self.entry(update);
             let tracked = (expires != 0).then(|| ((expires, revision), entry.key.clone()));
             let applied = mirror.apply(entry, expires);

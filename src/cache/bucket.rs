@@ -9,6 +9,7 @@ use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::actor::Actor;
 use super::mirror::Mirror;
@@ -17,13 +18,19 @@ use super::watch::Watch;
 use super::writes;
 use crate::config::BucketConfig;
 use crate::error::{Error, ErrorCode, Result};
-use crate::keys::{filter_matches, validate_filter, validate_key};
+use crate::keys::{filter_matches, max_key_length, quote, validate_filter, validate_key};
 use crate::protocol::{
     BucketStatus, Consistency, Entry, Freshness, Operation, ReadOptions, WriteOptions,
 };
 
 /// Room for updates a watch may fall behind by before it is ended with `slow_consumer`.
 const WATCH_BUFFER: usize = 16 * 1024;
+
+/// Whether a bucket should receive traffic, and its state in words for `/readyz`.
+pub struct Readiness {
+    pub ready: bool,
+    pub text: String,
+}
 
 /// A handle to one mirrored bucket. Cloning is cheap; all clones share the mirror.
 #[derive(Clone)]
@@ -45,6 +52,8 @@ pub(crate) struct Shared {
     /// The stream's latest revision as last learned from NATS.
     server_revision: AtomicU64,
     pub(crate) watcher_restarts: AtomicU64,
+    /// Revisions an unfiltered mirror never saw: NATS discarded them before the feed read them.
+    pub(crate) skipped_revisions: AtomicU64,
     /// The bucket's `max_age` in nanoseconds as last read from its stream; 0: none.
     pub(crate) max_age: AtomicU64,
     /// When the stream the mirror was loaded from was created (Unix ns), to notice a new one.
@@ -55,6 +64,9 @@ pub(crate) struct Shared {
     resync_reason: Mutex<Option<String>>,
     pub(crate) resync_requested: Notify,
     strong: Arc<StrongReads>,
+    /// The cache's tracker of background tasks, and the token that stops them.
+    pub(crate) tasks: TaskTracker,
+    pub(crate) shutdown: CancellationToken,
 }
 
 impl Shared {
@@ -108,7 +120,8 @@ impl Bucket {
         js: jetstream::Context,
         default_timeout: Duration,
         shutdown: CancellationToken,
-    ) -> (Bucket, tokio::task::JoinHandle<()>) {
+        tasks: TaskTracker,
+    ) -> Bucket {
         let shared = Arc::new(Shared {
             config,
             mirror: Mirror::new(WATCH_BUFFER),
@@ -119,12 +132,15 @@ impl Bucket {
             default_timeout,
             server_revision: AtomicU64::new(0),
             watcher_restarts: AtomicU64::new(0),
+            skipped_revisions: AtomicU64::new(0),
             max_age: AtomicU64::new(0),
             stream_created: Mutex::new(None),
             resyncing: AtomicBool::new(false),
             resync_reason: Mutex::new(None),
             resync_requested: Notify::new(),
             strong: Arc::new(StrongReads::default()),
+            tasks: tasks.clone(),
+            shutdown: shutdown.clone(),
         });
         let actor = Actor {
             shared: shared.clone(),
@@ -133,8 +149,8 @@ impl Bucket {
             resync: None,
         };
         let span = tracing::info_span!("bucket", bucket = %shared.config.name);
-        let task = tokio::spawn(tracing::Instrument::instrument(actor.run(), span));
-        (Bucket { shared }, task)
+        tasks.spawn(tracing::Instrument::instrument(actor.run(), span));
+        Bucket { shared }
     }
 
     pub fn name(&self) -> &str {
@@ -183,7 +199,8 @@ impl Bucket {
             Err(Error::new(
                 ErrorCode::BadRequest,
                 format!(
-                    "key `{key}` is outside the filter `{filter}` this sidecar mirrors bucket `{}` with",
+                    "key `{}` is outside the filter `{filter}` this sidecar mirrors bucket `{}` with",
+                    quote(key),
                     self.shared.config.name
                 ),
             ))
@@ -289,9 +306,21 @@ impl Bucket {
     /// for the mirror to apply it. Never answers from a mirror that did not get there in time.
     async fn wait_strong(&self, deadline: tokio::time::Instant) -> Result<()> {
         let store = self.store()?;
+        if self.shared.client.connection_state() != async_nats::connection::State::Connected {
+            return Err(Error::new(
+                ErrorCode::Unavailable,
+                "not connected to NATS, so a strong read cannot learn the bucket's latest revision; \
+                 retry when NATS is reachable, or read with consistency \"cached\"",
+            ));
+        }
         let fetched = tokio::time::timeout_at(
             deadline,
-            self.shared.strong.target(store, &self.shared.config.filter),
+            self.shared.strong.target(
+                store,
+                &self.shared.config.filter,
+                &self.shared.tasks,
+                &self.shared.shutdown,
+            ),
         )
         .await
         .map_err(|_| {
@@ -345,24 +374,45 @@ impl Bucket {
         }
     }
 
-    /// Whether the bucket should receive traffic: synced, fresh enough, and connected to NATS.
-    pub fn readiness(&self) -> Result<(), String> {
+    /// Whether the bucket should receive traffic: once its initial sync is done, for as long as
+    /// reads are served, i.e. unless it is `stale`. The NATS connection is reported, not judged:
+    /// a mirror serves its last state while NATS is away (fail-static).
+    pub fn readiness(&self) -> Readiness {
         if !self.shared.mirror.is_synced() {
-            return Err(self.not_ready().message);
+            return Readiness {
+                ready: false,
+                text: format!("not ready: {}", self.not_ready().message),
+            };
         }
-        self.check_fresh(false).map_err(|err| err.message)?;
-        if self.shared.client.connection_state() != async_nats::connection::State::Connected {
-            return Err(
-                "the NATS connection is down; reads are served from the last known state"
-                    .to_string(),
-            );
+        if let Err(err) = self.check_fresh(false) {
+            return Readiness {
+                ready: false,
+                text: format!("not ready: {}", err.message),
+            };
         }
-        Ok(())
+        let connected =
+            self.shared.client.connection_state() == async_nats::connection::State::Connected;
+        Readiness {
+            ready: true,
+            text: if connected {
+                "ready".to_string()
+            } else {
+                "ready (NATS is not connected; reads are served from the last known state, writes \
+                 fail unavailable)"
+                    .to_string()
+            },
+        }
     }
 
     /// Times the bucket's KV watcher was recreated after a loss.
     pub fn watcher_restarts(&self) -> u64 {
         self.shared.watcher_restarts.load(Ordering::Relaxed)
+    }
+
+    /// Revisions the mirror never saw because NATS discarded them first (unfiltered mirrors only):
+    /// superseded values a watch therefore did not see either.
+    pub fn skipped_revisions(&self) -> u64 {
+        self.shared.skipped_revisions.load(Ordering::Relaxed)
     }
 
     /// Times the mirror was reloaded from a fresh snapshot after its initial sync.
@@ -392,63 +442,48 @@ impl Bucket {
     }
 
     pub async fn put(&self, key: &str, value: Bytes, write: WriteOptions) -> Result<u64> {
-        validate_key(key)?;
-        self.check_value_size(key, value.len())?;
+        let store = self.check_writable(key)?;
+        self.check_value_size(store, key, value.len())?;
         if write.ttl_ms.is_some_and(|ms| ms < 1000) {
             return Err(Error::new(
                 ErrorCode::BadRequest,
                 "ttl_ms must be at least 1000: NATS keeps values for whole seconds at least",
             ));
         }
-        self.write(key, Operation::Put, value, write).await
+        self.write(store, key, Operation::Put, value, write).await
     }
 
     pub async fn delete(&self, key: &str, write: WriteOptions) -> Result<u64> {
-        validate_key(key)?;
-        self.write(key, Operation::Delete, Bytes::new(), write)
+        let store = self.check_writable(key)?;
+        self.write(store, key, Operation::Delete, Bytes::new(), write)
             .await
     }
 
     pub async fn purge(&self, key: &str, write: WriteOptions) -> Result<u64> {
-        validate_key(key)?;
-        self.write(key, Operation::Purge, Bytes::new(), write).await
+        let store = self.check_writable(key)?;
+        self.write(store, key, Operation::Purge, Bytes::new(), write)
+            .await
     }
 
-    fn check_value_size(&self, key: &str, len: usize) -> Result<()> {
-        let store = self.store()?;
-        let bucket_limit = store.stream.cached_info().config.max_message_size;
-        let server_limit = self.shared.client.server_info().max_payload;
-        let too_large = |limit: usize, what: &str| {
-            Error::new(
-                ErrorCode::ValueTooLarge,
-                format!("the value for `{key}` is {len} bytes; {what} allows at most {limit}"),
-            )
+    /// The longest key a write to this bucket may carry: its subject (`$KV.<bucket>.<key>`) must
+    /// leave room in NATS's control line for the reply subject and sizes. A longer one would
+    /// make the server close the sidecar's shared connection, failing every client's writes.
+    pub fn max_key_length(&self) -> usize {
+        let prefix_len = match self.shared.store.get() {
+            Some(store) => store
+                .put_prefix
+                .as_deref()
+                .unwrap_or(&store.prefix)
+                .len()
+                .max(store.prefix.len()),
+            None => "$KV.".len() + self.shared.config.name.len() + 1,
         };
-        if bucket_limit > 0 && len > bucket_limit as usize {
-            return Err(too_large(
-                bucket_limit as usize,
-                &format!("bucket `{}`'s max_value_size", self.shared.config.name),
-            ));
-        }
-        // Leave room for the subject and headers that travel with the value.
-        if server_limit > 0 && len + key.len() + 256 > server_limit {
-            return Err(too_large(
-                server_limit.saturating_sub(key.len() + 256),
-                "the NATS server's max_payload",
-            ));
-        }
-        Ok(())
+        max_key_length(prefix_len)
     }
 
-    /// Sends the write, then waits until this sidecar's mirror has applied its revision, so that
-    /// every later read through this sidecar sees it.
-    async fn write(
-        &self,
-        key: &str,
-        operation: Operation,
-        value: Bytes,
-        write: WriteOptions,
-    ) -> Result<u64> {
+    /// The checks every write passes before anything is sent, in the order a client can act on:
+    /// may it write here at all, is the key valid, is the bucket open.
+    fn check_writable(&self, key: &str) -> Result<&kv::Store> {
         if self.shared.config.read_only {
             return Err(Error::new(
                 ErrorCode::Forbidden,
@@ -459,19 +494,73 @@ impl Bucket {
                 ),
             ));
         }
-        let timeout = self.timeout(write.timeout_ms);
+        validate_key(key)?;
         let store = self.store()?;
-        if self.shared.client.connection_state() != async_nats::connection::State::Connected {
+        let max = self.max_key_length();
+        if key.len() > max {
             return Err(Error::new(
+                ErrorCode::InvalidKey,
+                format!(
+                    "key `{}` is too long for a write: bucket `{}` takes keys of at most {max} bytes \
+                     (NATS's control line limit); use a shorter key",
+                    quote(key),
+                    self.shared.config.name
+                ),
+            ));
+        }
+        Ok(store)
+    }
+
+    fn check_value_size(&self, store: &kv::Store, key: &str, len: usize) -> Result<()> {
+        // The server's max_payload is checked exactly, headers included, where the message is built.
+        let bucket_limit = store.stream.cached_info().config.max_message_size;
+        if bucket_limit > 0 && len > bucket_limit as usize {
+            return Err(Error::new(
+                ErrorCode::ValueTooLarge,
+                format!(
+                    "the value for `{}` is {len} bytes; bucket `{}`'s max_value_size allows at most \
+                     {bucket_limit}",
+                    quote(key),
+                    self.shared.config.name
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Sends the write, then waits until this sidecar's mirror has applied its revision, so that
+    /// every later read through this sidecar sees it.
+    async fn write(
+        &self,
+        store: &kv::Store,
+        key: &str,
+        operation: Operation,
+        value: Bytes,
+        write: WriteOptions,
+    ) -> Result<u64> {
+        let deadline = tokio::time::Instant::now() + self.timeout(write.timeout_ms);
+        if self.shared.client.connection_state() != async_nats::connection::State::Connected {
+            return Err(Error::write_failed(
                 ErrorCode::Unavailable,
+                false,
                 "not connected to NATS; the write was not sent: retry when NATS is reachable",
             ));
         }
-        let revision = writes::write(&self.shared.js, store, key, operation, value, write).await?;
+        let revision = writes::write(
+            &self.shared.js,
+            store,
+            key,
+            operation,
+            value,
+            write,
+            deadline,
+        )
+        .await?;
         if filter_matches(&self.shared.config.filter, key) {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             self.shared
                 .mirror
-                .wait_for(revision, timeout)
+                .wait_for(revision, left)
                 .await
                 .map_err(|mut err| {
                     err.message = format!(
@@ -479,6 +568,7 @@ impl Bucket {
                         err.message
                     );
                     err.revision = Some(revision);
+                    err.sent = Some(true);
                     err
                 })?;
         }

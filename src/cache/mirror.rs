@@ -416,7 +416,8 @@ impl Mirror {
             let unchanged = old
                 .get(entry.key())
                 .is_some_and(|o| o.revision == entry.revision && o.value == entry.value);
-            if !unchanged {
+            // An expired value is no news: the watch saw it expire (or will, at its sweep).
+            if !unchanged && entry.value().is_live() {
                 let _ = self.events.send(MirrorEvent::Applied(Arc::new(
                     entry.value().entry(entry.key()),
                 )));
@@ -660,6 +661,32 @@ mod tests {
         }
         seen[2..].sort();
         assert_eq!(seen, ["rebuilt", "delete a", "put b", "put c"]);
+    }
+
+    #[test]
+    fn a_rebuild_never_repeats_a_value_that_expired_meanwhile() {
+        let mirror = Mirror::new(64);
+        let past = unix_nanos() - 1;
+        let mut first = Staging::default();
+        first.apply(
+            entry("ttl", "1", 1, Operation::Put),
+            unix_nanos() + 60_000_000_000,
+        );
+        mirror.install(first);
+        let mut events = mirror.subscribe();
+        // The value expired and was swept; NATS still held it when the rebuild's snapshot read it.
+        assert!(mirror.expire("ttl", 1));
+        let mut second = Staging::default();
+        second.apply(entry("ttl", "1", 1, Operation::Put), past);
+        mirror.install(second);
+        let mut puts = 0;
+        while let Ok(event) = events.try_recv() {
+            if let MirrorEvent::Applied(e) = event {
+                assert_eq!(e.operation, Operation::Put);
+                puts += 1;
+            }
+        }
+        assert_eq!(puts, 0, "the expired value was announced again");
     }
 
     #[test]

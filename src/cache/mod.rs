@@ -24,6 +24,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub use bucket::Bucket;
 pub use mirror::Mirror;
@@ -38,7 +39,8 @@ pub struct Cache {
     order: Vec<String>,
     client: async_nats::Client,
     shutdown: CancellationToken,
-    actors: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Every background task of every bucket: actors, stream checkers, strong-read fetches.
+    tasks: TaskTracker,
 }
 
 impl Cache {
@@ -70,26 +72,26 @@ impl Cache {
         js.set_timeout(nats_timeout);
         let mut map = HashMap::default();
         let mut order = Vec::new();
-        let mut actors = Vec::new();
+        let tasks = TaskTracker::new();
         for config in buckets {
             let name = config.name.clone();
-            let (bucket, task) = Bucket::spawn(
+            let bucket = Bucket::spawn(
                 config,
                 client.clone(),
                 js.clone(),
                 default_timeout,
                 shutdown.child_token(),
+                tasks.clone(),
             );
             order.push(name.clone());
             map.insert(name, bucket);
-            actors.push(task);
         }
         Cache {
             buckets: map,
             order,
             client,
             shutdown,
-            actors: std::sync::Mutex::new(actors),
+            tasks,
         }
     }
 
@@ -108,17 +110,11 @@ impl Cache {
         &self.client
     }
 
-    /// Stops every bucket actor and waits for them to finish.
+    /// Stops every bucket's actor, stream checker and strong-read fetches, and waits for them.
     pub async fn shutdown(&self) {
         self.shutdown.cancel();
-        let actors: Vec<_> = self
-            .actors
-            .lock()
-            .map(|mut actors| actors.drain(..).collect())
-            .unwrap_or_default();
-        for actor in actors {
-            let _ = actor.await;
-        }
+        self.tasks.close();
+        self.tasks.wait().await;
     }
 }
 

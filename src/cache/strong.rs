@@ -12,6 +12,8 @@ use std::time::Instant;
 
 use async_nats::jetstream::{self, kv};
 use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::error::{Error, ErrorCode, Result};
 
@@ -43,7 +45,13 @@ impl StrongReads {
     }
 
     /// The latest revision of the keys `filter` matches, from a fetch sent after this call.
-    pub async fn target(self: &Arc<Self>, store: &kv::Store, filter: &str) -> Result<Fetched> {
+    pub async fn target(
+        self: &Arc<Self>,
+        store: &kv::Store,
+        filter: &str,
+        tasks: &TaskTracker,
+        shutdown: &CancellationToken,
+    ) -> Result<Fetched> {
         let (reply, answer) = oneshot::channel();
         let start = {
             let mut queue = self.queue.lock().map_err(|_| poisoned())?;
@@ -52,15 +60,21 @@ impl StrongReads {
         };
         if start {
             // A task of its own, so a read that gives up cannot strand the reads queued behind it.
-            tokio::spawn(
-                self.clone()
-                    .fetch_while_waited_for(store.clone(), format!("{}{}", store.prefix, filter)),
-            );
+            tasks.spawn(self.clone().fetch_while_waited_for(
+                store.clone(),
+                format!("{}{}", store.prefix, filter),
+                shutdown.clone(),
+            ));
         }
         answer.await.map_err(|_| poisoned())?
     }
 
-    async fn fetch_while_waited_for(self: Arc<Self>, store: kv::Store, subject: String) {
+    async fn fetch_while_waited_for(
+        self: Arc<Self>,
+        store: kv::Store,
+        subject: String,
+        shutdown: CancellationToken,
+    ) {
         loop {
             let batch = match self.queue.lock() {
                 Ok(mut queue) if queue.waiting.is_empty() => {
@@ -72,9 +86,15 @@ impl StrongReads {
             };
             self.fetches.fetch_add(1, Ordering::Relaxed);
             let sent = Instant::now();
-            let result = last_revision(&store, &subject)
-                .await
-                .map(|revision| Fetched { revision, sent });
+            let result = tokio::select! {
+                _ = shutdown.cancelled() => Err(Error::new(
+                    ErrorCode::Unavailable,
+                    "the sidecar is shutting down; retry the read against its successor",
+                )),
+                revision = last_revision(&store, &subject) => {
+                    revision.map(|revision| Fetched { revision, sent })
+                }
+            };
             for reply in batch {
                 let _ = reply.send(result.clone());
             }

@@ -11,6 +11,7 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 
 use crate::error::{Error, ErrorCode, Result};
+use crate::keys::quote;
 use crate::protocol::{Operation, WriteOptions};
 
 const KV_OPERATION: &str = "KV-Operation";
@@ -22,7 +23,16 @@ const INVALID_TTL_CODE: u64 = 10165;
 const TTL_DISABLED_CODE: u64 = 10166;
 
 /// Publishes one KV operation and returns the revision NATS stored it at.
-/// `expect_revision` 0 means "absent or deleted", as NATS KV's own `create` does.
+///
+/// `expect_revision` 0 means "the key has no value": absent, or its latest message a delete,
+/// purge or expiry marker. NATS itself only knows "no message at all" (0) or "this exact
+/// revision", so a refused create of a key whose latest message is a marker is retried against
+/// that marker's revision, again after each marker another client writes meanwhile, until it is
+/// stored or the key really holds a value (or `deadline` passes). So a create on a deleted key
+/// never fails while the key stays deleted, however often others delete it.
+///
+/// On a refusal, `current_revision` is the key's latest revision read from the stream leader
+/// after NATS refused the write: a revision the key had during the request, 0 for no value.
 pub async fn write(
     js: &jetstream::Context,
     store: &kv::Store,
@@ -30,47 +40,48 @@ pub async fn write(
     operation: Operation,
     value: Bytes,
     options: WriteOptions,
+    deadline: tokio::time::Instant,
 ) -> Result<u64> {
     let message = Message {
         key,
         operation,
         ttl_ms: options.ttl_ms,
     };
-    let publish = |value: Bytes, expect: Option<u64>| publish(js, store, &message, value, expect);
-    match options.expect_revision {
-        Some(0) => match publish(value.clone(), Some(0)).await {
-            Err(err) if err.code == ErrorCode::WrongRevision => {
-                // The key has messages; that still counts as absent when the latest is a delete marker.
-                match latest(store, key).await? {
-                    Latest::Removed(marker) => publish(value, Some(marker))
-                        .await
-                        .map_err(|err| conflict(err, key, 0)),
-                    Latest::Live(current) => Err(Error::wrong_revision(key, 0, current)),
-                    Latest::Absent => Err(Error::wrong_revision(key, 0, 0)),
-                }
+    let Some(expected) = options.expect_revision else {
+        return publish(js, store, &message, value, None).await;
+    };
+    let mut condition = expected;
+    loop {
+        match publish(js, store, &message, value.clone(), Some(condition)).await {
+            Err(err) if err.code == ErrorCode::WrongRevision => {}
+            done => return done,
+        }
+        condition = match (expected, latest(store, key).await?) {
+            (0, Latest::Live(current)) => return Err(Error::wrong_revision(key, 0, current)),
+            // Still no value: a marker (or a purge of everything) came in between. Try again
+            // against what is there now.
+            (0, Latest::Removed(marker)) => marker,
+            (0, Latest::Absent) => 0,
+            // The refusal and this read were both answered by the stream leader, and revisions
+            // only grow; seeing the expected revision again means the refusal was not about it.
+            (n, Latest::Live(current) | Latest::Removed(current)) if current == n => n,
+            (n, Latest::Live(current)) => return Err(Error::wrong_revision(key, n, current)),
+            (n, Latest::Removed(_) | Latest::Absent) => {
+                return Err(Error::wrong_revision(key, n, 0))
             }
-            other => other,
-        },
-        Some(expected) => match publish(value, Some(expected)).await {
-            Err(err) if err.code == ErrorCode::WrongRevision => {
-                let current = match latest(store, key).await? {
-                    Latest::Live(current) => current,
-                    Latest::Removed(_) | Latest::Absent => 0,
-                };
-                Err(Error::wrong_revision(key, expected, current))
-            }
-            other => other,
-        },
-        None => publish(value, None).await,
-    }
-}
-
-/// A conflict on the retry after a delete marker: someone else created the key in between.
-fn conflict(err: Error, key: &str, expected: u64) -> Error {
-    if err.code == ErrorCode::WrongRevision {
-        Error::wrong_revision(key, expected, err.current_revision.unwrap_or(0))
-    } else {
-        err
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Error::write_failed(
+                ErrorCode::Timeout,
+                true,
+                format!(
+                    "the conditional write to `{}` was refused again and again as other clients kept \
+                     writing markers to the key; it was not stored by the last attempt, but may have \
+                     been by none: read the key before retrying",
+                    quote(key)
+                ),
+            ));
+        }
     }
 }
 
@@ -103,9 +114,15 @@ async fn latest(store: &kv::Store, key: &str) -> Result<Latest> {
         Err(err) if err.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
             Ok(Latest::Absent)
         }
-        Err(err) => Err(Error::new(
+        Err(err) => Err(Error::write_failed(
             ErrorCode::Unavailable,
-            format!("revision conflict on `{key}`, but reading its current revision failed: {err}"),
+            true,
+            format!(
+                "NATS refused the conditional write to `{}`, but reading the key's current revision \
+                 failed ({err}); the write may have been stored by an earlier attempt: read the key \
+                 before retrying",
+                quote(key)
+            ),
         )),
     }
 }
@@ -148,12 +165,40 @@ async fn publish(
             revision.to_string().as_str(),
         );
     }
+    // The server's limit counts the header block too: exactly what NATS accepts, no margin.
+    let max_payload = js.client().server_info().max_payload;
+    let header_len = header_wire_len(&headers);
+    if max_payload > 0 && value.len() + header_len > max_payload {
+        return Err(Error::new(
+            ErrorCode::ValueTooLarge,
+            format!(
+                "the value for `{}` is {} bytes; the NATS server's max_payload of {max_payload} \
+                 bytes allows at most {} for this write ({header_len} bytes of headers travel with it)",
+                quote(key),
+                value.len(),
+                max_payload - header_len.min(max_payload),
+            ),
+        ));
+    }
     let ack = match js.publish_with_headers(subject, headers, value).await {
         Ok(ack) => ack.await,
         Err(err) => Err(err),
     };
     ack.map(|ack| ack.sequence)
         .map_err(|err| publish_error(err, key, expect_revision))
+}
+
+/// The size of the header block NATS counts against `max_payload` (none when there are no headers).
+fn header_wire_len(headers: &HeaderMap) -> usize {
+    if headers.is_empty() {
+        return 0;
+    }
+    let fields: usize = headers
+        .iter()
+        .flat_map(|(name, values)| values.iter().map(move |v| (name, v)))
+        .map(|(name, value)| AsRef::<str>::as_ref(name).len() + 2 + value.as_str().len() + 2)
+        .sum();
+    "NATS/1.0\r\n".len() + fields + 2
 }
 
 fn jetstream_code(err: &PublishError) -> Option<u64> {
@@ -165,12 +210,14 @@ fn jetstream_code(err: &PublishError) -> Option<u64> {
 
 fn publish_error(err: PublishError, key: &str, expect_revision: Option<u64>) -> Error {
     let code = jetstream_code(&err);
+    let key = quote(key);
     match err.kind() {
+        // A placeholder: `write` reads the key's real current revision before answering.
         PublishErrorKind::WrongLastSequence => {
-            Error::wrong_revision(key, expect_revision.unwrap_or(0), 0)
+            Error::wrong_revision(&key, expect_revision.unwrap_or(0), 0)
         }
         PublishErrorKind::Other if code.is_some_and(|c| WRONG_LAST_SEQUENCE_CODES.contains(&c)) => {
-            Error::wrong_revision(key, expect_revision.unwrap_or(0), 0)
+            Error::wrong_revision(&key, expect_revision.unwrap_or(0), 0)
         }
         PublishErrorKind::MaxPayloadExceeded => Error::new(
             ErrorCode::ValueTooLarge,
@@ -192,15 +239,23 @@ fn publish_error(err: PublishError, key: &str, expect_revision: Option<u64>) -> 
             ErrorCode::ValueTooLarge,
             format!("the value for `{key}` exceeds the bucket's max_value_size"),
         ),
-        PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe | PublishErrorKind::StreamNotFound => {
-            Error::new(
-                ErrorCode::Unavailable,
-                format!(
-                    "NATS did not acknowledge the write to `{key}` ({err}); it may or may not have been \
-                     applied: read the key before retrying"
-                ),
-            )
-        }
+        // No responders: the server had no stream to store the message (JetStream restarting).
+        PublishErrorKind::StreamNotFound => Error::write_failed(
+            ErrorCode::Unavailable,
+            false,
+            format!(
+                "NATS has no stream to store the write to `{key}` right now ({err}); it was not \
+                 stored: retry when NATS is back"
+            ),
+        ),
+        PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe => Error::write_failed(
+            ErrorCode::Unavailable,
+            true,
+            format!(
+                "NATS did not acknowledge the write to `{key}` ({err}); it may or may not have been \
+                 stored: read the key before retrying"
+            ),
+        ),
         _ => Error::new(
             ErrorCode::Internal,
             format!("NATS rejected the write to `{key}`: {err}"),

@@ -128,8 +128,22 @@ impl Writer<'_> {
     }
 }
 
+/// The MessagePack family of a value, as far as request checks care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Str,
+    Bin,
+    Nil,
+    Int,
+    Bool,
+    Array,
+    Map,
+    Other,
+}
+
 /// Reads the few MessagePack forms the hot paths need (a plain `get`, a response's `id` and
 /// `ok`), borrowing from the frame; `None` for anything else, so callers fall back to serde.
+#[derive(Clone)]
 pub struct Cursor<'a> {
     bytes: &'a [u8],
 }
@@ -183,6 +197,80 @@ impl<'a> Cursor<'a> {
             0xc3 => Some(true),
             _ => None,
         }
+    }
+
+    /// Whether every byte has been read.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// The MessagePack family of the next value, without reading it.
+    pub fn peek_kind(&self) -> Option<Kind> {
+        Some(match *self.bytes.first()? {
+            0xa0..=0xbf | 0xd9..=0xdb => Kind::Str,
+            0xc4..=0xc6 => Kind::Bin,
+            0xc0 => Kind::Nil,
+            0x00..=0x7f | 0xcc..=0xcf | 0xd0..=0xd3 | 0xe0..=0xff => Kind::Int,
+            0x90..=0x9f | 0xdc | 0xdd => Kind::Array,
+            0x80..=0x8f | 0xde | 0xdf => Kind::Map,
+            0xc2 | 0xc3 => Kind::Bool,
+            _ => Kind::Other,
+        })
+    }
+
+    /// The length of the array that comes next.
+    pub fn array_len(&mut self) -> Option<u64> {
+        match self.byte()? {
+            m @ 0x90..=0x9f => Some(u64::from(m & 0x0f)),
+            0xdc => self.be(2),
+            0xdd => self.be(4),
+            _ => None,
+        }
+    }
+
+    /// Reads past one whole value of any type; `None` when the bytes end first or are not
+    /// MessagePack. Nesting is bounded by the frame's length, since every level takes a byte.
+    pub fn skip(&mut self) -> Option<()> {
+        let mut pending: u64 = 1;
+        while pending > 0 {
+            pending -= 1;
+            let marker = self.byte()?;
+            let (skip, children): (u64, u64) = match marker {
+                0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => (0, 0),
+                0x80..=0x8f => (0, 2 * u64::from(marker & 0x0f)),
+                0x90..=0x9f => (0, u64::from(marker & 0x0f)),
+                0xa0..=0xbf => (u64::from(marker & 0x1f), 0),
+                0xc4 | 0xd9 => (self.be(1)?, 0),
+                0xc5 | 0xda => (self.be(2)?, 0),
+                0xc6 | 0xdb => (self.be(4)?, 0),
+                0xc7 => (self.be(1)? + 1, 0),
+                0xc8 => (self.be(2)? + 1, 0),
+                0xc9 => (self.be(4)? + 1, 0),
+                0xca => (4, 0),
+                0xcb => (8, 0),
+                0xcc | 0xd0 => (1, 0),
+                0xcd | 0xd1 => (2, 0),
+                0xce | 0xd2 => (4, 0),
+                0xcf | 0xd3 => (8, 0),
+                0xd4 => (2, 0),
+                0xd5 => (3, 0),
+                0xd6 => (5, 0),
+                0xd7 => (9, 0),
+                0xd8 => (17, 0),
+                0xdc => (0, self.be(2)?),
+                0xdd => (0, self.be(4)?),
+                0xde => (0, 2 * self.be(2)?),
+                0xdf => (0, 2 * self.be(4)?),
+                0xc1 => return None,
+            };
+            self.take(usize::try_from(skip).ok()?)?;
+            pending = pending.checked_add(children)?;
+            // Each child takes at least one byte: more than that cannot be in the frame.
+            if pending > self.bytes.len() as u64 {
+                return None;
+            }
+        }
+        Some(())
     }
 
     pub fn uint(&mut self) -> Option<u64> {

@@ -1,10 +1,9 @@
 //! Requests: parsed by the server straight from the frame's bytes (keys and values are borrowed,
 //! not copied), and encoded by the client.
 
-use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use super::msgpack::{Cursor, Writer};
+use super::msgpack::{Cursor, Kind, Writer};
 use super::types::{Consistency, ReadOptions};
 use crate::error::{Error, ErrorCode};
 
@@ -113,11 +112,6 @@ struct Header<'a> {
     id: u64,
     #[serde(borrow, default)]
     op: Option<&'a str>,
-}
-
-#[derive(Deserialize)]
-struct IdOnly {
-    id: u64,
 }
 
 #[derive(Deserialize)]
@@ -250,10 +244,6 @@ fn body<'a, T: Deserialize<'a>>(frame: &'a [u8], id: u64, op: &str) -> Result<T,
     })
 }
 
-fn owned<T: DeserializeOwned>(frame: &[u8]) -> Option<T> {
-    rmp_serde::from_slice(frame).ok()
-}
-
 /// The read path's fast lane: a `get` with only `id`, `op`, `bucket` and `key`, decoded in one
 /// pass without serde. Anything else (options, unknown fields, errors) returns `None` and takes
 /// the general path, which also produces the error messages.
@@ -269,7 +259,7 @@ fn plain_get(frame: &[u8]) -> Option<(u64, Request<'_>)> {
             _ => return None,
         }
     }
-    if op? != "get" {
+    if op? != "get" || !cursor.is_empty() {
         return None;
     }
     let request = Request::Get {
@@ -278,6 +268,68 @@ fn plain_get(frame: &[u8]) -> Option<(u64, Request<'_>)> {
         read: ReadOptions::default(),
     };
     Some((id?, request))
+}
+
+/// Fields whose value must be a MessagePack `str` (or nil where optional). serde would also take
+/// a `bin` for a string, and a variant's index for `consistency`; the protocol says `str`.
+const STR_FIELDS: [&str; 5] = ["op", "bucket", "key", "filter", "consistency"];
+
+/// What a first pass over a request map finds: its `id` when one can be read, and what breaks
+/// the protocol's shape (a non-string key, a string field of another type, bytes after the map).
+fn check_shape(frame: &[u8]) -> (Option<u64>, Option<String>) {
+    let mut cursor = Cursor::new(frame);
+    let mut id = None;
+    let mut problem = None;
+    let Some(len) = cursor.map_len() else {
+        return (
+            None,
+            Some("the request is not a MessagePack map".to_string()),
+        );
+    };
+    for _ in 0..len {
+        let Some(name) = cursor.str() else {
+            problem.get_or_insert_with(|| "every key of the request map must be a str".to_string());
+            return (id, problem);
+        };
+        let kind = cursor.peek_kind();
+        if name == "id" {
+            // `None` for a negative integer or another type: not an id.
+            id = id.or(cursor.clone().uint());
+        }
+        let wrong = if STR_FIELDS.contains(&name) {
+            !matches!(kind, Some(Kind::Str | Kind::Nil))
+        } else if name == "keys" && kind == Some(Kind::Array) {
+            let mut items = cursor.clone();
+            let count = items.array_len().unwrap_or(0);
+            (0..count).any(|_| {
+                let is_str = items.peek_kind() == Some(Kind::Str);
+                items.skip();
+                !is_str
+            })
+        } else {
+            false
+        };
+        if wrong {
+            problem.get_or_insert_with(|| {
+                format!("field `{name}` must be a MessagePack str (a string, not bin or a number)")
+            });
+        }
+        if cursor.skip().is_none() {
+            return (
+                id,
+                Some(
+                    "the request map is cut short or holds bytes that are not MessagePack"
+                        .to_string(),
+                ),
+            );
+        }
+    }
+    if !cursor.is_empty() {
+        problem.get_or_insert_with(|| {
+            "bytes follow the request map; a frame holds exactly one map".to_string()
+        });
+    }
+    (id, problem)
 }
 
 /// Parses a request frame's body (the bytes after the length prefix).
@@ -293,10 +345,14 @@ pub fn parse(frame: &[u8]) -> Result<(u64, Request<'_>), ParseError> {
             "a request must be a MessagePack map with string keys, such as {\"id\": 1, \"op\": \"ping\"}".to_string(),
         ));
     }
+    let (readable_id, problem) = check_shape(frame);
+    if let Some(problem) = problem {
+        return Err(bad_request(readable_id.unwrap_or(0), problem));
+    }
     let header: Header = match rmp_serde::from_slice(frame) {
         Ok(header) => header,
         Err(err) => {
-            let id = owned::<IdOnly>(frame).map_or(0, |h| h.id);
+            let id = readable_id.unwrap_or(0);
             return Err(bad_request(
                 id,
                 format!(

@@ -143,7 +143,9 @@ pub fn encode_ok(buf: &mut Vec<u8>, id: u64, body: &Body<'_>) {
 }
 
 fn error_map(w: &mut Writer<'_>, error: &Error) {
-    let details = error.current_revision.is_some() as u32 + error.revision.is_some() as u32;
+    let details = error.current_revision.is_some() as u32
+        + error.revision.is_some() as u32
+        + error.sent.is_some() as u32;
     w.map(2 + details)
         .str("code")
         .str(error.code.as_str())
@@ -154,6 +156,9 @@ fn error_map(w: &mut Writer<'_>, error: &Error) {
     }
     if let Some(rev) = error.revision {
         w.str("revision").uint(rev);
+    }
+    if let Some(sent) = error.sent {
+        w.str("sent").bool(sent);
     }
 }
 
@@ -235,6 +240,7 @@ pub struct WireError {
     pub message: String,
     pub current_revision: Option<u64>,
     pub revision: Option<u64>,
+    pub sent: Option<bool>,
 }
 
 impl From<WireError> for Error {
@@ -244,6 +250,7 @@ impl From<WireError> for Error {
             message: e.message,
             current_revision: e.current_revision,
             revision: e.revision,
+            sent: e.sent,
         }
     }
 }

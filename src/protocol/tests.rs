@@ -153,6 +153,116 @@ fn malformed_requests_get_typed_errors() {
     assert_eq!((id, err.code), (0, ErrorCode::BadRequest));
 }
 
+/// Hand-built MessagePack: `{"id": 11, <name>: <raw value bytes>, ...}` after the given pairs.
+fn map_with(pairs: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut out = vec![0x80 | pairs.len() as u8];
+    for (name, raw) in pairs {
+        out.push(0xa0 | name.len() as u8);
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(raw);
+    }
+    out
+}
+
+#[test]
+fn string_fields_must_be_str_and_the_id_is_echoed_whenever_readable() {
+    let str_of = |s: &str| {
+        let mut v = vec![0xa0 | s.len() as u8];
+        v.extend_from_slice(s.as_bytes());
+        v
+    };
+    let bin_of = |s: &str| {
+        let mut v = vec![0xc4, s.len() as u8];
+        v.extend_from_slice(s.as_bytes());
+        v
+    };
+    let (get, b, k) = (str_of("get"), str_of("b"), str_of("k"));
+    type Pairs<'a> = Vec<(&'a str, Vec<u8>)>;
+    let cases: [(&str, Pairs); 5] = [
+        (
+            "op",
+            vec![
+                ("op", bin_of("get")),
+                ("bucket", b.clone()),
+                ("key", k.clone()),
+            ],
+        ),
+        (
+            "bucket",
+            vec![
+                ("op", get.clone()),
+                ("bucket", bin_of("b")),
+                ("key", k.clone()),
+            ],
+        ),
+        (
+            "key",
+            vec![
+                ("op", get.clone()),
+                ("bucket", b.clone()),
+                ("key", bin_of("k")),
+            ],
+        ),
+        (
+            "consistency",
+            vec![
+                ("op", get.clone()),
+                ("bucket", b.clone()),
+                ("key", k.clone()),
+                ("consistency", vec![1]),
+            ],
+        ),
+        (
+            "filter",
+            vec![
+                ("op", str_of("keys")),
+                ("bucket", b.clone()),
+                ("filter", bin_of(">")),
+            ],
+        ),
+    ];
+    for (field, pairs) in cases {
+        let mut all: Vec<(&str, &[u8])> = vec![("id", &[11])];
+        all.extend(pairs.iter().map(|(n, v)| (*n, v.as_slice())));
+        let (id, err) = parse_error(&map_with(&all));
+        assert_eq!((id, err.code), (11, ErrorCode::BadRequest), "{field}");
+        assert!(
+            err.message.contains(&format!("`{field}`")),
+            "{field}: {}",
+            err.message
+        );
+    }
+    // `keys` must hold strings.
+    let keys = [vec![0x92], str_of("a"), bin_of("b")].concat();
+    let (id, err) = parse_error(&map_with(&[
+        ("id", &[12]),
+        ("op", &str_of("mget")),
+        ("bucket", &b),
+        ("keys", &keys),
+    ]));
+    assert_eq!((id, err.code), (12, ErrorCode::BadRequest));
+    // Bytes after the map are refused, on the fast path's shape too.
+    let mut trailing = map_with(&[("id", &[13]), ("op", &get), ("bucket", &b), ("key", &k)]);
+    trailing.push(0xc0);
+    let (id, err) = parse_error(&trailing);
+    assert_eq!((id, err.code), (13, ErrorCode::BadRequest));
+    assert!(err.message.contains("bytes follow"), "{}", err.message);
+    // A map cut short, or with an undecodable value, still echoes an id read before it.
+    let cut = map_with(&[("id", &[14]), ("op", &get), ("bucket", &[0xa5, b'x'])]);
+    assert_eq!(parse_error(&cut).0, 14);
+    let undecodable = map_with(&[("id", &[15]), ("op", &[0xc1]), ("key", &k)]);
+    assert_eq!(parse_error(&undecodable).0, 15);
+    // `value` may still be a str.
+    let put = map_with(&[
+        ("id", &[16]),
+        ("op", &str_of("put")),
+        ("bucket", &b),
+        ("key", &k),
+        ("value", &str_of("v")),
+    ]);
+    assert!(parse(&put).is_ok());
+}
+
 #[test]
 fn optional_fields_may_be_nil() {
     let bytes = msgpack(
@@ -422,38 +532,31 @@ fn vectors() -> Vec<(&'static str, Vec<u8>)> {
     out
 }
 
+/// The vector as docs/PROTOCOL.md lays it out: 16 bytes a line.
+fn doc_block(bytes: &[u8]) -> String {
+    bytes
+        .chunks(16)
+        .map(|chunk| {
+            chunk
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 #[test]
 fn the_protocol_doc_holds_the_current_test_vectors() {
     let doc =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/PROTOCOL.md")).unwrap();
-    let doc: String = doc.split_whitespace().collect::<Vec<_>>().join(" ");
     for (name, bytes) in vectors() {
-        let hex = bytes
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(" ");
+        let block = doc_block(&bytes);
+        // On failure the message holds the block to paste into the doc.
         assert!(
-            doc.contains(&hex),
-            "docs/PROTOCOL.md lacks the vector for {name}:\n{hex}\n(run `cargo test print_vectors -- --ignored --nocapture`)"
+            doc.contains(&format!("```\n{block}\n```")),
+            "docs/PROTOCOL.md lacks the vector for {name}; it is now:\n```\n{block}\n```"
         );
-    }
-}
-
-#[test]
-#[ignore = "prints the vectors for docs/PROTOCOL.md"]
-fn print_vectors() {
-    for (name, bytes) in vectors() {
-        println!("{name}:");
-        for chunk in bytes.chunks(16) {
-            println!(
-                "    {}",
-                chunk
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            );
-        }
     }
 }

@@ -35,6 +35,8 @@ pub struct Limits {
     pub max_watches: usize,
     /// `Duration::ZERO`: never close an idle connection.
     pub idle_timeout: Duration,
+    /// How long one write to the client may block before the connection is closed.
+    pub write_timeout: Duration,
 }
 
 pub struct Connection {
@@ -79,13 +81,15 @@ impl Connection {
         connection.tasks.close();
         drop(connection);
         if open {
-            let mut open = write(&mut socket, &mut batch, &mut queued).await;
+            let mut open = write(&mut socket, &mut batch, &mut queued, &limits, &ctx).await;
             while let Some(mut pending) = queued.recv().await {
                 if open {
-                    open = write(&mut socket, &mut pending, &mut queued).await;
+                    open = write(&mut socket, &mut pending, &mut queued, &limits, &ctx).await;
                 }
             }
-            let _ = socket.shutdown().await;
+            if open {
+                let _ = tokio::time::timeout(limits.write_timeout, socket.shutdown()).await;
+            }
         }
         ctx.metrics.connections.dec();
     }
@@ -117,7 +121,7 @@ impl Connection {
                 biased;
                 _ = &mut cancelled => return true,
                 Some(mut pending) = queued.recv() => {
-                    if !write(socket, &mut pending, queued).await {
+                    if !write(socket, &mut pending, queued, &self.limits, &self.ctx).await {
                         return false;
                     }
                     continue;
@@ -166,7 +170,7 @@ impl Connection {
             // Answer a pipelined burst in one write: flush only when no whole frame is waiting.
             if !frames.has_buffered_frame()
                 && !batch.is_empty()
-                && !write(socket, batch, queued).await
+                && !write(socket, batch, queued, &self.limits, &self.ctx).await
             {
                 return false;
             }
@@ -288,6 +292,7 @@ impl Connection {
                     watch,
                     self.out.clone(),
                     token,
+                    self.shutdown.clone(),
                     self.ctx.clone(),
                     bucket.to_string(),
                 );
@@ -336,6 +341,7 @@ async fn run_watch(
     mut watch: crate::cache::Watch,
     out: mpsc::Sender<Vec<u8>>,
     token: CancellationToken,
+    server_shutdown: CancellationToken,
     ctx: Arc<Context>,
     bucket: String,
 ) {
@@ -371,6 +377,15 @@ async fn run_watch(
     };
     metrics.watches.dec();
     metrics.watch_dropped(&bucket, watch.missed());
+    // Ended by the server, not by the client's unwatch: the client must learn why.
+    let end = end.or_else(|| {
+        server_shutdown.is_cancelled().then(|| {
+            Error::new(
+                ErrorCode::Unavailable,
+                "the sidecar is shutting down; watch again once it is back",
+            )
+        })
+    });
     token.cancel();
     let mut frame = Vec::new();
     encode_watch(&mut frame, id, WatchMessage::End(end.as_ref()));
@@ -378,11 +393,14 @@ async fn run_watch(
 }
 
 /// Writes `buf` and whatever else is queued (up to `MAX_WRITE`) in one write, then clears `buf`.
-/// Returns false when the client no longer reads.
+/// Returns false when the client is gone, or did not read for `write_timeout`: such a client
+/// must not pin this task, the responses queued for it, or the server's shutdown.
 async fn write(
     socket: &mut OwnedWriteHalf,
     buf: &mut Vec<u8>,
     queued: &mut mpsc::Receiver<Vec<u8>>,
+    limits: &Limits,
+    ctx: &Context,
 ) -> bool {
     while buf.len() < MAX_WRITE {
         match queued.try_recv() {
@@ -390,11 +408,23 @@ async fn write(
             Err(_) => break,
         }
     }
-    let written = socket.write_all(buf).await;
+    let written = tokio::time::timeout(limits.write_timeout, socket.write_all(buf)).await;
+    let pending = buf.len();
     buf.clear();
-    if let Err(err) = written {
-        tracing::debug!(error = %err, "client stopped reading; dropping its responses");
-        return false;
+    match written {
+        Ok(Ok(())) => true,
+        Ok(Err(err)) => {
+            tracing::debug!(error = %err, "client stopped reading; dropping its responses");
+            false
+        }
+        Err(_) => {
+            tracing::warn!(
+                pending_bytes = pending,
+                write_timeout = ?limits.write_timeout,
+                "client did not read its responses within socket.write_timeout; closing the connection"
+            );
+            ctx.metrics.slow_clients.inc();
+            false
+        }
     }
-    true
 }

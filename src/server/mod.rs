@@ -38,6 +38,7 @@ pub struct Server {
     path: PathBuf,
     limits: Limits,
     max_connections: usize,
+    shutdown_grace: std::time::Duration,
     allow_uids: Vec<u32>,
     allow_gids: Vec<u32>,
 }
@@ -91,7 +92,9 @@ impl Server {
                 max_in_flight: config.max_in_flight,
                 max_watches: config.max_watches,
                 idle_timeout: config.idle_timeout,
+                write_timeout: config.write_timeout,
             },
+            shutdown_grace: config.shutdown_grace,
             max_connections: config.max_connections,
             allow_uids: config.allow_uids.clone(),
             allow_gids: config.allow_gids.clone(),
@@ -102,10 +105,13 @@ impl Server {
         &self.path
     }
 
-    /// Serves connections until `shutdown` is cancelled; then stops accepting, lets in-flight
-    /// requests finish, ends watches, and removes the socket file.
+    /// Serves connections until `shutdown` is cancelled; then stops accepting, removes the socket
+    /// file, ends watches and lets in-flight requests finish for up to `shutdown_grace`, after
+    /// which the connections still open are closed.
     pub async fn run(self, ctx: Arc<Context>, shutdown: CancellationToken) {
         let connections = TaskTracker::new();
+        // Cancelled when the shutdown grace period is over: drops the connections still open.
+        let closed = CancellationToken::new();
         let active = Arc::new(AtomicUsize::new(0));
         let mut next_connection: u64 = 0;
         loop {
@@ -126,9 +132,13 @@ impl Server {
                     let connection =
                         Connection::run(stream, ctx.clone(), self.limits, shutdown.clone());
                     let active = active.clone();
+                    let closed = closed.clone();
                     connections.spawn(tracing::Instrument::instrument(
                         async move {
-                            connection.await;
+                            tokio::select! {
+                                _ = connection => {}
+                                _ = closed.cancelled() => {}
+                            }
                             active.fetch_sub(1, Ordering::Relaxed);
                         },
                         span,
@@ -146,7 +156,18 @@ impl Server {
             tracing::warn!(error = %err, path = %self.path.display(), "cannot remove socket file");
         }
         connections.close();
-        connections.wait().await;
+        if tokio::time::timeout(self.shutdown_grace, connections.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open = active.load(Ordering::Relaxed),
+                grace = ?self.shutdown_grace,
+                "shutdown grace period over; closing the connections still open"
+            );
+            closed.cancel();
+            connections.wait().await;
+        }
     }
 }
 

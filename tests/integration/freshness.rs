@@ -351,6 +351,10 @@ async fn stale_reads_fail_past_max_staleness_unless_allowed() {
     })
     .await;
     assert!(!client.status(Some("s")).await.unwrap()[0].stale);
+    eventually(Duration::from_secs(10), "/readyz 200 again", || async {
+        http_get(&sidecar.http, "/readyz").await.0 == 200
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
