@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
 # Runs nearkv with a local JetStream nats-server (installed into .tools/ if missing) and the
-# `shop_orders` bucket from config/dev.toml. Ctrl-C stops both.
+# `shop_orders` and `bench` buckets from config/dev.toml. Ctrl-C stops both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/tools.sh
 ensure_nats_server
+# For the quick start's plain-NATS read (tests/peers/nats_py_kv.py).
+ensure_nats_py
 
 port="${NATS_PORT:-4222}"
 nats_pid=""
 cleanup() { [ -n "$nats_pid" ] && kill "$nats_pid" 2>/dev/null || true; }
 trap cleanup EXIT
+
+echo "building nearkv (release; the first build takes a few minutes)" >&2
+cargo build --release
 
 if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
   echo "a server is already listening on 127.0.0.1:$port; using it as NATS" >&2
@@ -21,8 +26,7 @@ else
     (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
     sleep 0.1
   done
-  echo "nats-server $("$NATS_SERVER" --version) on nats://127.0.0.1:$port (log: .tools/dev-nats.log)" >&2
+  echo "$("$NATS_SERVER" --version) on nats://127.0.0.1:$port (log: .tools/dev-nats.log)" >&2
 fi
 
-cargo build --release --quiet
 ./target/release/nearkv serve --config config/dev.toml --nats-url "nats://127.0.0.1:$port" "$@"

@@ -245,7 +245,7 @@ pub fn serve_config(
             bucket.create = true;
         }
     }
-    config.validate()?;
+    // Validated once, by `crate::serve`, which embedders call too.
     Ok(config)
 }
 

@@ -23,8 +23,8 @@ pub enum ConfigError {
     Invalid { field: String, message: String },
 }
 
-/// A password or token: read from the config, handed to NATS, never printed (its `Debug` and
-/// `Display` show `***`), so it cannot reach a log line or an error message.
+/// A password or token: read from the config, handed to NATS, never printed (its `Debug` shows
+/// `***` and it has no `Display`), so it cannot reach a log line or an error message.
 #[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(transparent)]
 pub struct Secret(String);
@@ -355,7 +355,7 @@ impl BucketConfig {
 }
 
 impl Config {
-    /// Reads and validates a TOML file.
+    /// Reads and parses a TOML file; [`Config::validate`] checks what parsing cannot.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),

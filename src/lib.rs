@@ -40,6 +40,7 @@ pub enum ServeError {
 /// the configured buckets and serves clients; then shuts down cleanly.
 pub async fn serve(config: config::Config, shutdown: CancellationToken) -> Result<(), ServeError> {
     config.validate()?;
+    warn_if_the_health_probe_is_refused(&config.socket);
     let mode = config.socket.mode_bits()?;
     // The socket is what applications depend on; an HTTP port taken by another process (a
     // second sidecar on the same host, say) disables the endpoint loudly rather than the sidecar.
@@ -88,12 +89,37 @@ pub async fn serve(config: config::Config, shutdown: CancellationToken) -> Resul
         metrics,
     });
     server.run(ctx, shutdown).await;
-    cache.shutdown().await;
+    let grace = config.socket.shutdown_grace;
+    if tokio::time::timeout(grace, cache.shutdown()).await.is_err() {
+        tracing::warn!(
+            ?grace,
+            "bucket tasks did not stop within the shutdown grace period"
+        );
+    }
     if let Some(http) = http {
         let _ = http.await;
     }
     tracing::info!("nearkv stopped");
     Ok(())
+}
+
+/// `/healthz` pings the socket as the sidecar's own user: peer checks that leave it out make the
+/// probe fail, which operators should learn at start rather than from a restarting pod.
+fn warn_if_the_health_probe_is_refused(socket: &config::SocketConfig) {
+    use std::os::unix::fs::MetadataExt;
+    if socket.allow_uids.is_empty() && socket.allow_gids.is_empty() {
+        return;
+    }
+    if let Ok(me) = std::fs::metadata("/proc/self") {
+        if !socket.allow_uids.contains(&me.uid()) && !socket.allow_gids.contains(&me.gid()) {
+            tracing::warn!(
+                uid = me.uid(),
+                gid = me.gid(),
+                "socket.allow_uids / allow_gids leave out the sidecar's own user, so /healthz (which \
+                 pings the socket as that user) will answer 503: add the uid or gid"
+            );
+        }
+    }
 }
 
 /// A number in [0, 1), different on each call (the standard library's per-instance random hash

@@ -263,6 +263,11 @@ pub async fn run(args: &BenchArgs, socket: &std::path::Path) -> Result<Report, S
     if args.connections == 0 || args.pipeline == 0 || args.keys == 0 {
         return Err("--connections, --pipeline and --keys must be at least 1".to_string());
     }
+    if args.against == Target::Nearkv
+        && !matches!(args.workload, Workload::Snapshot | Workload::Seed)
+    {
+        socket::check_mirrored(socket, &args.bucket).await?;
+    }
     let needs_seed = matches!(
         args.workload,
         Workload::Get | Workload::Mget | Workload::Mixed

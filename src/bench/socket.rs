@@ -18,6 +18,22 @@ use crate::protocol::response::{peek_id_ok, Head, RevisionBody};
 use crate::protocol::ReadOptions;
 
 /// Waits until the sidecar's mirror of `bucket` has applied `revision` (the seeded data).
+/// Fails before the bench changes anything when the sidecar at `socket` is not there or does
+/// not mirror `bucket`.
+pub async fn check_mirrored(socket: &Path, bucket: &str) -> Result<(), String> {
+    let client = Client::connect(socket).await.map_err(|e| e.to_string())?;
+    match client.status(Some(bucket)).await {
+        Ok(_) => Ok(()),
+        Err(err) if err.code() == "unknown_bucket" => Err(format!(
+            "the sidecar at {} does not mirror bucket `{bucket}`, which the bench writes and reads: \
+             start it with `--bucket {bucket} --create-buckets` (./scripts/dev.sh mirrors `bench`), \
+             or pass --bucket NAME",
+            socket.display()
+        )),
+        Err(err) => Err(err.to_string()),
+    }
+}
+
 pub async fn wait_for_revision(socket: &Path, bucket: &str, revision: u64) -> Result<(), String> {
     let client = Client::connect(socket).await.map_err(|e| e.to_string())?;
     let read = ReadOptions {

@@ -170,10 +170,6 @@ impl Staging {
         self.applied = self.applied.max(revision);
     }
 
-    pub fn applied(&self) -> u64 {
-        self.applied
-    }
-
     pub fn len(&self) -> usize {
         self.table.len()
     }
@@ -425,9 +421,8 @@ impl Mirror {
         }
     }
 
-    /// Records that every revision up to `revision` has been applied (also used when a filtered
-    /// mirror learns that revisions outside its filter exist).
-    pub(crate) fn advance(&self, revision: u64) {
+    /// Records that every revision up to `revision` has been applied, and wakes its waiters.
+    fn advance(&self, revision: u64) {
         if revision > self.applied() {
             self.applied.store(revision, Ordering::SeqCst);
             // SeqCst pairs with `wait_for`: a waiter that this load misses re-reads `applied`

@@ -60,6 +60,11 @@ async fn a_create_on_a_deleted_key_succeeds_while_another_sidecar_keeps_deleting
     }
     stop.store(true, Ordering::Relaxed);
     let concurrent_deletes = deletes.await.unwrap();
+    println!(
+        "creates on a deleted key: {} of {ROUNDS} refused while another sidecar deleted it \
+         {concurrent_deletes} times",
+        refused.len()
+    );
     assert!(
         concurrent_deletes > 50,
         "the deleter ran {concurrent_deletes} times only"

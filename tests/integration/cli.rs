@@ -193,6 +193,33 @@ async fn cli_commands_exit_codes_and_json() {
     }
     let err = String::from_utf8_lossy(&nearkv(s, &["get", "nope", "k"]).stderr).to_string();
     assert!(err.contains("unknown_bucket"), "{err}");
+    // Every error line is `nearkv: <code>: <message>` with a documented code, the client's own
+    // failures included; --json gives the same code.
+    let none = ["--socket", "/nonexistent/nearkv.sock"];
+    let err = nearkv(s, &[&none[..], &["get", "shop_orders", "k"]].concat());
+    let line = String::from_utf8_lossy(&err.stderr).to_string();
+    assert!(line.starts_with("nearkv: cannot_connect: "), "{line}");
+    let err = nearkv(
+        s,
+        &[&none[..], &["--json", "get", "shop_orders", "k"]].concat(),
+    );
+    let json: serde_json::Value = serde_json::from_slice(&err.stderr).unwrap();
+    assert_eq!(json["error"]["code"], "cannot_connect", "{json}");
+    let err = nearkv(s, &["put", "shop_orders", "a..b", "v"]);
+    let line = String::from_utf8_lossy(&err.stderr).to_string();
+    assert!(line.starts_with("nearkv: invalid_key: "), "{line}");
+    let out = nearkv(s, &["get", "shop_orders", "never-written"]);
+    assert_exit(&out, 1);
+    let line = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(line.starts_with("nearkv: not_found: "), "{line}");
+    // `serve --help` offers no client-only flag; `get --help` describes its arguments.
+    let help = stdout(&nearkv(s, &["serve", "--help"]));
+    assert!(!help.contains("--json"), "{help}");
+    let help = stdout(&nearkv(s, &["get", "--help"]));
+    assert!(
+        help.contains("The bucket") && help.contains("The key"),
+        "{help}"
+    );
     sidecar.stop().await;
 }
 
@@ -217,6 +244,7 @@ async fn cli_watch_prints_values_then_changes() {
         .env("NEARKV_SOCKET", &sidecar.socket)
         .args(["--json", "watch", "w"])
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
@@ -235,8 +263,52 @@ async fn cli_watch_prints_values_then_changes() {
     );
     client.delete("w", "a", Default::default()).await.unwrap();
     assert_eq!(next_line(&mut lines).await["operation"], "delete");
-    child.kill().await.unwrap();
+    // The sidecar shuts down: the watch says why it ended and exits non-zero.
     sidecar.stop().await;
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("the watch ends")
+        .unwrap();
+    assert_eq!(status.code(), Some(2));
+    let mut stderr = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr)
+        .await
+        .unwrap();
+    assert!(stderr.contains("\"unavailable\""), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_logs_written_to_a_file_carry_no_colour_codes() {
+    let nats = NatsServer::start().await;
+    let dir = tempfile::TempDir::new().unwrap();
+    let socket = dir.path().join("n.sock");
+    let log_file = tempfile::NamedTempFile::new().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nearkv"))
+        .args([
+            "serve",
+            "--nats-url",
+            &nats.url(),
+            "--bucket",
+            "logs",
+            "--create-buckets",
+        ])
+        .args(["--http-listen", "", "--socket"])
+        .arg(&socket)
+        .stderr(log_file.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    let client = loop {
+        if let Ok(client) = nearkv::Client::connect(&socket).await {
+            break client;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    crate::harness::wait_synced(&client).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let logs = std::fs::read_to_string(log_file.path()).unwrap();
+    assert!(logs.contains("nearkv serving"), "{logs}");
+    assert!(!logs.contains('\x1b'), "ANSI codes in a log file: {logs:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

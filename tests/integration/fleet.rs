@@ -57,7 +57,7 @@ async fn a_hostile_client_cannot_fail_another_clients_writes() {
     let too_long_key = "k".repeat(max_key_length("h") + 1);
     let huge = vec![b'x'; 1024 * 1024 + 1];
     let mut answers = 0;
-    for round in 0..40u64 {
+    for round in 0..100u64 {
         let base = round * 10;
         let burst = [
             frame(&json!({"id": base + 1, "op": "put", "bucket": "h", "key": long, "value": "v"})),
@@ -107,7 +107,14 @@ async fn a_hostile_client_cannot_fail_another_clients_writes() {
     for writer in writers {
         writer.await.unwrap();
     }
-    assert_eq!(answers, 320);
+    let reconnects = metric(&sidecar.http, "nearkv_nats_reconnects_total").await;
+    println!(
+        "hostile client: {answers} oversized keys, filters and values refused or answered from \
+         memory; the other client's writes: {} acknowledged, {} failed; NATS reconnects {reconnects}",
+        acked.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed)
+    );
+    assert_eq!(answers, 800);
     assert!(acked.load(Ordering::Relaxed) > 100);
     assert_eq!(
         failed.load(Ordering::Relaxed),
@@ -283,6 +290,9 @@ async fn sigterm_exits_within_the_grace_period_despite_a_client_that_never_reads
         .await
         .expect("the sidecar exits");
     let took = started.elapsed();
+    println!(
+        "shutdown with a client that never reads: exit 0 = {clean} after {took:?} (grace 2 s)"
+    );
     assert!(clean, "exit status 0 after the grace period");
     assert!(
         took < Duration::from_secs(12),

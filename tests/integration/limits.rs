@@ -86,7 +86,8 @@ async fn each_limit_answers_with_its_error_and_spares_the_other_clients() {
             break;
         }
     }
-    drop(raw);
+    // The Rust client sent nothing since the start: the idle timeout has closed it, which frees
+    // the slot this idle connection takes.
     let mut idle = UnixStream::connect(&sidecar.socket).await.unwrap();
     let closed = read_response(&mut idle).await.expect("an error frame");
     assert_eq!(
@@ -102,8 +103,15 @@ async fn each_limit_answers_with_its_error_and_spares_the_other_clients() {
             "{series}"
         );
     }
-    // The client that kept its connection busy was never disturbed (its own idle time aside).
-    drop(client);
-    let client = sidecar.client().await;
+    // The connection kept busy by its watches was never disturbed: it still answers.
+    send_raw(&mut raw, &frame(&json!({"id": 21, "op": "ping"}))).await;
+    loop {
+        let message = read_response(&mut raw).await.expect("still open");
+        if message["id"] == 21 {
+            assert_eq!(message["ok"], true);
+            break;
+        }
+    }
+    // And the idle Rust client reconnects by itself on its next call.
     client.ping().await.unwrap();
 }

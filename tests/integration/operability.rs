@@ -181,6 +181,9 @@ async fn readyz_latches_after_the_initial_sync_and_survives_a_nats_outage() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert!(probes >= 10);
+    println!(
+        "NATS outage of 16 s: /readyz answered 200 to {probes} of {probes} probes; reads served"
+    );
     assert_eq!(http_get(&sidecar.http, "/healthz").await.0, 200);
     nats.restart().await;
     eventually(
