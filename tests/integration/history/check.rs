@@ -21,7 +21,10 @@ pub enum Kind {
         /// `Some` for a compare-and-set.
         expect: Option<u64>,
     },
-    Delete,
+    Delete {
+        /// `Some` for a conditional delete.
+        expect: Option<u64>,
+    },
     Get(Consistency),
 }
 
@@ -31,8 +34,8 @@ pub enum Outcome {
     Written(u64),
     /// A write NATS stored at this revision, answered with `timeout` before the mirror showed it.
     StoredLate(u64),
-    /// A compare-and-set that lost.
-    Conflict,
+    /// A compare-and-set that lost, with the `current_revision` it reported.
+    Conflict { current: u64 },
     /// A write whose fate is unknown (`unavailable`, `timeout`, a broken connection).
     Unknown(String),
     /// A read: the entry (value, revision) if any, and the mirror revision it reflects.
@@ -112,7 +115,7 @@ fn known_writes(history: &[Op]) -> BTreeMap<u64, KnownWrite> {
                 by_value.insert(value.as_str(), i);
                 Some(value.clone())
             }
-            Kind::Delete => None,
+            Kind::Delete { .. } => None,
             Kind::Get(_) => continue,
         };
         if let Outcome::Written(rev) | Outcome::StoredLate(rev) = op.outcome {
@@ -198,7 +201,7 @@ fn check_read_your_writes(history: &[Op], violations: &mut Vec<Violation>) {
             let op = &history[i];
             match (&op.kind, &op.outcome) {
                 (Kind::Put { .. }, Outcome::Written(rev))
-                | (Kind::Delete, Outcome::Written(rev)) => {
+                | (Kind::Delete { .. }, Outcome::Written(rev)) => {
                     latest = latest.max(Some((*rev, i)));
                     let is_put = matches!(op.kind, Kind::Put { .. });
                     per_key.insert(op.key.as_str(), (*rev, i, is_put));
@@ -491,10 +494,16 @@ pub fn check_final(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn op(client: usize, key: &str, kind: Kind, at: (Time, Time), outcome: Outcome) -> Op {
+    pub(crate) fn op(
+        client: usize,
+        key: &str,
+        kind: Kind,
+        at: (Time, Time),
+        outcome: Outcome,
+    ) -> Op {
         Op {
             client,
             sidecar: client % 2,
@@ -506,21 +515,21 @@ mod tests {
         }
     }
 
-    fn put(value: &str) -> Kind {
+    pub(crate) fn put(value: &str) -> Kind {
         Kind::Put {
             value: value.to_string(),
             expect: None,
         }
     }
 
-    fn cas(value: &str, expect: u64) -> Kind {
+    pub(crate) fn cas(value: &str, expect: u64) -> Kind {
         Kind::Put {
             value: value.to_string(),
             expect: Some(expect),
         }
     }
 
-    fn read(value: &str, rev: u64, mirror: u64) -> Outcome {
+    pub(crate) fn read(value: &str, rev: u64, mirror: u64) -> Outcome {
         Outcome::Read {
             entry: Some((value.to_string(), rev)),
             mirror,
@@ -543,7 +552,13 @@ mod tests {
                 read("a", 1, 1),
             ),
             op(1, "k", cas("b", 1), (13, 20), Outcome::Written(2)),
-            op(1, "k", cas("c", 1), (14, 21), Outcome::Conflict),
+            op(
+                1,
+                "k",
+                cas("c", 1),
+                (14, 21),
+                Outcome::Conflict { current: 2 },
+            ),
             op(
                 0,
                 "k",

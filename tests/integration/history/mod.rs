@@ -10,6 +10,7 @@
 //! ```
 
 mod check;
+mod linear;
 
 use std::collections::HashMap;
 
@@ -23,13 +24,85 @@ use nearkv::ErrorCode;
 
 use crate::harness::{bucket, NatsServer, Sidecar};
 use check::{check, check_final, Consistency, FinalEntry, Kind, Op, Outcome};
+use linear::{check_linearizable, Message};
 
 const BUCKET: &str = "history";
 const KEYS: [&str; 4] = ["k0", "k1", "k2", "k3"];
 const CLIENTS: usize = 6;
-/// Messages NATS keeps per key; an acknowledged write may be gone from the stream only after this
-/// many newer writes to its key.
-const HISTORY: i64 = 64;
+/// Messages the bucket's stream keeps per key: all of them (KV clients allow at most 64; the
+/// stream itself does not mind), so that the linearizability check sees every write that took
+/// effect, those whose caller never learned their fate included.
+const HISTORY: i64 = 1_000_000_000;
+
+/// Creates the bucket as any KV client does, then lifts its per-key history limit.
+async fn create_bucket_keeping_everything(nats: &NatsServer) {
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let js = async_nats::jetstream::new(client);
+    js.create_key_value(async_nats::jetstream::kv::Config {
+        bucket: BUCKET.to_string(),
+        history: 64,
+        ..Default::default()
+    })
+    .await
+    .expect("create the bucket");
+    let mut stream = js
+        .get_stream(format!("KV_{BUCKET}"))
+        .await
+        .expect("the bucket's stream");
+    let mut config = stream.info().await.expect("stream info").config.clone();
+    config.max_messages_per_subject = HISTORY;
+    js.update_stream(config).await.expect("keep every message");
+}
+
+/// Every message of the bucket's stream, in revision order, read by a plain consumer.
+async fn whole_stream(nats: &NatsServer) -> Vec<Message> {
+    use async_nats::jetstream::consumer::{push, DeliverPolicy};
+    let kv = nats.kv(BUCKET).await;
+    let last = kv
+        .stream
+        .get_info()
+        .await
+        .expect("stream info")
+        .state
+        .last_sequence;
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let consumer = kv
+        .stream
+        .create_consumer(push::OrderedConfig {
+            deliver_subject: client.new_inbox(),
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .expect("a consumer");
+    let mut messages = consumer.messages().await.expect("messages");
+    let prefix = format!("$KV.{BUCKET}.");
+    let mut out = Vec::new();
+    while out.last().is_none_or(|m: &Message| m.revision < last) {
+        let message = tokio::time::timeout(Duration::from_secs(30), messages.next())
+            .await
+            .expect("the stream in time")
+            .expect("more messages")
+            .expect("a message");
+        let revision = message.info().expect("metadata").stream_sequence;
+        let removed = message.headers.as_ref().is_some_and(|h| {
+            h.get("KV-Operation")
+                .is_some_and(|op| op.as_str() == "DEL" || op.as_str() == "PURGE")
+        });
+        let key = message
+            .subject
+            .strip_prefix(prefix.as_str())
+            .unwrap_or("")
+            .to_string();
+        let value = (!removed).then(|| String::from_utf8_lossy(&message.payload).to_string());
+        out.push(Message {
+            revision,
+            key,
+            value,
+        });
+    }
+    out
+}
 
 /// SplitMix64: small, seedable, good enough to pick operations.
 struct Rng(u64);
@@ -81,71 +154,58 @@ async fn run_client(
         n += 1;
         let value = format!("c{id}-{n}");
         let invoked = start.elapsed().as_nanos() as u64;
-        let (kind, outcome) = if roll < 40 {
-            let expect = (roll < 15).then(|| seen.get(key).copied().unwrap_or(0));
-            let write = WriteOptions {
-                expect_revision: expect,
-                timeout_ms,
-                ttl_ms: None,
+        let write = |expect_revision: Option<u64>| WriteOptions {
+            expect_revision,
+            timeout_ms,
+            ttl_ms: None,
+        };
+        let seen_rev = seen.get(key).copied().unwrap_or(0);
+        let (kind, outcome) = if roll < 38 {
+            // Plain puts, compare-and-sets on the revision last seen, creates.
+            let expect = match roll {
+                0..=19 => None,
+                20..=29 => Some(seen_rev),
+                _ => Some(0),
             };
-            let result = client.put_with(BUCKET, key, value.as_bytes(), write).await;
+            let result = client
+                .put_with(BUCKET, key, value.as_bytes(), write(expect))
+                .await;
             let kind = Kind::Put { value, expect };
             (kind, write_outcome(result))
-        } else if roll < 48 {
-            let write = WriteOptions {
-                timeout_ms,
-                ..WriteOptions::default()
-            };
+        } else if roll < 50 {
+            // Deletes: plain, and conditional on the revision last seen.
+            let expect = (roll >= 46).then_some(seen_rev);
             (
-                Kind::Delete,
-                write_outcome(client.delete(BUCKET, key, write).await),
+                Kind::Delete { expect },
+                write_outcome(client.delete(BUCKET, key, write(expect)).await),
             )
         } else {
             let level = match roll {
-                48..=71 => Consistency::Cached,
-                72..=83 => Consistency::MinRevision(own_latest.max(1)),
+                50..=73 => Consistency::Cached,
+                74..=83 => Consistency::MinRevision(own_latest.max(1)),
                 _ => Consistency::Strong,
             };
-            let read = ReadOptions {
-                min_revision: match level {
-                    Consistency::MinRevision(rev) => Some(rev),
-                    _ => None,
-                },
-                consistency: match level {
-                    Consistency::Strong => Level::Strong,
-                    _ => Level::Cached,
-                },
-                timeout_ms,
-                allow_stale: false,
-            };
-            let outcome = match client.get_fresh(BUCKET, key, read).await {
-                Ok((entry, fresh)) => Outcome::Read {
-                    entry: entry
-                        .map(|e| (String::from_utf8_lossy(&e.value).to_string(), e.revision)),
-                    mirror: fresh.revision,
-                },
-                Err(err) => Outcome::Failed(failure(&err)),
-            };
-            (Kind::Get(level), outcome)
+            (
+                Kind::Get(level),
+                read(&client, key, level, timeout_ms).await,
+            )
         };
         match &outcome {
             Outcome::Written(rev) => {
                 own_latest = own_latest.max(*rev);
-                seen.insert(
-                    key,
-                    if matches!(kind, Kind::Delete) {
-                        0
-                    } else {
-                        *rev
-                    },
-                );
+                seen.insert(key, *rev);
             }
             Outcome::Read { entry, .. } => {
                 seen.insert(key, entry.as_ref().map_or(0, |(_, rev)| *rev));
             }
+            // Retry with what the refusal reported, as a client would.
+            Outcome::Conflict { current } => {
+                seen.insert(key, *current);
+            }
             _ => {}
         }
         let completed = start.elapsed().as_nanos() as u64;
+        let acknowledged = matches!(outcome, Outcome::Written(_));
         ops.push(Op {
             client: id,
             sidecar,
@@ -155,15 +215,54 @@ async fn run_client(
             completed,
             outcome,
         });
+        // Half the acknowledged writes are read back at once from the mirror: read-your-writes
+        // at its tightest, NATS restarts included.
+        if acknowledged && rng.below(2) == 0 {
+            let invoked = start.elapsed().as_nanos() as u64;
+            let outcome = read(&client, key, Consistency::Cached, timeout_ms).await;
+            ops.push(Op {
+                client: id,
+                sidecar,
+                key: key.to_string(),
+                kind: Kind::Get(Consistency::Cached),
+                invoked,
+                completed: start.elapsed().as_nanos() as u64,
+                outcome,
+            });
+        }
     }
     ops
+}
+
+async fn read(client: &Client, key: &str, level: Consistency, timeout_ms: Option<u64>) -> Outcome {
+    let read = ReadOptions {
+        min_revision: match level {
+            Consistency::MinRevision(rev) => Some(rev),
+            _ => None,
+        },
+        consistency: match level {
+            Consistency::Strong => Level::Strong,
+            _ => Level::Cached,
+        },
+        timeout_ms,
+        allow_stale: false,
+    };
+    match client.get_fresh(BUCKET, key, read).await {
+        Ok((entry, fresh)) => Outcome::Read {
+            entry: entry.map(|e| (String::from_utf8_lossy(&e.value).to_string(), e.revision)),
+            mirror: fresh.revision,
+        },
+        Err(err) => Outcome::Failed(failure(&err)),
+    }
 }
 
 fn write_outcome(result: Result<u64, ClientError>) -> Outcome {
     match result {
         Ok(rev) => Outcome::Written(rev),
         Err(err) => match err.server_error() {
-            Some(e) if e.code == ErrorCode::WrongRevision => Outcome::Conflict,
+            Some(e) if e.code == ErrorCode::WrongRevision => Outcome::Conflict {
+                current: e.current_revision.unwrap_or(u64::MAX),
+            },
             Some(e) if e.code == ErrorCode::Timeout && e.revision.is_some() => {
                 Outcome::StoredLate(e.revision.unwrap_or(0))
             }
@@ -263,10 +362,8 @@ async fn history_checker() {
     });
     let run = Duration::from_secs(seconds);
     let mut nats = NatsServer::start().await;
-    let config = nearkv::config::BucketConfig {
-        history: HISTORY,
-        ..bucket(BUCKET)
-    };
+    create_bucket_keeping_everything(&nats).await;
+    let config = bucket(BUCKET);
     let sidecars = [
         Sidecar::start(&nats.url(), vec![config.clone()]).await,
         Sidecar::start(&nats.url(), vec![config]).await,
@@ -304,6 +401,8 @@ async fn history_checker() {
     let mut violations = check(&history);
     let (final_state, stored) = server_view(&nats, &history).await;
     violations.extend(check_final(&history, &final_state, &stored));
+    let stream = whole_stream(&nats).await;
+    violations.extend(check_linearizable(&history, &stream));
     // Both mirrors converge on the server's state, key for key.
     let last = final_state.values().map(|e| e.revision).max().unwrap_or(0);
     let converged = Arc::new(ReadOptions {
@@ -333,8 +432,26 @@ async fn history_checker() {
     let count = |f: &dyn Fn(&Op) -> bool| history.iter().filter(|op| f(op)).count();
     let reads = count(&|op| matches!(op.outcome, Outcome::Read { .. }));
     let acked = count(&|op| matches!(op.outcome, Outcome::Written(_)));
-    let conflicts = count(&|op| op.outcome == Outcome::Conflict);
+    let conflicts = count(&|op| matches!(op.outcome, Outcome::Conflict { .. }));
     let failed = count(&|op| matches!(op.outcome, Outcome::Failed(_) | Outcome::Unknown(_)));
+    let creates = count(&|op| {
+        matches!(
+            op.kind,
+            Kind::Put {
+                expect: Some(0),
+                ..
+            }
+        ) && matches!(op.outcome, Outcome::Written(_))
+    });
+    let refused_creates = count(&|op| {
+        matches!(
+            op.kind,
+            Kind::Put {
+                expect: Some(0),
+                ..
+            }
+        ) && matches!(op.outcome, Outcome::Conflict { .. })
+    });
     let strong = count(&|op| {
         matches!(op.kind, Kind::Get(Consistency::Strong))
             && matches!(op.outcome, Outcome::Read { .. })
@@ -343,9 +460,11 @@ async fn history_checker() {
         "history checker: seed {seed}, {seconds} s, {CLIENTS} clients over 2 sidecars, {} keys, \
          NATS down at {outages:?}\n  {} operations: {reads} reads answered ({strong} strong), \
          {acked} writes acknowledged, {conflicts} compare-and-set conflicts, {failed} failed \
-         (NATS away)\n  violations: {}, mirrors diverged: {}",
+         (NATS away)\n  linearizability of every key checked against all {} stream messages \
+         ({creates} creates, {refused_creates} refused)\n  violations: {}, mirrors diverged: {}",
         KEYS.len(),
         history.len(),
+        stream.len(),
         violations.len(),
         diverged.len()
     );
