@@ -13,10 +13,12 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, kv};
 use futures::StreamExt;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::bucket::Shared;
 use super::feed::{Feed, Start, Update};
+use super::link::{reconnected, Link};
 use super::mirror::{unix_nanos, Applied, ExpiryKey, Staging};
 use super::strong::last_revision;
 use crate::nats::open_bucket;
@@ -38,6 +40,9 @@ pub(crate) struct Actor {
     /// Why the mirror must be reloaded from a fresh snapshot; kept until a reload succeeds, so
     /// that a feed lost halfway through one does not forget it.
     pub(crate) resync: Option<String>,
+    /// A feed was created since the last loss: the next loss retries at once, not after a backoff
+    /// grown by earlier losses.
+    pub(crate) feed_started: bool,
 }
 
 /// Tracks the expiry of a value just applied, and forgets the one of the value it replaced.
@@ -61,6 +66,9 @@ enum FeedEnd {
     Shutdown,
     /// The feed broke; resume after the last applied revision.
     Lost(String),
+    /// The NATS connection was re-established (on another node, perhaps): the feed's consumer
+    /// may have died with the old one. Resume after the last applied revision, at once.
+    Reconnected,
     /// The mirror must be reloaded from a fresh snapshot.
     Resync(String),
 }
@@ -120,7 +128,18 @@ impl Actor {
                     tracing::warn!(%reason, applied = self.shared.mirror.applied(), "reloading the mirror from a fresh snapshot");
                     self.resync = Some(reason);
                 }
+                FeedEnd::Reconnected => {
+                    self.shared.watcher_restarts.fetch_add(1, Ordering::Relaxed);
+                    attempt = 0;
+                    tracing::info!(
+                        applied = self.shared.mirror.applied(),
+                        "NATS connection re-established; recreating the feed from the last applied revision"
+                    );
+                }
                 FeedEnd::Lost(reason) => {
+                    if std::mem::take(&mut self.feed_started) {
+                        attempt = 0;
+                    }
                     self.shared.watcher_restarts.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(
                         %reason,
@@ -207,6 +226,9 @@ impl Actor {
         } else {
             Start::From(self.shared.mirror.applied() + 1)
         };
+        // The connection the feed is created on: a newer one means the feed must be recreated.
+        let mut link = self.shared.link.clone();
+        let connects = link.borrow_and_update().connects;
         let created = tokio::select! {
             _ = self.shutdown.cancelled() => return FeedEnd::Shutdown,
             created = Feed::start(&self.shared.client, store, filter, start) => created,
@@ -215,15 +237,18 @@ impl Actor {
             Ok(feed) => feed,
             Err(err) => return FeedEnd::Lost(err),
         };
+        self.feed_started = true;
         if let Start::Snapshot = start {
             self.shared.resyncing.store(true, Ordering::Relaxed);
-            let loaded = self.load_snapshot(&mut feed, &info).await;
+            let loaded = self
+                .load_snapshot(&mut feed, &info, &mut link, connects)
+                .await;
             self.shared.resyncing.store(false, Ordering::Relaxed);
             if let Some(end) = loaded {
                 return end;
             }
         }
-        self.follow(&mut feed).await
+        self.follow(&mut feed, &mut link, connects).await
     }
 
     /// Loads the feed's snapshot into a staging table while the current one keeps serving, then
@@ -232,6 +257,8 @@ impl Actor {
         &mut self,
         feed: &mut Feed,
         info: &jetstream::stream::Info,
+        link: &mut watch::Receiver<Link>,
+        connects: u64,
     ) -> Option<FeedEnd> {
         let target = info.state.last_sequence;
         let filtered = self.shared.config.filter != ">";
@@ -244,6 +271,7 @@ impl Actor {
         while !done {
             let item = tokio::select! {
                 _ = self.shutdown.cancelled() => return Some(FeedEnd::Shutdown),
+                () = reconnected(link, connects) => return Some(FeedEnd::Reconnected),
                 item = feed.next() => item,
             };
             let update = match self.check_item(item, &mut errors) {
@@ -290,7 +318,12 @@ impl Actor {
     }
 
     /// Applies the feed's changes as they come, sweeps expired values, and stops for a resync.
-    async fn follow(&mut self, feed: &mut Feed) -> FeedEnd {
+    async fn follow(
+        &mut self,
+        feed: &mut Feed,
+        link: &mut watch::Receiver<Link>,
+        connects: u64,
+    ) -> FeedEnd {
         let shared = self.shared.clone();
         let mirror = &shared.mirror;
         let filtered = shared.config.filter != ">";
@@ -302,6 +335,7 @@ impl Actor {
             });
             let item = tokio::select! {
                 _ = self.shutdown.cancelled() => return FeedEnd::Shutdown,
+                () = reconnected(link, connects) => return FeedEnd::Reconnected,
                 _ = shared.resync_requested.notified() => {
                     match shared.take_resync() {
                         Some(reason) => return FeedEnd::Resync(reason),

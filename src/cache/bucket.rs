@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::actor::Actor;
+use super::link::Link;
 use super::mirror::Mirror;
 use super::strong::StrongReads;
 use super::watch::Watch;
@@ -64,6 +65,8 @@ pub(crate) struct Shared {
     resync_reason: Mutex<Option<String>>,
     pub(crate) resync_requested: Notify,
     strong: Arc<StrongReads>,
+    /// The NATS connection: up or not, and how often it has been established.
+    pub(crate) link: watch::Receiver<Link>,
     /// The cache's tracker of background tasks, and the token that stops them.
     pub(crate) tasks: TaskTracker,
     pub(crate) shutdown: CancellationToken,
@@ -121,6 +124,7 @@ impl Bucket {
         default_timeout: Duration,
         shutdown: CancellationToken,
         tasks: TaskTracker,
+        link: watch::Receiver<Link>,
     ) -> Bucket {
         let shared = Arc::new(Shared {
             config,
@@ -141,12 +145,14 @@ impl Bucket {
             strong: Arc::new(StrongReads::default()),
             tasks: tasks.clone(),
             shutdown: shutdown.clone(),
+            link,
         });
         let actor = Actor {
             shared: shared.clone(),
             shutdown,
             expiring: Default::default(),
             resync: None,
+            feed_started: false,
         };
         let span = tracing::info_span!("bucket", bucket = %shared.config.name);
         tasks.spawn(tracing::Instrument::instrument(actor.run(), span));
@@ -546,16 +552,12 @@ impl Bucket {
                 "not connected to NATS; the write was not sent: retry when NATS is reachable",
             ));
         }
-        let revision = writes::write(
-            &self.shared.js,
+        let destination = writes::Destination {
+            js: &self.shared.js,
             store,
-            key,
-            operation,
-            value,
-            write,
-            deadline,
-        )
-        .await?;
+            link: &self.shared.link,
+        };
+        let revision = writes::write(destination, key, operation, value, write, deadline).await?;
         if filter_matches(&self.shared.config.filter, key) {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             self.shared

@@ -15,6 +15,7 @@
 mod actor;
 mod bucket;
 mod feed;
+mod link;
 mod mirror;
 mod strong;
 mod watch;
@@ -73,6 +74,8 @@ impl Cache {
         let mut map = HashMap::default();
         let mut order = Vec::new();
         let tasks = TaskTracker::new();
+        let (link, link_receiver) = tokio::sync::watch::channel(link::Link::of(&client));
+        tasks.spawn(link::monitor(client.clone(), link, shutdown.clone()));
         for config in buckets {
             let name = config.name.clone();
             let bucket = Bucket::spawn(
@@ -82,6 +85,7 @@ impl Cache {
                 default_timeout,
                 shutdown.child_token(),
                 tasks.clone(),
+                link_receiver.clone(),
             );
             order.push(name.clone());
             map.insert(name, bucket);

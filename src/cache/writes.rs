@@ -10,6 +10,9 @@ use async_nats::jetstream::{self, kv};
 use async_nats::HeaderMap;
 use bytes::Bytes;
 
+use tokio::sync::watch;
+
+use super::link::{self, Link};
 use crate::error::{Error, ErrorCode, Result};
 use crate::keys::quote;
 use crate::protocol::{Operation, WriteOptions};
@@ -34,8 +37,7 @@ const TTL_DISABLED_CODE: u64 = 10166;
 /// On a refusal, `current_revision` is the key's latest revision read from the stream leader
 /// after NATS refused the write: a revision the key had during the request, 0 for no value.
 pub async fn write(
-    js: &jetstream::Context,
-    store: &kv::Store,
+    to: Destination<'_>,
     key: &str,
     operation: Operation,
     value: Bytes,
@@ -48,15 +50,15 @@ pub async fn write(
         ttl_ms: options.ttl_ms,
     };
     let Some(expected) = options.expect_revision else {
-        return publish(js, store, &message, value, None).await;
+        return publish(to, &message, value, None).await;
     };
     let mut condition = expected;
     loop {
-        match publish(js, store, &message, value.clone(), Some(condition)).await {
+        match publish(to, &message, value.clone(), Some(condition)).await {
             Err(err) if err.code == ErrorCode::WrongRevision => {}
             done => return done,
         }
-        condition = match (expected, latest(store, key).await?) {
+        condition = match (expected, latest(to.store, key).await?) {
             (0, Latest::Live(current)) => return Err(Error::wrong_revision(key, 0, current)),
             // Still no value: a marker (or a purge of everything) came in between. Try again
             // against what is there now.
@@ -127,6 +129,15 @@ async fn latest(store: &kv::Store, key: &str) -> Result<Latest> {
     }
 }
 
+/// Where a write goes: the bucket, through the JetStream context, over the connection `link`
+/// describes (if that drops, the acknowledgement never comes).
+#[derive(Clone, Copy)]
+pub struct Destination<'a> {
+    pub js: &'a jetstream::Context,
+    pub store: &'a kv::Store,
+    pub link: &'a watch::Receiver<Link>,
+}
+
 /// What a write publishes, apart from its value and condition.
 struct Message<'a> {
     key: &'a str,
@@ -135,13 +146,12 @@ struct Message<'a> {
 }
 
 async fn publish(
-    js: &jetstream::Context,
-    store: &kv::Store,
+    to: Destination<'_>,
     message: &Message<'_>,
     value: Bytes,
     expect_revision: Option<u64>,
 ) -> Result<u64> {
-    let key = message.key;
+    let (js, store, key) = (to.js, to.store, message.key);
     let prefix = store.put_prefix.as_deref().unwrap_or(&store.prefix);
     let subject = format!("{prefix}{key}");
     let mut headers = HeaderMap::new();
@@ -180,12 +190,29 @@ async fn publish(
             ),
         ));
     }
-    let ack = match js.publish_with_headers(subject, headers, value).await {
-        Ok(ack) => ack.await,
-        Err(err) => Err(err),
+    let mut link = to.link.clone();
+    let sent_on = link.borrow_and_update().connects;
+    let ack = async {
+        match js.publish_with_headers(subject, headers, value).await {
+            Ok(ack) => ack.await,
+            Err(err) => Err(err),
+        }
     };
-    ack.map(|ack| ack.sequence)
-        .map_err(|err| publish_error(err, key, expect_revision))
+    tokio::select! {
+        ack = ack => ack
+            .map(|ack| ack.sequence)
+            .map_err(|err| publish_error(err, key, expect_revision)),
+        // The answer would have come on that connection: waiting out the timeout tells nothing more.
+        () = link::lost(&mut link, sent_on) => Err(Error::write_failed(
+            ErrorCode::Unavailable,
+            true,
+            format!(
+                "the NATS connection dropped while the write to `{}` was in flight; it may or may \
+                 not have been stored: read the key before retrying",
+                quote(key)
+            ),
+        )),
+    }
 }
 
 /// The size of the header block NATS counts against `max_payload` (none when there are no headers).

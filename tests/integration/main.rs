@@ -10,6 +10,7 @@ mod cas;
 mod cli;
 mod cluster;
 mod consistency;
+mod failover;
 mod faults;
 mod fleet;
 mod freshness;

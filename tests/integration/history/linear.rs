@@ -353,6 +353,7 @@ fn no_value_refusals(
     windows: &[(Window, Option<usize>)],
     violations: &mut Vec<Violation>,
 ) {
+    let mut spans: HashMap<&str, NoValueSpans> = HashMap::new();
     for (o, op) in history.iter().enumerate() {
         let Outcome::Conflict { current: 0 } = op.outcome else {
             continue;
@@ -362,26 +363,10 @@ fn no_value_refusals(
             continue;
         }
         let key = op.key.as_str();
-        let list = stream.by_key.get(key).map_or(&[][..], Vec::as_slice);
-        // No value: before the key's first message, or from each of its markers on.
-        let starts = std::iter::once(None).chain(
-            list.iter()
-                .copied()
-                .filter(|&j| {
-                    let m = &stream.messages[j];
-                    m.value.is_none() && m.revision != expected
-                })
-                .map(Some),
-        );
-        let overlaps = |state: Option<usize>| {
-            let began = state.is_none_or(|j| windows[j].0.earliest <= op.completed);
-            let next = match state {
-                Some(j) => stream.neighbours(key, j).1,
-                None => list.first().copied(),
-            };
-            began && next.is_none_or(|n| windows[n].0.latest >= op.invoked)
-        };
-        if !starts.into_iter().any(overlaps) {
+        let spans = spans
+            .entry(key)
+            .or_insert_with(|| NoValueSpans::new(stream, windows, key));
+        if !spans.overlap(op.invoked, op.completed, expected) {
             violations.push(Violation {
                 rule: "(g) refused compare-and-set",
                 detail: format!(
@@ -391,6 +376,63 @@ fn no_value_refusals(
                 ops: vec![o],
             });
         }
+    }
+}
+
+/// A key's spans without a value (before its first message, and from each marker to the key's
+/// next message), as windows: the earliest a span may begin, the latest it may end. Sorted by
+/// beginning, with the two latest ends so far (of different markers), so that "does a span other
+/// than marker N's overlap this call" is one binary search.
+struct NoValueSpans {
+    begins: Vec<Time>,
+    /// Up to each position: the latest end, and the latest end of another marker, with their
+    /// marker revisions (0 for the span before the first message).
+    best: Vec<[(Time, u64); 2]>,
+}
+
+impl NoValueSpans {
+    fn new(stream: &Stream, windows: &[(Window, Option<usize>)], key: &str) -> Self {
+        let list = stream.by_key.get(key).map_or(&[][..], Vec::as_slice);
+        let end = |next: Option<usize>| next.map_or(Time::MAX, |n| windows[n].0.latest);
+        let mut spans = vec![(0, end(list.first().copied()), 0)];
+        for &j in list {
+            if stream.messages[j].value.is_none() {
+                let next = stream.neighbours(key, j).1;
+                spans.push((
+                    windows[j].0.earliest,
+                    end(next),
+                    stream.messages[j].revision,
+                ));
+            }
+        }
+        spans.sort_unstable();
+        let mut best = Vec::with_capacity(spans.len());
+        let mut top = [(0, u64::MAX), (0, u64::MAX)];
+        for &(_, end, marker) in &spans {
+            if end >= top[0].0 {
+                if marker != top[0].1 {
+                    top[1] = top[0];
+                }
+                top[0] = (end, marker);
+            } else if end >= top[1].0 && marker != top[0].1 {
+                top[1] = (end, marker);
+            }
+            best.push(top);
+        }
+        NoValueSpans {
+            begins: spans.iter().map(|&(begin, ..)| begin).collect(),
+            best,
+        }
+    }
+
+    /// Whether a span other than marker `except`'s may overlap `[from, to]`.
+    fn overlap(&self, from: Time, to: Time, except: u64) -> bool {
+        let n = self.begins.partition_point(|&begin| begin <= to);
+        let Some(top) = n.checked_sub(1).map(|i| self.best[i]) else {
+            return false;
+        };
+        top.iter()
+            .any(|&(end, marker)| marker != u64::MAX && marker != except && end >= from)
     }
 }
 

@@ -1,0 +1,81 @@
+//! The NATS connection as the bucket actors and writes see it: whether it is up, and how many
+//! times it has been established.
+//!
+//! async-nats knows at once when its connection drops and when it is back (on another node of
+//! the cluster, say), but a feed's ordered consumer notices that its server-side consumer died
+//! with a node only after missed heartbeats, 5 to 10 s later. Watching the connection lets the
+//! actor recreate its feed as soon as the connection is back, and lets a write in flight fail at
+//! once when the connection it was sent on drops.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use async_nats::connection::State;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// How often the connection's state is read. async-nats offers no notification an embedder's
+/// client could share, and two atomic loads cost nothing at this rate.
+const POLL_EVERY: Duration = Duration::from_millis(20);
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Link {
+    pub up: bool,
+    /// Connections established so far, the first included: a change means a reconnect.
+    pub connects: u64,
+}
+
+impl Link {
+    pub fn of(client: &async_nats::Client) -> Link {
+        Link {
+            up: client.connection_state() == State::Connected,
+            connects: client.statistics().connects.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Publishes the client's [`Link`] whenever it changes, until `shutdown`.
+pub async fn monitor(
+    client: async_nats::Client,
+    link: watch::Sender<Link>,
+    shutdown: CancellationToken,
+) {
+    let mut ticks = tokio::time::interval(POLL_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        let now = Link::of(&client);
+        link.send_if_modified(|seen| std::mem::replace(seen, now) != now);
+    }
+}
+
+/// Resolves once the connection that was up with `connects` connections so far has dropped (it
+/// is down, or it has been replaced); never, if nobody publishes links any more.
+pub async fn lost(link: &mut watch::Receiver<Link>, connects: u64) {
+    loop {
+        let now = *link.borrow_and_update();
+        if !now.up || now.connects != connects {
+            return;
+        }
+        if link.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    }
+}
+
+/// Resolves once the connection is up again after the one that had made `connects` connections
+/// so far; never, if nobody publishes links any more.
+pub async fn reconnected(link: &mut watch::Receiver<Link>, connects: u64) {
+    loop {
+        let now = *link.borrow_and_update();
+        if now.up && now.connects != connects {
+            return;
+        }
+        if link.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! A sidecar's own NATS node dies: the sidecar must be current and writable again as soon as the
+//! cluster is, measured against a direct NATS client on the same cluster in the same run.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nearkv::config::BucketConfig;
+use nearkv::protocol::{ReadOptions, WriteOptions};
+
+use crate::harness::{NatsCluster, Sidecar};
+
+/// How far behind the direct client the sidecar may be back (the issue's bound).
+const ALLOWED_LAG: Duration = Duration::from_millis(1500);
+
+/// Successful writes: (invoked, completed, key, revision, value).
+type Acked = Arc<Mutex<Vec<(Instant, Instant, String, u64, String)>>>;
+
+struct Recovery {
+    direct_back: Duration,
+    sidecar_writable: Duration,
+    sidecar_current: Duration,
+    acknowledged: usize,
+}
+
+/// Kills the node sidecar A is connected to (also the stream leader when `leader` is true) and
+/// measures, from the kill, when a direct client and the sidecar can write again and when the
+/// sidecar's mirror is confirmed current again.
+async fn kill_the_sidecars_node(leader: bool) -> Recovery {
+    let mut cluster = NatsCluster::start(3).await;
+    let urls = cluster.urls();
+    let js = async_nats::jetstream::new(async_nats::connect(urls.as_slice()).await.unwrap());
+    js.create_key_value(async_nats::jetstream::kv::Config {
+        bucket: "fo".to_string(),
+        history: 1,
+        num_replicas: 3,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let stream_leader = js
+        .get_stream("KV_fo")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .cluster
+        .as_ref()
+        .and_then(|c| c.leader.clone())
+        .expect("a stream leader");
+    let leader_index: usize = stream_leader.trim_start_matches('n').parse().unwrap();
+    let target = if leader {
+        leader_index
+    } else {
+        (leader_index + 1) % 3
+    };
+    let others: Vec<String> = (0..3)
+        .filter(|&i| i != target)
+        .map(|i| urls[i].clone())
+        .collect();
+    // The sidecar is given only its node's URL, as a pod given its local node would be; it
+    // learns the others from the cluster.
+    let config = BucketConfig {
+        replicas: 3,
+        history: 1,
+        ..crate::harness::bucket("fo")
+    };
+    let sidecar = Sidecar::start_with(&urls[target], vec![config], |c| {
+        c.nats.request_timeout = Duration::from_secs(2);
+    })
+    .await;
+    let client = sidecar.synced_client().await;
+    let direct = async_nats::jetstream::new(async_nats::connect(others.as_slice()).await.unwrap());
+    let direct_kv = direct.get_key_value("fo").await.unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (direct_acks, sidecar_acks): (Acked, Acked) = Default::default();
+    let direct_writer = {
+        let (stop, acks) = (stop.clone(), direct_acks.clone());
+        tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let (key, value) = (format!("d{}", n % 20), format!("d{n}"));
+                let invoked = Instant::now();
+                let put = tokio::time::timeout(
+                    Duration::from_secs(3),
+                    direct_kv.put(&key, value.clone().into()),
+                );
+                if let Ok(Ok(rev)) = put.await {
+                    acks.lock()
+                        .unwrap()
+                        .push((invoked, Instant::now(), key, rev, value));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let sidecar_writer = {
+        let (stop, acks, client) = (stop.clone(), sidecar_acks.clone(), client.clone());
+        tokio::spawn(async move {
+            let mut n = 0;
+            let write = WriteOptions {
+                timeout_ms: Some(3000),
+                ..WriteOptions::default()
+            };
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let (key, value) = (format!("s{}", n % 20), format!("s{n}"));
+                let invoked = Instant::now();
+                if let Ok(rev) = client.put_with("fo", &key, value.as_bytes(), write).await {
+                    acks.lock()
+                        .unwrap()
+                        .push((invoked, Instant::now(), key, rev, value));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let killed = Instant::now();
+    cluster.nodes[target].stop();
+    // The mirror's age, polled: when it is back under one check interval (1 s) for good.
+    let mut current_since: Option<Instant> = None;
+    let watch_until = killed + Duration::from_secs(15);
+    while Instant::now() < watch_until {
+        let status = client.status(Some("fo")).await.unwrap();
+        let fresh = status[0].age_ms.is_some_and(|age| age < 1000);
+        match (fresh, current_since) {
+            (true, None) => current_since = Some(Instant::now()),
+            (false, Some(_)) => current_since = None,
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    direct_writer.await.unwrap();
+    sidecar_writer.await.unwrap();
+
+    let back = |acks: &Acked| {
+        acks.lock()
+            .unwrap()
+            .iter()
+            .filter(|(invoked, ..)| *invoked > killed)
+            .map(|(_, completed, ..)| *completed - killed)
+            .min()
+            .expect("writes succeeded after the kill")
+    };
+    let direct_back = back(&direct_acks);
+    let sidecar_writable = back(&sidecar_acks);
+    let sidecar_current = current_since.expect("the mirror became current again") - killed;
+
+    // Nothing acknowledged is lost, and the mirror equals NATS.
+    let kv = direct.get_key_value("fo").await.unwrap();
+    let last = direct
+        .get_stream("KV_fo")
+        .await
+        .unwrap()
+        .cached_info()
+        .state
+        .last_sequence;
+    let mut latest = std::collections::HashMap::new();
+    let acks: Vec<_> = direct_acks
+        .lock()
+        .unwrap()
+        .iter()
+        .chain(sidecar_acks.lock().unwrap().iter())
+        .cloned()
+        .collect();
+    for (_, _, key, rev, value) in &acks {
+        let slot = latest.entry(key.clone()).or_insert((0, String::new()));
+        if *rev > slot.0 {
+            *slot = (*rev, value.clone());
+        }
+    }
+    let read = ReadOptions {
+        min_revision: Some(last),
+        timeout_ms: Some(20_000),
+        ..ReadOptions::default()
+    };
+    for (key, (rev, value)) in &latest {
+        let server = kv.entry(key).await.unwrap().expect("the key is in NATS");
+        assert!(
+            server.revision >= *rev,
+            "{key}: acknowledged at {rev}, NATS has {}",
+            server.revision
+        );
+        if server.revision == *rev {
+            assert_eq!(server.value, value.as_bytes(), "{key}");
+        }
+        let mirrored = client
+            .get_with("fo", key, read)
+            .await
+            .unwrap()
+            .expect("mirrored");
+        assert_eq!(
+            (mirrored.revision, &mirrored.value),
+            (server.revision, &server.value),
+            "{key}: the mirror differs from NATS"
+        );
+    }
+    Recovery {
+        direct_back,
+        sidecar_writable,
+        sidecar_current,
+        acknowledged: acks.len(),
+    }
+}
+
+fn report(what: &str, r: &Recovery) {
+    println!(
+        "failover, {what}: after the kill a direct client wrote again at {} ms, the sidecar at {} \
+         ms, and its mirror was current again at {} ms; {} writes acknowledged, none lost, \
+         mirror equal to NATS",
+        r.direct_back.as_millis(),
+        r.sidecar_writable.as_millis(),
+        r.sidecar_current.as_millis(),
+        r.acknowledged
+    );
+    assert!(
+        r.sidecar_writable <= r.direct_back + ALLOWED_LAG,
+        "{what}: the sidecar was writable {} ms after the direct client",
+        (r.sidecar_writable - r.direct_back).as_millis()
+    );
+    assert!(
+        r.sidecar_current <= r.direct_back + ALLOWED_LAG,
+        "{what}: the mirror was current {} ms after the direct client could write",
+        r.sidecar_current.saturating_sub(r.direct_back).as_millis()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sidecars_node_dies_while_another_leads_the_stream() {
+    let recovery = kill_the_sidecars_node(false).await;
+    report("the sidecar's node (not the stream leader)", &recovery);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sidecars_node_dies_and_it_led_the_stream() {
+    let recovery = kill_the_sidecars_node(true).await;
+    report("the sidecar's node, which led the stream", &recovery);
+}
