@@ -10,5 +10,5 @@ source scripts/tools.sh
 ensure_nats_server
 export NEARKV_NATS_SERVER="$NATS_SERVER"
 cargo test --locked --test integration -- --nocapture --test-threads 1 \
-  cluster:: faults:: limits:: access:: auth:: outage:: fleet:: cas:: operability::readyz 2>&1 |
-  grep -E "^(test |3-node|network cut|consumer deleted|sidecar SIGTERM|slow watcher|hostile client|shutdown with|slow reader|NATS outage|creates on a deleted key|test result)"
+  cluster:: faults:: limits:: access:: auth:: outage:: fleet:: cas:: failover:: operability::readyz 2>&1 |
+  grep -E "^(test |3-node|network cut|consumer deleted|sidecar SIGTERM|slow watcher|hostile client|shutdown with|slow reader|NATS outage|creates on a deleted key|failover,|test result)"

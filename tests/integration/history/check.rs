@@ -149,7 +149,7 @@ pub fn check(history: &[Op]) -> Vec<Violation> {
     check_values_match_revisions(history, &known, &mut violations);
     check_read_your_writes(history, &mut violations);
     check_monotonic_reads(history, &mut violations);
-    check_compare_and_set(history, &known, &mut violations);
+    check_compare_and_set(history, &mut violations);
     check_strong_reads(history, &mut violations);
     violations
 }
@@ -278,31 +278,24 @@ fn check_monotonic_reads(history: &[Op], violations: &mut Vec<Violation>) {
     }
 }
 
-/// (c) A successful compare-and-set replaced exactly the revision it expected, and no two
-/// succeeded on the same expected revision N > 0 of a key.
-fn check_compare_and_set(
-    history: &[Op],
-    known: &BTreeMap<u64, KnownWrite>,
-    violations: &mut Vec<Violation>,
-) {
+/// (c) No two compare-and-sets succeeded on the same expected revision N > 0 of a key. That
+/// each one replaced exactly the revision it expected is checked against the whole stream by
+/// (f), which also sees the markers of deletes whose callers never learned their fate.
+fn check_compare_and_set(history: &[Op], violations: &mut Vec<Violation>) {
     let mut winners: HashMap<(&str, u64), usize> = HashMap::new();
     for (i, op) in history.iter().enumerate() {
-        let (
-            Kind::Put {
-                expect: Some(expected),
-                ..
-            },
-            Outcome::Written(rev) | Outcome::StoredLate(rev),
-        ) = (&op.kind, &op.outcome)
-        else {
+        let expected = match (&op.kind, &op.outcome) {
+            (
+                Kind::Put { expect, .. } | Kind::Delete { expect },
+                Outcome::Written(_) | Outcome::StoredLate(_),
+            ) => *expect,
+            _ => None,
+        };
+        // Expecting 0 ("no value") may succeed again after each delete.
+        let Some(expected) = expected.filter(|&n| n != 0) else {
             continue;
         };
-        // Expecting 0 ("absent or deleted") may succeed again after each delete; the rule below
-        // checks that each such success did follow one.
-        if let Some(&other) = winners
-            .get(&(op.key.as_str(), *expected))
-            .filter(|_| *expected != 0)
-        {
+        if let Some(&other) = winners.get(&(op.key.as_str(), expected)) {
             violations.push(Violation {
                 rule: "(c) compare-and-set",
                 detail: format!(
@@ -312,33 +305,7 @@ fn check_compare_and_set(
                 ops: vec![other, i],
             });
         }
-        winners.insert((op.key.as_str(), *expected), i);
-        // The key's previous known write must be the expected one (0: none, or a delete).
-        let previous = known.range(..*rev).rev().find(|(_, w)| w.key == op.key);
-        let fine = match previous {
-            None => *expected == 0,
-            Some((&prev, w)) => {
-                if *expected == 0 {
-                    w.value.is_none()
-                } else {
-                    prev == *expected
-                }
-            }
-        };
-        if !fine {
-            let mut ops = vec![i];
-            ops.extend(previous.map(|(_, w)| w.op));
-            violations.push(Violation {
-                rule: "(c) compare-and-set",
-                detail: format!(
-                    "a compare-and-set of `{}` expecting {expected} was stored at {rev}, but the \
-                     key's previous write was {:?}",
-                    op.key,
-                    previous.map(|(r, w)| (r, &w.value))
-                ),
-                ops,
-            });
-        }
+        winners.insert((op.key.as_str(), expected), i);
     }
 }
 
