@@ -19,6 +19,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::backoff::Backoff;
 use crate::error::Error;
 use crate::protocol::frame::FrameReader;
 use crate::protocol::request::{encode, Request, WriteOptions};
@@ -300,7 +301,7 @@ impl Client {
             return Ok(connection);
         }
         let options = self.shared.options;
-        let mut wait = options.reconnect_backoff;
+        let mut backoff = Backoff::new(options.reconnect_backoff, options.reconnect_backoff_max);
         let mut attempt = 0;
         loop {
             match Connection::open(&self.shared.path).await {
@@ -313,9 +314,7 @@ impl Client {
                 Err(err) if attempt >= options.reconnect_attempts => return Err(err),
                 Err(_) => {
                     attempt += 1;
-                    let jitter = wait.mul_f64(crate::random_fraction() / 4.0);
-                    tokio::time::sleep(wait + jitter).await;
-                    wait = (wait * 2).min(options.reconnect_backoff_max);
+                    tokio::time::sleep(backoff.next_wait()).await;
                 }
             }
         }

@@ -5,6 +5,7 @@
 //! - [`server`]: serves the cache over a Unix socket (protocol v1, docs/PROTOCOL.md).
 //! - [`client`]: the Rust client of that protocol; the CLI is built on it.
 
+mod backoff;
 pub mod bench;
 pub mod cache;
 pub mod cli;
@@ -120,14 +121,4 @@ fn warn_if_the_health_probe_is_refused(socket: &config::SocketConfig) {
             );
         }
     }
-}
-
-/// A number in [0, 1), different on each call (the standard library's per-instance random hash
-/// keys): jitter for retries, so that peers that failed together do not retry in step.
-pub(crate) fn random_fraction() -> f64 {
-    use std::hash::{BuildHasher, Hasher};
-    let bits = std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish();
-    (bits >> 11) as f64 / (1u64 << 53) as f64
 }

@@ -2,9 +2,7 @@
 //! applies every later change in revision order, expires values on time, and reloads the
 //! snapshot when the stream lost history the mirror had not seen or was recreated.
 //!
-//! Beside it runs a checker that asks NATS about the stream every `check_every`: its answers
-//! confirm the mirror current (the `age_ms` of reads) and reveal what no feed message shows: the
-//! bucket deleted and created again, or its messages purged out of band.
+//! Beside it runs the stream checker (`checker.rs`).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -20,7 +18,7 @@ use super::bucket::Shared;
 use super::feed::{Feed, Start, Update};
 use super::link::{reconnected, Link};
 use super::mirror::{unix_nanos, Applied, ExpiryKey, Staging};
-use super::strong::last_revision;
+use crate::backoff::Backoff;
 use crate::nats::open_bucket;
 use crate::protocol::{Entry, Operation};
 
@@ -80,23 +78,16 @@ impl Actor {
         }
     }
 
-    /// Sleeps for the backoff (with jitter), or returns false on shutdown.
-    async fn backoff(&self, attempt: &mut u32) -> bool {
-        let base = BACKOFF_MIN
-            .saturating_mul(1 << (*attempt).min(6))
-            .min(BACKOFF_MAX);
-        // Up to a quarter more, drawn afresh each time, so that sidecars that lost NATS together
-        // do not all come back in step.
-        let jitter = base.mul_f64(crate::random_fraction() / 4.0);
-        *attempt += 1;
+    /// Sleeps for the backoff's next wait, or returns false on shutdown.
+    async fn back_off(&self, backoff: &mut Backoff) -> bool {
         tokio::select! {
             _ = self.shutdown.cancelled() => false,
-            _ = tokio::time::sleep(base + jitter) => true,
+            _ = tokio::time::sleep(backoff.next_wait()) => true,
         }
     }
 
     pub(crate) async fn run(mut self) {
-        let mut attempt = 0;
+        let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
         let store = loop {
             let opened = tokio::select! {
                 _ = self.shutdown.cancelled() => return,
@@ -107,7 +98,7 @@ impl Actor {
                 Err(err) => {
                     tracing::warn!(error = %err, "cannot open bucket; retrying");
                     self.set_problem(Some(err.to_string()));
-                    if !self.backoff(&mut attempt).await {
+                    if !self.back_off(&mut backoff).await {
                         return;
                     }
                 }
@@ -115,12 +106,12 @@ impl Actor {
         };
         let _ = self.shared.store.set(store.clone());
         self.set_problem(None);
-        self.shared.tasks.spawn(check_stream(
+        backoff.reset();
+        self.shared.tasks.spawn(super::checker::check_stream(
             self.shared.clone(),
             store.clone(),
             self.shutdown.clone(),
         ));
-        attempt = 0;
         loop {
             match self.run_feed(&store).await {
                 FeedEnd::Shutdown => return,
@@ -130,7 +121,7 @@ impl Actor {
                 }
                 FeedEnd::Reconnected => {
                     self.shared.watcher_restarts.fetch_add(1, Ordering::Relaxed);
-                    attempt = 0;
+                    backoff.reset();
                     tracing::info!(
                         applied = self.shared.mirror.applied(),
                         "NATS connection re-established; recreating the feed from the last applied revision"
@@ -138,7 +129,7 @@ impl Actor {
                 }
                 FeedEnd::Lost(reason) => {
                     if std::mem::take(&mut self.feed_started) {
-                        attempt = 0;
+                        backoff.reset();
                     }
                     self.shared.watcher_restarts.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(
@@ -149,7 +140,7 @@ impl Actor {
                     if !self.shared.mirror.is_synced() {
                         self.set_problem(Some(reason));
                     }
-                    if !self.backoff(&mut attempt).await {
+                    if !self.back_off(&mut backoff).await {
                         return;
                     }
                 }
@@ -479,91 +470,5 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
-    }
-}
-
-/// Asks NATS about the stream every `check_every` (every fifth time while the feed itself keeps
-/// confirming the mirror): confirms the mirror current when the stream holds nothing it lacks,
-/// keeps `server_revision` and `max_age` current, and requests a resync when the bucket was
-/// recreated, went backwards, or lost messages the mirror still serves.
-/// Failures (NATS away) are simply retried next time: the mirror keeps serving what it has.
-async fn check_stream(shared: Arc<Shared>, store: kv::Store, shutdown: CancellationToken) {
-    /// A mirror its feed keeps confirming is still checked every this many intervals, for the
-    /// purges and recreations no feed message shows.
-    const FULL_CHECK_EVERY: u32 = 5;
-    let every = shared.check_every();
-    let mut ticks = tokio::time::interval(every);
-    let mut since_check = 0;
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let filtered = shared.config.filter != ">";
-    let subject = format!("{}{}", store.prefix, shared.config.filter);
-    // Seen once already: act on a count mismatch only when it holds on two checks in a row.
-    let mut fewer_messages_than_keys = false;
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = ticks.tick() => {}
-        }
-        let mirror = &shared.mirror;
-        since_check += 1;
-        // Recent enough that it cannot be this checker's own confirmation of one interval ago.
-        let confirmed_by_feed = mirror.age().is_some_and(|age| age < every / 2);
-        if confirmed_by_feed && since_check < FULL_CHECK_EVERY {
-            continue;
-        }
-        since_check = 0;
-        let applied_before = mirror.applied();
-        let sent = Instant::now();
-        let Ok(info) = store.stream.get_info().await else {
-            continue;
-        };
-        shared.learn(&info);
-        if !mirror.is_synced() || shared.resyncing.load(Ordering::Relaxed) {
-            continue;
-        }
-        let state = &info.state;
-        let created = info.created.unix_timestamp_nanos();
-        if shared
-            .stream_created()
-            .is_some_and(|known| known != created)
-        {
-            shared.request_resync("the bucket was deleted and created again".to_string());
-            continue;
-        }
-        if state.last_sequence < applied_before {
-            shared.request_resync(format!(
-                "the stream ends at revision {} but the mirror applied {applied_before}",
-                state.last_sequence
-            ));
-            continue;
-        }
-        // Every live key has a message in the stream; fewer messages means some were removed
-        // without a marker (a stream purge). Only meaningful while no update arrives in between.
-        let keys = mirror.len() as u64;
-        let quiet = mirror.applied() == applied_before;
-        if !filtered && quiet && state.messages < keys {
-            if fewer_messages_than_keys {
-                fewer_messages_than_keys = false;
-                shared.request_resync(format!(
-                    "the stream holds {} messages but the mirror {keys} keys: messages were removed \
-                     without a marker",
-                    state.messages
-                ));
-                continue;
-            }
-            fewer_messages_than_keys = true;
-        } else {
-            fewer_messages_than_keys = false;
-        }
-        let mut latest = state.last_sequence;
-        if filtered && latest > mirror.applied() {
-            let Ok(filter_latest) = last_revision(&store, &subject).await else {
-                continue;
-            };
-            latest = filter_latest;
-        }
-        if latest <= mirror.applied() {
-            mirror.confirm(sent);
-        }
     }
 }

@@ -14,6 +14,7 @@
 
 mod actor;
 mod bucket;
+mod checker;
 mod feed;
 mod link;
 mod mirror;

@@ -1,0 +1,104 @@
+//! The stream checker beside each bucket actor: it asks NATS about the stream every
+//! `check_every`. Its answers confirm the mirror current (the `age_ms` of reads) and reveal what
+//! no feed message shows: the bucket deleted and created again, or its messages purged out of
+//! band, for which it asks the actor to reload the mirror.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_nats::jetstream::kv;
+use tokio_util::sync::CancellationToken;
+
+use super::bucket::Shared;
+use super::strong::last_revision;
+
+/// Asks NATS about the stream every `check_every` (every fifth time while the feed itself keeps
+/// confirming the mirror): confirms the mirror current when the stream holds nothing it lacks,
+/// keeps `server_revision` and `max_age` current, and requests a resync when the bucket was
+/// recreated, went backwards, or lost messages the mirror still serves.
+/// Failures (NATS away) are simply retried next time: the mirror keeps serving what it has.
+pub(crate) async fn check_stream(
+    shared: Arc<Shared>,
+    store: kv::Store,
+    shutdown: CancellationToken,
+) {
+    /// A mirror its feed keeps confirming is still checked every this many intervals, for the
+    /// purges and recreations no feed message shows.
+    const FULL_CHECK_EVERY: u32 = 5;
+    let every = shared.check_every();
+    let mut ticks = tokio::time::interval(every);
+    let mut since_check = 0;
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let filtered = shared.config.filter != ">";
+    let subject = format!("{}{}", store.prefix, shared.config.filter);
+    // Seen once already: act on a count mismatch only when it holds on two checks in a row.
+    let mut fewer_messages_than_keys = false;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        let mirror = &shared.mirror;
+        since_check += 1;
+        // Recent enough that it cannot be this checker's own confirmation of one interval ago.
+        let confirmed_by_feed = mirror.age().is_some_and(|age| age < every / 2);
+        if confirmed_by_feed && since_check < FULL_CHECK_EVERY {
+            continue;
+        }
+        since_check = 0;
+        let applied_before = mirror.applied();
+        let sent = Instant::now();
+        let Ok(info) = store.stream.get_info().await else {
+            continue;
+        };
+        shared.learn(&info);
+        if !mirror.is_synced() || shared.resyncing.load(Ordering::Relaxed) {
+            continue;
+        }
+        let state = &info.state;
+        let created = info.created.unix_timestamp_nanos();
+        if shared
+            .stream_created()
+            .is_some_and(|known| known != created)
+        {
+            shared.request_resync("the bucket was deleted and created again".to_string());
+            continue;
+        }
+        if state.last_sequence < applied_before {
+            shared.request_resync(format!(
+                "the stream ends at revision {} but the mirror applied {applied_before}",
+                state.last_sequence
+            ));
+            continue;
+        }
+        // Every live key has a message in the stream; fewer messages means some were removed
+        // without a marker (a stream purge). Only meaningful while no update arrives in between.
+        let keys = mirror.len() as u64;
+        let quiet = mirror.applied() == applied_before;
+        if !filtered && quiet && state.messages < keys {
+            if fewer_messages_than_keys {
+                fewer_messages_than_keys = false;
+                shared.request_resync(format!(
+                    "the stream holds {} messages but the mirror {keys} keys: messages were removed \
+                     without a marker",
+                    state.messages
+                ));
+                continue;
+            }
+            fewer_messages_than_keys = true;
+        } else {
+            fewer_messages_than_keys = false;
+        }
+        let mut latest = state.last_sequence;
+        if filtered && latest > mirror.applied() {
+            let Ok(filter_latest) = last_revision(&store, &subject).await else {
+                continue;
+            };
+            latest = filter_latest;
+        }
+        if latest <= mirror.applied() {
+            mirror.confirm(sent);
+        }
+    }
+}
