@@ -41,6 +41,8 @@ pub(crate) struct Actor {
     /// A feed was created since the last loss: the next loss retries at once, not after a backoff
     /// grown by earlier losses.
     pub(crate) feed_started: bool,
+    /// Attempts to recreate the feed that failed in a row (see `request_limit`).
+    pub(crate) failed_attempts: u32,
 }
 
 /// Tracks the expiry of a value just applied, and forgets the one of the value it replaced.
@@ -128,6 +130,7 @@ impl Actor {
                     );
                 }
                 FeedEnd::Lost(reason) => {
+                    self.failed_attempts += 1;
                     if std::mem::take(&mut self.feed_started) {
                         backoff.reset();
                     }
@@ -148,68 +151,23 @@ impl Actor {
         }
     }
 
-    /// Why the mirror cannot resume from its last applied revision, if it cannot.
-    async fn history_lost(&self, info: &jetstream::stream::Info) -> Option<String> {
-        let mirror = &self.shared.mirror;
-        if !mirror.is_synced() {
-            return None;
-        }
-        let applied = mirror.applied();
-        let state = &info.state;
-        if self.shared.stream_created() != Some(info.created.unix_timestamp_nanos()) {
-            return Some("the bucket was deleted and created again".to_string());
-        }
-        if state.last_sequence < applied {
-            return Some(format!(
-                "the stream ends at revision {} but the mirror applied {applied}",
-                state.last_sequence
-            ));
-        }
-        if state.first_sequence > applied + 1 {
-            // Messages the mirror never saw are gone. Harmless when each was superseded by a
-            // later message of its key, which the feed still delivers; not when a key the mirror
-            // holds has no message left at all (a purge, or a limit the mirror did not see).
-            return self.keys_without_messages().await;
-        }
-        None
-    }
-
-    /// A reason to reload, if some live key of the mirror has no message left in the stream.
-    async fn keys_without_messages(&self) -> Option<String> {
-        let store = self.shared.store.get()?;
-        let filter = format!("{}{}", store.prefix, self.shared.config.filter);
-        let mut stored = std::collections::HashSet::new();
-        let mut subjects = match store.stream.info_with_subjects(filter).await {
-            Ok(subjects) => subjects,
-            Err(err) => return Some(format!("cannot list the stream's keys after a gap: {err}")),
-        };
-        while let Some(subject) = subjects.next().await {
-            match subject {
-                Ok((subject, _)) => {
-                    stored.insert(subject.strip_prefix(store.prefix.as_str())?.to_string());
-                }
-                Err(err) => {
-                    return Some(format!("cannot list the stream's keys after a gap: {err}"))
-                }
-            }
-        }
-        let missing = self.shared.mirror.keys(|key| !stored.contains(key)).len();
-        (missing > 0).then(|| {
-            format!(
-                "{missing} keys of the mirror have no message left in the stream: they were removed \
-                 while the mirror was not following"
-            )
-        })
+    /// How long a request that recreates the feed may take. A request sent while the cluster
+    /// elects a stream leader is never answered, so waiting out NATS's whole request timeout
+    /// would add seconds to every recovery: the first attempts give up early and retry (250 ms,
+    /// then doubling), up to the request timeout, so a slow but healthy server is still waited for.
+    fn request_limit(&self) -> Duration {
+        request_limit(self.failed_attempts, self.shared.default_timeout)
     }
 
     /// Runs one feed until it is lost, a resync is needed or the sidecar shuts down.
     async fn run_feed(&mut self, store: &kv::Store) -> FeedEnd {
-        let info = match self.shared.stream_info(&self.shutdown).await {
+        let limit = self.request_limit();
+        let info = match self.shared.stream_info(&self.shutdown, limit).await {
             Ok(info) => info,
             Err(end) => return end,
         };
         if self.resync.is_none() {
-            self.resync = self.history_lost(&info).await;
+            self.resync = self.shared.history_lost(&info).await;
         }
         let filter = self.shared.config.filter.as_str();
         let start = if self.resync.is_some() || !self.shared.mirror.is_synced() {
@@ -219,16 +177,23 @@ impl Actor {
         };
         // The connection the feed is created on: a newer one means the feed must be recreated.
         let mut link = self.shared.link.clone();
-        let connects = link.borrow_and_update().connects;
+        let connects = Link::of(&self.shared.client).connects;
         let created = tokio::select! {
             _ = self.shutdown.cancelled() => return FeedEnd::Shutdown,
-            created = Feed::start(&self.shared.client, store, filter, start) => created,
+            created = tokio::time::timeout(limit, Feed::start(&self.shared.client, store, filter, start)) => created,
         };
         let mut feed = match created {
-            Ok(feed) => feed,
-            Err(err) => return FeedEnd::Lost(err),
+            Ok(Ok(feed)) => feed,
+            Ok(Err(err)) => return FeedEnd::Lost(err),
+            Err(_) => {
+                return FeedEnd::Lost(format!(
+                    "no answer to creating the bucket's consumer within {} ms",
+                    limit.as_millis()
+                ))
+            }
         };
         self.feed_started = true;
+        self.failed_attempts = 0;
         if let Start::Snapshot = start {
             self.shared.resyncing.store(true, Ordering::Relaxed);
             let loaded = self
@@ -309,6 +274,14 @@ impl Actor {
     }
 
     /// Applies the feed's changes as they come, sweeps expired values, and stops for a resync.
+    ///
+    /// When the NATS connection is re-established, the feed's consumer may have died with the old
+    /// connection's node, or may live on elsewhere (then the feed goes on over the new
+    /// connection). So a replacement feed is created from the mirror's next revision while the
+    /// current one keeps being applied, and takes over once it exists: no wait for missed
+    /// heartbeats when the consumer is gone, no gap when creating a consumer must wait for the
+    /// cluster (its meta leader) while the old one still delivers. Revisions either feed already
+    /// applied are skipped, so the overlap loses and repeats nothing.
     async fn follow(
         &mut self,
         feed: &mut Feed,
@@ -319,6 +292,9 @@ impl Actor {
         let mirror = &shared.mirror;
         let filtered = shared.config.filter != ">";
         let mut errors = 0;
+        let mut connects = connects;
+        let mut replacement: Option<Replacement> = None;
+        let mut replacement_attempts = 0;
         loop {
             let next_expiry = self.expiring.keys().next().map(|&(at, _)| {
                 tokio::time::Instant::now()
@@ -326,7 +302,36 @@ impl Actor {
             });
             let item = tokio::select! {
                 _ = self.shutdown.cancelled() => return FeedEnd::Shutdown,
-                () = reconnected(link, connects) => return FeedEnd::Reconnected,
+                () = reconnected(link, connects), if replacement.is_none() => {
+                    tracing::info!("NATS connection re-established; creating a replacement feed");
+                    replacement_attempts = 0;
+                    replacement = Some(replacement_feed(shared.clone(), self.shutdown.clone(), 0));
+                    continue;
+                }
+                done = poll_replacement(&mut replacement), if replacement.is_some() => {
+                    replacement = None;
+                    match done {
+                        Ok((new_feed, new_connects)) => {
+                            *feed = new_feed;
+                            connects = new_connects;
+                            errors = 0;
+                            shared.watcher_restarts.fetch_add(1, Ordering::Relaxed);
+                            tracing::info!(applied = mirror.applied(), "the replacement feed took over");
+                        }
+                        Err(NoReplacement::Failed(reason)) => {
+                            replacement_attempts += 1;
+                            tracing::debug!(%reason, "no replacement feed yet; retrying");
+                            replacement = Some(replacement_feed(
+                                shared.clone(),
+                                self.shutdown.clone(),
+                                replacement_attempts,
+                            ));
+                        }
+                        Err(NoReplacement::Resync(reason)) => return FeedEnd::Resync(reason),
+                        Err(NoReplacement::Shutdown) => return FeedEnd::Shutdown,
+                    }
+                    continue;
+                }
                 _ = shared.resync_requested.notified() => {
                     match shared.take_resync() {
                         Some(reason) => return FeedEnd::Resync(reason),
@@ -353,9 +358,12 @@ impl Actor {
                     revision = update.revision,
                     "the feed's consumer was recreated after a loss; resuming"
                 );
-                match shared.stream_info(&self.shutdown).await {
+                match shared
+                    .stream_info(&self.shutdown, shared.default_timeout)
+                    .await
+                {
                     Ok(info) => {
-                        if let Some(reason) = self.history_lost(&info).await {
+                        if let Some(reason) = shared.history_lost(&info).await {
                             return FeedEnd::Resync(reason);
                         }
                     }
@@ -445,24 +453,154 @@ impl Actor {
 }
 
 impl Shared {
+    /// Why the mirror cannot resume from its last applied revision, if it cannot.
+    pub(crate) async fn history_lost(&self, info: &jetstream::stream::Info) -> Option<String> {
+        let mirror = &self.mirror;
+        if !mirror.is_synced() {
+            return None;
+        }
+        let applied = mirror.applied();
+        let state = &info.state;
+        if self.stream_created() != Some(info.created.unix_timestamp_nanos()) {
+            return Some("the bucket was deleted and created again".to_string());
+        }
+        if state.last_sequence < applied {
+            return Some(format!(
+                "the stream ends at revision {} but the mirror applied {applied}",
+                state.last_sequence
+            ));
+        }
+        if state.first_sequence > applied + 1 {
+            // Messages the mirror never saw are gone. Harmless when each was superseded by a
+            // later message of its key, which the feed still delivers; not when a key the mirror
+            // holds has no message left at all (a purge, or a limit the mirror did not see).
+            return self.keys_without_messages().await;
+        }
+        None
+    }
+
+    /// A reason to reload, if some live key of the mirror has no message left in the stream.
+    async fn keys_without_messages(&self) -> Option<String> {
+        let store = self.store.get()?;
+        let filter = format!("{}{}", store.prefix, self.config.filter);
+        let mut stored = std::collections::HashSet::new();
+        let mut subjects = match store.stream.info_with_subjects(filter).await {
+            Ok(subjects) => subjects,
+            Err(err) => return Some(format!("cannot list the stream's keys after a gap: {err}")),
+        };
+        while let Some(subject) = subjects.next().await {
+            match subject {
+                Ok((subject, _)) => {
+                    stored.insert(subject.strip_prefix(store.prefix.as_str())?.to_string());
+                }
+                Err(err) => {
+                    return Some(format!("cannot list the stream's keys after a gap: {err}"))
+                }
+            }
+        }
+        let missing = self.mirror.keys(|key| !stored.contains(key)).len();
+        (missing > 0).then(|| {
+            format!(
+                "{missing} keys of the mirror have no message left in the stream: they were removed \
+                 while the mirror was not following"
+            )
+        })
+    }
+
     /// The stream's info, taken in (see [`Shared::learn`]); how the feed ends if it cannot be had.
+    /// `limit` bounds the request below NATS's own timeout while the feed is being recovered.
     async fn stream_info(
         &self,
         shutdown: &CancellationToken,
+        limit: Duration,
     ) -> Result<jetstream::stream::Info, FeedEnd> {
         let Some(store) = self.store.get() else {
             return Err(FeedEnd::Lost("the bucket is not open".to_string()));
         };
         tokio::select! {
             _ = shutdown.cancelled() => Err(FeedEnd::Shutdown),
-            info = store.stream.get_info() => match info {
-                Ok(info) => {
+            info = tokio::time::timeout(limit, store.stream.get_info()) => match info {
+                Ok(Ok(info)) => {
                     self.learn(&info);
                     Ok(info)
                 }
-                Err(err) => Err(FeedEnd::Lost(format!("cannot read the bucket's stream: {err}"))),
+                Ok(Err(err)) => Err(FeedEnd::Lost(format!("cannot read the bucket's stream: {err}"))),
+                Err(_) => Err(FeedEnd::Lost(format!(
+                    "no answer about the bucket's stream within {} ms",
+                    limit.as_millis()
+                ))),
             },
         }
+    }
+}
+
+/// 250 ms, doubling with each failed attempt, up to `cap`.
+fn request_limit(failed_attempts: u32, cap: Duration) -> Duration {
+    let first = Duration::from_millis(250);
+    first
+        .saturating_mul(1 << failed_attempts.min(8))
+        .min(cap.max(first))
+}
+
+/// Why a replacement feed could not take over.
+enum NoReplacement {
+    /// Try again; the current feed goes on meanwhile.
+    Failed(String),
+    Resync(String),
+    Shutdown,
+}
+
+type Replacement =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(Feed, u64), NoReplacement>> + Send>>;
+
+/// A new feed from the mirror's next revision, on the current connection, after `delay`; with
+/// the connection count it was created at. The stream is checked first, as for a resumed feed.
+fn replacement_feed(
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    attempts: u32,
+) -> Replacement {
+    Box::pin(async move {
+        if attempts > 0 {
+            let delay = Duration::from_millis(100).saturating_mul(attempts.min(20));
+            tokio::select! {
+                _ = shutdown.cancelled() => return Err(NoReplacement::Shutdown),
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+        let limit = request_limit(attempts, shared.default_timeout);
+        let info = match shared.stream_info(&shutdown, limit).await {
+            Ok(info) => info,
+            Err(FeedEnd::Shutdown) => return Err(NoReplacement::Shutdown),
+            Err(FeedEnd::Lost(reason)) => return Err(NoReplacement::Failed(reason)),
+            Err(_) => return Err(NoReplacement::Failed("the stream check failed".to_string())),
+        };
+        if let Some(reason) = shared.history_lost(&info).await {
+            return Err(NoReplacement::Resync(reason));
+        }
+        let Some(store) = shared.store.get() else {
+            return Err(NoReplacement::Failed("the bucket is not open".to_string()));
+        };
+        let connects = Link::of(&shared.client).connects;
+        let start = Start::From(shared.mirror.applied() + 1);
+        let filter = shared.config.filter.as_str();
+        match tokio::time::timeout(limit, Feed::start(&shared.client, store, filter, start)).await {
+            Ok(Ok(feed)) => Ok((feed, connects)),
+            Ok(Err(err)) => Err(NoReplacement::Failed(err)),
+            Err(_) => Err(NoReplacement::Failed(format!(
+                "no answer to creating the bucket's consumer within {} ms",
+                limit.as_millis()
+            ))),
+        }
+    })
+}
+
+async fn poll_replacement(
+    replacement: &mut Option<Replacement>,
+) -> Result<(Feed, u64), NoReplacement> {
+    match replacement {
+        Some(future) => future.await,
+        None => std::future::pending().await,
     }
 }
 

@@ -49,7 +49,8 @@ pub(crate) struct Shared {
     pub(crate) store: OnceLock<kv::Store>,
     /// Why the bucket is not (yet) serving, for `not_ready` answers.
     pub(crate) problem: Mutex<Option<String>>,
-    default_timeout: Duration,
+    /// Deadline of reads and writes without their own; also bounds the actor's NATS requests.
+    pub(crate) default_timeout: Duration,
     /// The stream's latest revision as last learned from NATS.
     server_revision: AtomicU64,
     pub(crate) watcher_restarts: AtomicU64,
@@ -153,6 +154,7 @@ impl Bucket {
             expiring: Default::default(),
             resync: None,
             feed_started: false,
+            failed_attempts: 0,
         };
         let span = tracing::info_span!("bucket", bucket = %shared.config.name);
         tasks.spawn(tracing::Instrument::instrument(actor.run(), span));
@@ -553,6 +555,7 @@ impl Bucket {
             ));
         }
         let destination = writes::Destination {
+            client: &self.shared.client,
             js: &self.shared.js,
             store,
             link: &self.shared.link,

@@ -52,12 +52,14 @@ pub async fn monitor(
     }
 }
 
-/// Resolves once the connection that was up with `connects` connections so far has dropped (it
-/// is down, or it has been replaced); never, if nobody publishes links any more.
-pub async fn lost(link: &mut watch::Receiver<Link>, connects: u64) {
+/// Resolves once the connection described by `sent_on` (read from the client itself when the
+/// write went out) has dropped: it is down, or a newer one replaced it; never, if nobody publishes
+/// links any more. `connects` only grows, so a published link older than `sent_on` (the monitor
+/// polls) is waited past, never taken for a loss.
+pub async fn lost(link: &mut watch::Receiver<Link>, sent_on: Link) {
     loop {
         let now = *link.borrow_and_update();
-        if !now.up || now.connects != connects {
+        if now.connects > sent_on.connects || (now.connects == sent_on.connects && !now.up) {
             return;
         }
         if link.changed().await.is_err() {
@@ -66,12 +68,12 @@ pub async fn lost(link: &mut watch::Receiver<Link>, connects: u64) {
     }
 }
 
-/// Resolves once the connection is up again after the one that had made `connects` connections
-/// so far; never, if nobody publishes links any more.
+/// Resolves once a connection newer than the one that had made `connects` connections is up;
+/// never, if nobody publishes links any more.
 pub async fn reconnected(link: &mut watch::Receiver<Link>, connects: u64) {
     loop {
         let now = *link.borrow_and_update();
-        if now.up && now.connects != connects {
+        if now.up && now.connects > connects {
             return;
         }
         if link.changed().await.is_err() {

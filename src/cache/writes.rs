@@ -133,6 +133,7 @@ async fn latest(store: &kv::Store, key: &str) -> Result<Latest> {
 /// describes (if that drops, the acknowledgement never comes).
 #[derive(Clone, Copy)]
 pub struct Destination<'a> {
+    pub client: &'a async_nats::Client,
     pub js: &'a jetstream::Context,
     pub store: &'a kv::Store,
     pub link: &'a watch::Receiver<Link>,
@@ -191,7 +192,7 @@ async fn publish(
         ));
     }
     let mut link = to.link.clone();
-    let sent_on = link.borrow_and_update().connects;
+    let sent_on = Link::of(to.client);
     let ack = async {
         match js.publish_with_headers(subject, headers, value).await {
             Ok(ack) => ack.await,

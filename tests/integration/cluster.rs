@@ -91,15 +91,7 @@ async fn killing_the_stream_leader_loses_no_acknowledged_write_and_mirrors_match
 
     tokio::time::sleep(Duration::from_secs(2)).await;
     let js = async_nats::jetstream::new(async_nats::connect(urls.as_slice()).await.unwrap());
-    let mut stream = js.get_stream("KV_cl").await.unwrap();
-    let leader = stream
-        .info()
-        .await
-        .unwrap()
-        .cluster
-        .as_ref()
-        .and_then(|c| c.leader.clone())
-        .expect("the stream has a leader");
+    let leader = crate::harness::stream_leader(&js, "KV_cl").await;
     cluster.node(&leader).stop();
     tokio::time::sleep(Duration::from_secs(4)).await;
     cluster.node(&leader).restart().await;

@@ -38,17 +38,7 @@ async fn kill_the_sidecars_node(leader: bool) -> Recovery {
     })
     .await
     .unwrap();
-    let stream_leader = js
-        .get_stream("KV_fo")
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .cluster
-        .as_ref()
-        .and_then(|c| c.leader.clone())
-        .expect("a stream leader");
+    let stream_leader = crate::harness::stream_leader(&js, "KV_fo").await;
     let leader_index: usize = stream_leader.trim_start_matches('n').parse().unwrap();
     let target = if leader {
         leader_index
@@ -74,49 +64,47 @@ async fn kill_the_sidecars_node(leader: bool) -> Recovery {
     let direct = async_nats::jetstream::new(async_nats::connect(others.as_slice()).await.unwrap());
     let direct_kv = direct.get_key_value("fo").await.unwrap();
 
+    // Each writer starts a write every 20 ms without waiting for the previous one, so a write
+    // stuck until its timeout during the failover does not hide when writing works again.
     let stop = Arc::new(AtomicBool::new(false));
     let (direct_acks, sidecar_acks): (Acked, Acked) = Default::default();
     let direct_writer = {
         let (stop, acks) = (stop.clone(), direct_acks.clone());
-        tokio::spawn(async move {
-            let mut n = 0;
-            while !stop.load(Ordering::Relaxed) {
-                n += 1;
+        tokio::spawn(every_20_ms(stop, move |n| {
+            let (acks, kv) = (acks.clone(), direct_kv.clone());
+            async move {
                 let (key, value) = (format!("d{}", n % 20), format!("d{n}"));
                 let invoked = Instant::now();
                 let put = tokio::time::timeout(
                     Duration::from_secs(3),
-                    direct_kv.put(&key, value.clone().into()),
+                    kv.put(&key, value.clone().into()),
                 );
                 if let Ok(Ok(rev)) = put.await {
                     acks.lock()
                         .unwrap()
                         .push((invoked, Instant::now(), key, rev, value));
                 }
-                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-        })
+        }))
     };
     let sidecar_writer = {
         let (stop, acks, client) = (stop.clone(), sidecar_acks.clone(), client.clone());
-        tokio::spawn(async move {
-            let mut n = 0;
-            let write = WriteOptions {
-                timeout_ms: Some(3000),
-                ..WriteOptions::default()
-            };
-            while !stop.load(Ordering::Relaxed) {
-                n += 1;
+        tokio::spawn(every_20_ms(stop, move |n| {
+            let (acks, client) = (acks.clone(), client.clone());
+            async move {
                 let (key, value) = (format!("s{}", n % 20), format!("s{n}"));
+                let write = WriteOptions {
+                    timeout_ms: Some(3000),
+                    ..WriteOptions::default()
+                };
                 let invoked = Instant::now();
                 if let Ok(rev) = client.put_with("fo", &key, value.as_bytes(), write).await {
                     acks.lock()
                         .unwrap()
                         .push((invoked, Instant::now(), key, rev, value));
                 }
-                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-        })
+        }))
     };
     tokio::time::sleep(Duration::from_secs(2)).await;
     let killed = Instant::now();
@@ -137,6 +125,8 @@ async fn kill_the_sidecars_node(leader: bool) -> Recovery {
     stop.store(true, Ordering::Relaxed);
     direct_writer.await.unwrap();
     sidecar_writer.await.unwrap();
+    // The writes still in flight end within their 3 s timeouts.
+    tokio::time::sleep(Duration::from_secs(4)).await;
 
     let back = |acks: &Acked| {
         acks.lock()
@@ -205,6 +195,21 @@ async fn kill_the_sidecars_node(leader: bool) -> Recovery {
         sidecar_writable,
         sidecar_current,
         acknowledged: acks.len(),
+    }
+}
+
+/// Starts `write(n)` every 20 ms until `stop`, each in its own task.
+async fn every_20_ms<F, Fut>(stop: Arc<AtomicBool>, write: F)
+where
+    F: Fn(u64) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let mut ticks = tokio::time::interval(Duration::from_millis(20));
+    let mut n = 0;
+    while !stop.load(Ordering::Relaxed) {
+        ticks.tick().await;
+        n += 1;
+        tokio::spawn(write(n));
     }
 }
 

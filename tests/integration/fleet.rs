@@ -225,6 +225,25 @@ async fn skipped_revisions_are_counted_and_watches_converge_on_the_latest_value(
     );
 }
 
+/// Stores a 256 KiB value in `bucket`, then asks for it 400 times on a new connection that never
+/// reads an answer: 100 MB of responses, far more than the socket buffers hold.
+async fn a_client_that_never_reads(
+    client: &nearkv::Client,
+    socket: &std::path::Path,
+    bucket: &str,
+) -> UnixStream {
+    client
+        .put(bucket, "big", &vec![1u8; 256 * 1024])
+        .await
+        .unwrap();
+    let mut sleeper = UnixStream::connect(socket).await.unwrap();
+    let ask: Vec<u8> = (1..=400u64)
+        .flat_map(|id| frame(&json!({"id": id, "op": "get", "bucket": bucket, "key": "big"})))
+        .collect();
+    let _ = tokio::time::timeout(Duration::from_secs(5), sleeper.write_all(&ask)).await;
+    sleeper
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_does_not_read_is_disconnected_and_spares_the_others() {
     let nats = NatsServer::start().await;
@@ -233,16 +252,7 @@ async fn a_client_that_does_not_read_is_disconnected_and_spares_the_others() {
     })
     .await;
     let client = sidecar.synced_client().await;
-    client
-        .put("slow", "big", &vec![1u8; 256 * 1024])
-        .await
-        .unwrap();
-    // Ask for the large value again and again, and never read an answer.
-    let mut sleeper = UnixStream::connect(&sidecar.socket).await.unwrap();
-    let ask: Vec<u8> = (1..=400u64)
-        .flat_map(|id| frame(&json!({"id": id, "op": "get", "bucket": "slow", "key": "big"})))
-        .collect();
-    let _ = tokio::time::timeout(Duration::from_secs(5), sleeper.write_all(&ask)).await;
+    let _sleeper = a_client_that_never_reads(&client, &sidecar.socket, "slow").await;
     crate::harness::eventually(
         Duration::from_secs(10),
         "the sleeper to be cut off",
@@ -275,15 +285,7 @@ async fn sigterm_exits_within_the_grace_period_despite_a_client_that_never_reads
     let mut sidecar = SidecarProcess::start(&nats.url(), &["grace"], &["--config", &config]).await;
     let client = nearkv::Client::connect(&sidecar.socket).await.unwrap();
     crate::harness::wait_synced(&client).await;
-    client
-        .put("grace", "big", &vec![1u8; 256 * 1024])
-        .await
-        .unwrap();
-    let mut sleeper = UnixStream::connect(&sidecar.socket).await.unwrap();
-    let ask: Vec<u8> = (1..=400u64)
-        .flat_map(|id| frame(&json!({"id": id, "op": "get", "bucket": "grace", "key": "big"})))
-        .collect();
-    let _ = tokio::time::timeout(Duration::from_secs(5), sleeper.write_all(&ask)).await;
+    let sleeper = a_client_that_never_reads(&client, &sidecar.socket, "grace").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Instant::now();
     let clean = tokio::time::timeout(Duration::from_secs(30), sidecar.terminate())

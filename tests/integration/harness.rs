@@ -487,6 +487,20 @@ impl NatsCluster {
     }
 }
 
+/// The server name ("n0", ...) of the node leading stream `stream`.
+pub async fn stream_leader(js: &async_nats::jetstream::Context, stream: &str) -> String {
+    js.get_stream(stream)
+        .await
+        .expect("the stream")
+        .info()
+        .await
+        .expect("stream info")
+        .cluster
+        .as_ref()
+        .and_then(|c| c.leader.clone())
+        .expect("the stream has a leader")
+}
+
 /// A plain HTTP/1.1 GET; returns the status code and body.
 pub async fn http_get(address: &str, path: &str) -> (u16, String) {
     let mut stream = tokio::net::TcpStream::connect(address)
