@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::bucket::Shared;
-use super::feed::{Feed, Start, Update};
+use super::feed::{read_from, Feed, Start, Update};
 use super::link::{reconnected, Link};
 use super::mirror::{unix_nanos, Applied, ExpiryKey, Staging};
 use crate::backoff::Backoff;
@@ -342,6 +342,7 @@ impl Actor {
                     self.sweep();
                     continue;
                 }
+                update = catch_up(&shared), if replacement.is_some() => Some(Ok(update)),
                 item = feed.next() => item,
             };
             let update = match self.check_item(item, &mut errors) {
@@ -593,6 +594,29 @@ fn replacement_feed(
             ))),
         }
     })
+}
+
+/// While a replacement feed is being created: the next message the mirror lacks, read from the
+/// stream leader without a consumer, so that the mirror keeps up (and this sidecar's writes are
+/// answered) even when the old consumer died and a new one must wait for the cluster. When there
+/// is nothing more to read, the mirror is confirmed current.
+async fn catch_up(shared: &Shared) -> Update {
+    let Some(store) = shared.store.get() else {
+        return std::future::pending().await;
+    };
+    loop {
+        let asked = Instant::now();
+        let next = shared.mirror.applied() + 1;
+        let read = read_from(store, &shared.config.filter, next);
+        match tokio::time::timeout(Duration::from_millis(250), read).await {
+            Ok(Ok(Some(update))) => return update,
+            Ok(Ok(None)) => {
+                shared.mirror.confirm(asked);
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
 }
 
 async fn poll_replacement(

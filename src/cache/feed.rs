@@ -8,7 +8,8 @@
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{push, DeliverPolicy, ReplayPolicy};
-use async_nats::jetstream::kv;
+use async_nats::jetstream::{self, kv};
+use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures::StreamExt;
 
@@ -114,7 +115,29 @@ impl Feed {
         }
         let resumed = self.delivered > 0 && info.consumer_sequence == 1;
         self.delivered += 1;
-        let headers = message.headers.as_ref();
+        let mut update = Update::decode(
+            key,
+            message.headers.as_ref(),
+            &message.payload,
+            info.stream_sequence,
+            info.published,
+        );
+        update.pending = info.pending;
+        update.resumed = resumed;
+        Some(Ok(update))
+    }
+}
+
+impl Update {
+    /// An update from a message's parts, as any NATS KV client reads them: the operation from
+    /// `KV-Operation` (or a limit marker's reason), a put's own TTL from `Nats-TTL`.
+    fn decode(
+        key: &str,
+        headers: Option<&HeaderMap>,
+        payload: &[u8],
+        revision: u64,
+        stored: time::OffsetDateTime,
+    ) -> Update {
         let header = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
         let operation = match (header("KV-Operation"), header("Nats-Marker-Reason")) {
             (Some("DEL"), _) | (None, Some("Remove")) => Operation::Delete,
@@ -125,20 +148,57 @@ impl Feed {
             Operation::Put => header("Nats-TTL").and_then(parse_ttl),
             Operation::Delete | Operation::Purge => None,
         };
-        Some(Ok(Update {
+        Update {
             key: key.to_string(),
             // A copy, so the mirror does not pin the connection's larger read buffer.
-            value: Bytes::copy_from_slice(&message.payload),
-            revision: info.stream_sequence,
-            created: info
-                .published
-                .unix_timestamp_nanos()
-                .clamp(0, i64::MAX as i128) as i64,
+            value: Bytes::copy_from_slice(payload),
+            revision,
+            created: stored.unix_timestamp_nanos().clamp(0, i64::MAX as i128) as i64,
             operation,
             ttl,
-            pending: info.pending,
-            resumed,
-        }))
+            pending: 0,
+            resumed: false,
+        }
+    }
+}
+
+/// The bucket's first message at or after `revision` among the keys `filter` matches, read from
+/// the stream leader without a consumer: how the mirror keeps up while a new consumer cannot be
+/// created yet (creating one needs the cluster's meta leader; reading a message needs only the
+/// stream's leader). `Ok(None)` when there is none: the mirror holds everything.
+pub async fn read_from(
+    store: &kv::Store,
+    filter: &str,
+    revision: u64,
+) -> Result<Option<Update>, String> {
+    let subject = format!("{}{}", store.prefix, filter);
+    match store
+        .stream
+        .get_first_raw_message_by_subject(&subject, revision)
+        .await
+    {
+        Ok(message) => {
+            let Some(key) = message.subject.strip_prefix(store.prefix.as_str()) else {
+                return Err(format!(
+                    "a message on `{}`, outside the bucket",
+                    message.subject
+                ));
+            };
+            let mut update = Update::decode(
+                key,
+                Some(&message.headers),
+                &message.payload,
+                message.sequence,
+                message.time,
+            );
+            // Unknown: only a read that finds nothing says the mirror is current.
+            update.pending = 1;
+            Ok(Some(update))
+        }
+        Err(err) if err.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
+            Ok(None)
+        }
+        Err(err) => Err(err.to_string()),
     }
 }
 

@@ -23,10 +23,21 @@ struct Recovery {
     acknowledged: usize,
 }
 
-/// Kills the node sidecar A is connected to (also the stream leader when `leader` is true) and
-/// measures, from the kill, when a direct client and the sidecar can write again and when the
-/// sidecar's mirror is confirmed current again.
-async fn kill_the_sidecars_node(leader: bool) -> Recovery {
+/// Which node the sidecar is connected to, and so which one dies.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Victim {
+    /// A node that leads neither the stream nor the JetStream cluster (its meta layer).
+    Follower,
+    /// The stream's leader.
+    StreamLeader,
+    /// The meta leader, which the stream's leader is not: creating a consumer must wait for a
+    /// new meta leader, while the stream stays writable.
+    MetaLeader,
+}
+
+/// Kills the node the sidecar is connected to and measures, from the kill, when a direct client
+/// and the sidecar can write again and when the sidecar's mirror is confirmed current again.
+async fn kill_the_sidecars_node(victim: Victim) -> Recovery {
     let mut cluster = NatsCluster::start(3).await;
     let urls = cluster.urls();
     let js = async_nats::jetstream::new(async_nats::connect(urls.as_slice()).await.unwrap());
@@ -38,12 +49,27 @@ async fn kill_the_sidecars_node(leader: bool) -> Recovery {
     })
     .await
     .unwrap();
-    let stream_leader = crate::harness::stream_leader(&js, "KV_fo").await;
-    let leader_index: usize = stream_leader.trim_start_matches('n').parse().unwrap();
-    let target = if leader {
-        leader_index
-    } else {
-        (leader_index + 1) % 3
+    let index = |name: String| -> usize { name.trim_start_matches('n').parse().unwrap() };
+    let mut stream_leader = index(crate::harness::stream_leader(&js, "KV_fo").await);
+    let mut meta_leader = index(cluster.meta_leader().await);
+    // Move the stream's leadership off the meta leader when the two must differ.
+    while victim != Victim::StreamLeader && stream_leader == meta_leader {
+        let _ = js
+            .request::<_, _, serde_json::Value>(
+                "STREAM.LEADER.STEPDOWN.KV_fo",
+                &serde_json::json!({}),
+            )
+            .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stream_leader = index(crate::harness::stream_leader(&js, "KV_fo").await);
+        meta_leader = index(cluster.meta_leader().await);
+    }
+    let target = match victim {
+        Victim::StreamLeader => stream_leader,
+        Victim::MetaLeader => meta_leader,
+        Victim::Follower => (0..3)
+            .find(|&i| i != stream_leader && i != meta_leader)
+            .expect("a node that leads nothing"),
     };
     let others: Vec<String> = (0..3)
         .filter(|&i| i != target)
@@ -237,12 +263,21 @@ fn report(what: &str, r: &Recovery) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sidecars_node_dies_while_another_leads_the_stream() {
-    let recovery = kill_the_sidecars_node(false).await;
-    report("the sidecar's node (not the stream leader)", &recovery);
+    let recovery = kill_the_sidecars_node(Victim::Follower).await;
+    report("the sidecar's node (leading nothing)", &recovery);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sidecars_node_dies_and_it_led_the_jetstream_cluster_but_not_the_stream() {
+    let recovery = kill_the_sidecars_node(Victim::MetaLeader).await;
+    report(
+        "the sidecar's node (the meta leader, not the stream's)",
+        &recovery,
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sidecars_node_dies_and_it_led_the_stream() {
-    let recovery = kill_the_sidecars_node(true).await;
+    let recovery = kill_the_sidecars_node(Victim::StreamLeader).await;
     report("the sidecar's node, which led the stream", &recovery);
 }

@@ -443,6 +443,8 @@ impl Drop for Proxy {
 /// A JetStream cluster of nats-server processes on loopback, routed to each other.
 pub struct NatsCluster {
     pub nodes: Vec<NatsServer>,
+    /// Each node's monitoring port (`/jsz` tells the meta leader).
+    monitoring: Vec<u16>,
 }
 
 impl NatsCluster {
@@ -453,11 +455,14 @@ impl NatsCluster {
             .map(|p| format!("nats://127.0.0.1:{p}"))
             .collect::<Vec<_>>()
             .join(",");
+        let monitoring: Vec<u16> = (0..size).map(|_| free_port()).collect();
         let nodes: Vec<NatsServer> = cluster_ports
             .iter()
             .enumerate()
             .map(|(i, port)| {
                 let extra = [
+                    "-m".to_string(),
+                    monitoring[i].to_string(),
                     "--server_name".to_string(),
                     format!("n{i}"),
                     "--cluster_name".to_string(),
@@ -473,7 +478,26 @@ impl NatsCluster {
         for node in &nodes {
             node.wait_ready().await;
         }
-        NatsCluster { nodes }
+        NatsCluster { nodes, monitoring }
+    }
+
+    /// The server name of the JetStream meta leader, as a live node's `/jsz` reports it.
+    pub async fn meta_leader(&self) -> String {
+        for port in &self.monitoring {
+            let address = format!("127.0.0.1:{port}");
+            if tokio::net::TcpStream::connect(&address).await.is_err() {
+                continue;
+            }
+            let (_, body) = http_get(&address, "/jsz").await;
+            let jsz: serde_json::Value = match serde_json::from_str(body.trim()) {
+                Ok(jsz) => jsz,
+                Err(_) => continue,
+            };
+            if let Some(leader) = jsz["meta_cluster"]["leader"].as_str() {
+                return leader.to_string();
+            }
+        }
+        panic!("no node reports a meta leader");
     }
 
     pub fn urls(&self) -> Vec<String> {
