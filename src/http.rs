@@ -82,9 +82,13 @@ async fn ping(socket: &std::path::Path) -> std::io::Result<()> {
     let mut stream = tokio::net::UnixStream::connect(socket).await?;
     let mut frame = Vec::new();
     encode(1, &Request::Ping, &mut frame);
-    stream.write_all(&frame).await?;
+    // A socket that refuses this connection says why and closes it, perhaps before the ping is
+    // written: read its answer even when the write failed.
+    let written = stream.write_all(&frame).await;
     let mut len = [0u8; 4];
-    stream.read_exact(&mut len).await?;
+    if let Err(err) = stream.read_exact(&mut len).await {
+        return Err(written.err().unwrap_or(err));
+    }
     let mut body = vec![0u8; u32::from_be_bytes(len).min(64 * 1024) as usize];
     stream.read_exact(&mut body).await?;
     let head: Head = rmp_serde::from_slice(&body)
