@@ -152,7 +152,7 @@ impl Actor {
     }
 
     /// How long a request that recreates the feed may take. A request sent while the cluster
-    /// elects a stream leader is never answered, so waiting out NATS's whole request timeout
+    /// elects a stream or meta leader is never answered, so waiting out NATS's whole request timeout
     /// would add seconds to every recovery: the first attempts give up early and retry (250 ms,
     /// then doubling), up to the request timeout, so a slow but healthy server is still waited for.
     fn request_limit(&self) -> Duration {
@@ -554,8 +554,9 @@ enum NoReplacement {
 type Replacement =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<(Feed, u64), NoReplacement>> + Send>>;
 
-/// A new feed from the mirror's next revision, on the current connection, after `delay`; with
-/// the connection count it was created at. The stream is checked first, as for a resumed feed.
+/// A new feed from the mirror's next revision, on the current connection (after a short pause
+/// that grows with the failed `attempts`), with the connection count it was created at. The
+/// stream is checked first, as for a resumed feed.
 fn replacement_feed(
     shared: Arc<Shared>,
     shutdown: CancellationToken,
