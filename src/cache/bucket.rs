@@ -287,7 +287,7 @@ impl Bucket {
             self.check_readable_key(key)?;
         }
         let freshness = self.prepare_read(read).await?;
-        let entries = keys.iter().map(|key| self.shared.mirror.get(key)).collect();
+        let entries = self.shared.mirror.get_many(keys);
         Ok((entries, freshness))
     }
 

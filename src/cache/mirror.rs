@@ -79,6 +79,24 @@ pub fn unix_nanos() -> i64 {
         .map_or(0, |d| d.as_nanos().min(i64::MAX as u128) as i64)
 }
 
+fn read_table<R>(table: &Table, key: &str, f: impl FnOnce(Option<EntryRef<'_>>) -> R) -> R {
+    let result = match table.get(key) {
+        Some(v) if v.is_live() => f(Some(v.entry_ref(key))),
+        _ => f(None),
+    };
+    result
+}
+
+/// One table of a mirror, held for reading several keys (see [`Mirror::with_table`]).
+pub struct TableView<'a>(&'a Table);
+
+impl TableView<'_> {
+    /// As [`Mirror::read`], from this table.
+    pub fn read<R>(&self, key: &str, f: impl FnOnce(Option<EntryRef<'_>>) -> R) -> R {
+        read_table(self.0, key, f)
+    }
+}
+
 /// What a mirror tells its watches.
 #[derive(Debug, Clone)]
 pub enum MirrorEvent {
@@ -225,12 +243,14 @@ impl Mirror {
     /// Calls `f` with the key's live entry, borrowed from the table (no copy, no allocation); the
     /// key's shard stays read-locked while `f` runs, so `f` must be quick.
     pub fn read<R>(&self, key: &str, f: impl FnOnce(Option<EntryRef<'_>>) -> R) -> R {
+        read_table(&self.table.load(), key, f)
+    }
+
+    /// Calls `f` with one table to read several keys from, so that a rebuild swapping in a new
+    /// table cannot answer some keys from the old one and the rest from the new.
+    pub fn with_table<R>(&self, f: impl FnOnce(&TableView<'_>) -> R) -> R {
         let table = self.table.load();
-        let result = match table.get(key) {
-            Some(v) if v.is_live() => f(Some(v.entry_ref(key))),
-            _ => f(None),
-        };
-        result
+        f(&TableView(&table))
     }
 
     /// Live keys matching `matches`, sorted.
@@ -244,6 +264,17 @@ impl Mirror {
             .collect();
         keys.sort_unstable();
         keys
+    }
+
+    /// The live entries of `keys`, from one table (see [`Mirror::with_table`]).
+    pub fn get_many(&self, keys: &[&str]) -> Vec<Option<Entry>> {
+        let table = self.table.load();
+        keys.iter()
+            .map(|&key| {
+                let value = table.get(key)?;
+                value.is_live().then(|| value.entry(key))
+            })
+            .collect()
     }
 
     /// Every live entry matching `matches`, in no particular order.
@@ -682,6 +713,28 @@ mod tests {
             }
         }
         assert_eq!(puts, 0, "the expired value was announced again");
+    }
+
+    #[test]
+    fn several_keys_are_read_from_one_table_even_across_a_rebuild() {
+        let mirror = Mirror::new(16);
+        let mut first = Staging::default();
+        first.apply(entry("a", "old-a", 1, Operation::Put), 0);
+        first.apply(entry("b", "old-b", 2, Operation::Put), 0);
+        mirror.install(first);
+        let values = mirror.with_table(|table| {
+            let a = table.read("a", |e| e.map(|e| e.value.to_vec()));
+            // A rebuild swaps in a new table between the two keys.
+            let mut second = Staging::default();
+            second.apply(entry("b", "new-b", 1, Operation::Put), 0);
+            mirror.install(second);
+            let b = table.read("b", |e| e.map(|e| e.value.to_vec()));
+            (a, b)
+        });
+        assert_eq!(values, (Some(b"old-a".to_vec()), Some(b"old-b".to_vec())));
+        let now = mirror.get_many(&["a", "b"]);
+        assert!(now[0].is_none());
+        assert_eq!(now[1].as_ref().unwrap().value, Bytes::from("new-b"));
     }
 
     #[test]

@@ -128,10 +128,12 @@ pub fn immediate(
             match checked {
                 Ok((b, fresh)) => {
                     let mut hits = 0;
-                    encode_ok_entries(out, id, keys.len(), fresh, |i, write| {
-                        b.mirror().read(keys[i], |entry| {
-                            hits += u64::from(entry.is_some());
-                            write(entry)
+                    b.mirror().with_table(|table| {
+                        encode_ok_entries(out, id, keys.len(), fresh, |i, write| {
+                            table.read(keys[i], |entry| {
+                                hits += u64::from(entry.is_some());
+                                write(entry)
+                            })
                         })
                     });
                     ctx.metrics.lookups(bucket, hits, keys.len() as u64 - hits);
