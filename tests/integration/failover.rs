@@ -16,11 +16,18 @@ const ALLOWED_LAG: Duration = Duration::from_millis(1500);
 /// Successful writes: (invoked, completed, key, revision, value).
 type Acked = Arc<Mutex<Vec<(Instant, Instant, String, u64, String)>>>;
 
+/// Failed writes: (invoked, completed, code, sent).
+type Failed = Arc<Mutex<Vec<(Instant, Instant, String, Option<bool>)>>>;
+
 struct Recovery {
     direct_back: Duration,
     sidecar_writable: Duration,
     sidecar_current: Duration,
     acknowledged: usize,
+    /// Sidecar writes in flight at the kill that failed, and the longest any of them took to
+    /// fail after the kill.
+    in_flight_failed: usize,
+    slowest_failure: Duration,
 }
 
 /// Which node the sidecar is connected to, and so which one dies.
@@ -113,10 +120,12 @@ async fn kill_the_sidecars_node(victim: Victim) -> Recovery {
             }
         }))
     };
+    let sidecar_failures: Failed = Default::default();
     let sidecar_writer = {
         let (stop, acks, client) = (stop.clone(), sidecar_acks.clone(), client.clone());
+        let failures = sidecar_failures.clone();
         tokio::spawn(every_20_ms(stop, move |n| {
-            let (acks, client) = (acks.clone(), client.clone());
+            let (acks, client, failures) = (acks.clone(), client.clone(), failures.clone());
             async move {
                 let (key, value) = (format!("s{}", n % 20), format!("s{n}"));
                 let write = WriteOptions {
@@ -124,10 +133,18 @@ async fn kill_the_sidecars_node(victim: Victim) -> Recovery {
                     ..WriteOptions::default()
                 };
                 let invoked = Instant::now();
-                if let Ok(rev) = client.put_with("fo", &key, value.as_bytes(), write).await {
-                    acks.lock()
-                        .unwrap()
-                        .push((invoked, Instant::now(), key, rev, value));
+                match client.put_with("fo", &key, value.as_bytes(), write).await {
+                    Ok(rev) => {
+                        acks.lock()
+                            .unwrap()
+                            .push((invoked, Instant::now(), key, rev, value))
+                    }
+                    Err(err) => failures.lock().unwrap().push((
+                        invoked,
+                        Instant::now(),
+                        err.code().to_string(),
+                        err.server_error().and_then(|e| e.sent),
+                    )),
                 }
             }
         }))
@@ -163,6 +180,32 @@ async fn kill_the_sidecars_node(victim: Victim) -> Recovery {
             .min()
             .expect("writes succeeded after the kill")
     };
+    // A write in flight when the sidecar's connection dropped fails at once, saying whether it
+    // may have been stored; it does not wait for its 3 s timeout.
+    let in_flight: Vec<_> = sidecar_failures
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(invoked, completed, ..)| *invoked < killed && *completed > killed)
+        .cloned()
+        .collect();
+    // (`sent: false` for one that reached the sidecar after the connection was already gone.)
+    for (_, completed, code, sent) in &in_flight {
+        assert!(
+            code == "unavailable" && sent.is_some(),
+            "a write in flight at the kill failed with {code}, sent {sent:?}"
+        );
+        assert!(
+            *completed - killed < Duration::from_millis(1000),
+            "a write in flight at the kill took {:?} to fail",
+            *completed - killed
+        );
+    }
+    let slowest_failure = in_flight
+        .iter()
+        .map(|(_, completed, ..)| *completed - killed)
+        .max()
+        .unwrap_or_default();
     let direct_back = back(&direct_acks);
     let sidecar_writable = back(&sidecar_acks);
     let sidecar_current = current_since.expect("the mirror became current again") - killed;
@@ -221,6 +264,8 @@ async fn kill_the_sidecars_node(victim: Victim) -> Recovery {
         sidecar_writable,
         sidecar_current,
         acknowledged: acks.len(),
+        in_flight_failed: in_flight.len(),
+        slowest_failure,
     }
 }
 
@@ -242,11 +287,14 @@ where
 fn report(what: &str, r: &Recovery) {
     println!(
         "failover, {what}: after the kill a direct client wrote again at {} ms, the sidecar at {} \
-         ms, and its mirror was current again at {} ms; {} writes acknowledged, none lost, \
+         ms, and its mirror was current again at {} ms; {} sidecar writes in flight at the kill \
+         failed unavailable within {} ms; {} writes acknowledged, none lost, \
          mirror equal to NATS",
         r.direct_back.as_millis(),
         r.sidecar_writable.as_millis(),
         r.sidecar_current.as_millis(),
+        r.in_flight_failed,
+        r.slowest_failure.as_millis(),
         r.acknowledged
     );
     assert!(
