@@ -177,7 +177,8 @@ async fn publish(
         );
     }
     // The server's limit counts the header block too: exactly what NATS accepts, no margin.
-    let max_payload = js.client().server_info().max_payload;
+    // An atomic load: no copy of the server's INFO on the write path.
+    let max_payload = to.client.max_payload();
     let header_len = header_wire_len(&headers);
     if max_payload > 0 && value.len() + header_len > max_payload {
         return Err(Error::new(

@@ -8,21 +8,26 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nearkv::protocol::{Consistency, ReadOptions, WriteOptions};
-use nearkv::ErrorCode;
+use nearkv::{Client, ErrorCode};
 
 use crate::harness::{bucket, NatsServer, Sidecar};
 
 const ROUNDS: usize = 300;
 
+/// A NATS server and two sidecars mirroring bucket `cas`, with a synced client of each.
+async fn two_sidecars() -> (NatsServer, [Sidecar; 2], Client, Client) {
+    let nats = NatsServer::start().await;
+    let a = Sidecar::start(&nats.url(), vec![bucket("cas")]).await;
+    let b = Sidecar::start(&nats.url(), vec![bucket("cas")]).await;
+    let (client_a, client_b) = (a.synced_client().await, b.synced_client().await);
+    (nats, [a, b], client_a, client_b)
+}
+
 /// A create (`expect_revision: 0`) on a key that stays deleted must succeed, however often
 /// another client deletes the key meanwhile. Before the fix about half were refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_create_on_a_deleted_key_succeeds_while_another_sidecar_keeps_deleting_it() {
-    let nats = NatsServer::start().await;
-    let a = Sidecar::start(&nats.url(), vec![bucket("cas")]).await;
-    let b = Sidecar::start(&nats.url(), vec![bucket("cas")]).await;
-    let creator = a.synced_client().await;
-    let deleter = b.synced_client().await;
+    let (_nats, _sidecars, creator, deleter) = two_sidecars().await;
     creator
         .delete("cas", "k", WriteOptions::default())
         .await
@@ -82,11 +87,7 @@ async fn a_create_on_a_deleted_key_succeeds_while_another_sidecar_keeps_deleting
 /// the request ran: a put's revision when the key had a value, 0 only when it had none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_write_reports_a_revision_the_key_had() {
-    let nats = NatsServer::start().await;
-    let a = Sidecar::start(&nats.url(), vec![bucket("cas")]).await;
-    let b = Sidecar::start(&nats.url(), vec![bucket("cas")]).await;
-    let checker = a.synced_client().await;
-    let writer = b.synced_client().await;
+    let (_nats, _sidecars, checker, writer) = two_sidecars().await;
     // Every revision at which `k` got a value, as the writer's acknowledgements tell them;
     // the reports are checked against them at the end.
     let puts = Arc::new(Mutex::new(HashSet::new()));
