@@ -14,21 +14,13 @@ use nearkv::protocol::{Entry, Freshness, Operation, ReadOptions};
 const KEYS: usize = 100_000;
 
 fn mirror() -> Mirror {
-    let mirror = Mirror::new(16);
-    for i in 0..KEYS {
-        mirror.apply(
-            Entry {
-                key: format!("key-{i:07}"),
-                value: Bytes::from(vec![b'x'; 100]),
-                revision: i as u64 + 1,
-                created: 1_700_000_000_000_000_000,
-                operation: Operation::Put,
-            },
-            0,
-        );
-    }
-    mirror.confirm(std::time::Instant::now());
-    mirror
+    Mirror::loaded((0..KEYS).map(|i| Entry {
+        key: format!("key-{i:07}"),
+        value: Bytes::from(vec![b'x'; 100]),
+        revision: i as u64 + 1,
+        created: 1_700_000_000_000_000_000,
+        operation: Operation::Put,
+    }))
 }
 
 /// What the server reads of the mirror's freshness for every read.

@@ -10,6 +10,7 @@ pub mod bench;
 pub mod cache;
 pub mod cli;
 pub mod client;
+pub mod cmd;
 pub mod config;
 pub mod error;
 pub mod http;

@@ -16,17 +16,8 @@ use prometheus::{
 };
 
 use crate::cache::Cache;
+use crate::cmd::Op;
 use crate::error::ErrorCode;
-
-/// The ops a request can be counted under; `invalid` is a frame that did not parse.
-const OPS: [&str; 11] = [
-    "ping", "get", "mget", "put", "delete", "purge", "keys", "status", "watch", "unwatch",
-    "invalid",
-];
-
-fn op_slot(op: &str) -> usize {
-    OPS.iter().position(|o| *o == op).unwrap_or(OPS.len() - 1)
-}
 
 /// One bucket's request-path metrics, resolved once so that counting a request takes no lock:
 /// `MetricVec::with_label_values` takes a read lock shared by every connection.
@@ -168,13 +159,13 @@ impl Metrics {
         // "" stands for requests without a (known) bucket.
         for bucket in buckets.iter().copied().chain([""]) {
             let resolved = BucketMetrics {
-                requests: OPS
+                requests: Op::ALL
                     .iter()
-                    .map(|op| metrics.requests.with_label_values(&[bucket, op]))
+                    .map(|op| metrics.requests.with_label_values(&[bucket, op.name()]))
                     .collect(),
-                duration: OPS
+                duration: Op::ALL
                     .iter()
-                    .map(|op| metrics.duration.with_label_values(&[bucket, op]))
+                    .map(|op| metrics.duration.with_label_values(&[bucket, op.name()]))
                     .collect(),
                 hits: metrics.cache_hits.with_label_values(&[bucket]),
                 misses: metrics.cache_misses.with_label_values(&[bucket]),
@@ -202,8 +193,9 @@ impl Metrics {
         let _ = self.registry.register(Box::new(CacheCollector::new(cache)));
     }
 
-    pub fn request(&self, bucket: &str, op: &str, seconds: f64, error: Option<ErrorCode>) {
-        let slot = op_slot(op);
+    pub fn request(&self, bucket: &str, op: Op, seconds: f64, error: Option<ErrorCode>) {
+        let slot = op.index();
+        let op = op.name();
         match self.by_bucket.get(bucket) {
             Some(m) => {
                 m.requests[slot].inc();

@@ -5,19 +5,17 @@
 //! Beside it runs the stream checker (`checker.rs`).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, kv};
-use futures::StreamExt;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::bucket::Shared;
 use super::feed::{read_from, Feed, Start, Update};
 use super::link::{reconnected, Link};
 use super::mirror::{unix_nanos, Applied, ExpiryKey, Staging};
+use super::state::State;
 use crate::backoff::Backoff;
 use crate::nats::open_bucket;
 use crate::protocol::{Entry, Operation};
@@ -29,20 +27,20 @@ const SYNC_PROGRESS_EVERY: Duration = Duration::from_secs(2);
 /// Errors in a row after which a feed is recreated instead of left to recover by itself.
 const FEED_ERROR_LIMIT: u32 = 3;
 
-pub(crate) struct Actor {
-    pub(crate) shared: Arc<Shared>,
-    pub(crate) shutdown: CancellationToken,
+pub(super) struct Actor {
+    state: Arc<State>,
+    shutdown: CancellationToken,
     /// Values that expire, by expiry time (Unix ns) and revision. A value replaced since stays
     /// listed until due, and is then skipped because its revision no longer matches.
-    pub(crate) expiring: BTreeMap<ExpiryKey, String>,
+    expiring: BTreeMap<ExpiryKey, String>,
     /// Why the mirror must be reloaded from a fresh snapshot; kept until a reload succeeds, so
     /// that a feed lost halfway through one does not forget it.
-    pub(crate) resync: Option<String>,
+    resync: Option<String>,
     /// A feed was created since the last loss: the next loss retries at once, not after a backoff
     /// grown by earlier losses.
-    pub(crate) feed_started: bool,
+    feed_started: bool,
     /// Attempts to recreate the feed that failed in a row (see `request_limit`).
-    pub(crate) failed_attempts: u32,
+    failed_attempts: u32,
 }
 
 /// Tracks the expiry of a value just applied, and forgets the one of the value it replaced.
@@ -74,10 +72,19 @@ enum FeedEnd {
 }
 
 impl Actor {
-    fn set_problem(&self, problem: Option<String>) {
-        if let Ok(mut slot) = self.shared.problem.lock() {
-            *slot = problem;
+    pub(super) fn new(state: Arc<State>, shutdown: CancellationToken) -> Actor {
+        Actor {
+            state,
+            shutdown,
+            expiring: BTreeMap::new(),
+            resync: None,
+            feed_started: false,
+            failed_attempts: 0,
         }
+    }
+
+    fn set_problem(&self, problem: Option<String>) {
+        self.state.set_problem(problem);
     }
 
     /// Sleeps for the backoff's next wait, or returns false on shutdown.
@@ -93,7 +100,7 @@ impl Actor {
         let store = loop {
             let opened = tokio::select! {
                 _ = self.shutdown.cancelled() => return,
-                opened = open_bucket(&self.shared.js, &self.shared.config) => opened,
+                opened = open_bucket(self.state.js(), self.state.config()) => opened,
             };
             match opened {
                 Ok(store) => break store,
@@ -106,11 +113,11 @@ impl Actor {
                 }
             }
         };
-        let _ = self.shared.store.set(store.clone());
+        self.state.opened(store.clone());
         self.set_problem(None);
         backoff.reset();
-        self.shared.tasks.spawn(super::checker::check_stream(
-            self.shared.clone(),
+        self.state.tasks().spawn(super::checker::check_stream(
+            self.state.clone(),
             store.clone(),
             self.shutdown.clone(),
         ));
@@ -118,14 +125,14 @@ impl Actor {
             match self.run_feed(&store).await {
                 FeedEnd::Shutdown => return,
                 FeedEnd::Resync(reason) => {
-                    tracing::warn!(%reason, applied = self.shared.mirror.applied(), "reloading the mirror from a fresh snapshot");
+                    tracing::warn!(%reason, applied = self.state.mirror().applied(), "reloading the mirror from a fresh snapshot");
                     self.resync = Some(reason);
                 }
                 FeedEnd::Reconnected => {
-                    self.shared.watcher_restarts.fetch_add(1, Ordering::Relaxed);
+                    self.state.count_watcher_restart();
                     backoff.reset();
                     tracing::info!(
-                        applied = self.shared.mirror.applied(),
+                        applied = self.state.mirror().applied(),
                         "NATS connection re-established; recreating the feed from the last applied revision"
                     );
                 }
@@ -134,13 +141,13 @@ impl Actor {
                     if std::mem::take(&mut self.feed_started) {
                         backoff.reset();
                     }
-                    self.shared.watcher_restarts.fetch_add(1, Ordering::Relaxed);
+                    self.state.count_watcher_restart();
                     tracing::warn!(
                         %reason,
-                        applied = self.shared.mirror.applied(),
+                        applied = self.state.mirror().applied(),
                         "bucket feed lost; recreating it from the last applied revision"
                     );
-                    if !self.shared.mirror.is_synced() {
+                    if !self.state.mirror().is_synced() {
                         self.set_problem(Some(reason));
                     }
                     if !self.back_off(&mut backoff).await {
@@ -156,31 +163,31 @@ impl Actor {
     /// would add seconds to every recovery: the first attempts give up early and retry (250 ms,
     /// then doubling), up to the request timeout, so a slow but healthy server is still waited for.
     fn request_limit(&self) -> Duration {
-        request_limit(self.failed_attempts, self.shared.default_timeout)
+        request_limit(self.failed_attempts, self.state.default_timeout())
     }
 
     /// Runs one feed until it is lost, a resync is needed or the sidecar shuts down.
     async fn run_feed(&mut self, store: &kv::Store) -> FeedEnd {
         let limit = self.request_limit();
-        let info = match self.shared.stream_info(&self.shutdown, limit).await {
+        let info = match stream_info(&self.state, &self.shutdown, limit).await {
             Ok(info) => info,
             Err(end) => return end,
         };
         if self.resync.is_none() {
-            self.resync = self.shared.history_lost(&info).await;
+            self.resync = self.state.history_lost(&info).await;
         }
-        let filter = self.shared.config.filter.as_str();
-        let start = if self.resync.is_some() || !self.shared.mirror.is_synced() {
+        let filter = self.state.config().filter.as_str();
+        let start = if self.resync.is_some() || !self.state.mirror().is_synced() {
             Start::Snapshot
         } else {
-            Start::From(self.shared.mirror.applied() + 1)
+            Start::From(self.state.mirror().applied() + 1)
         };
         // The connection the feed is created on: a newer one means the feed must be recreated.
-        let mut link = self.shared.link.clone();
-        let connects = Link::of(&self.shared.client).connects;
+        let mut link = self.state.link().clone();
+        let connects = Link::of(self.state.client()).connects;
         let created = tokio::select! {
             _ = self.shutdown.cancelled() => return FeedEnd::Shutdown,
-            created = tokio::time::timeout(limit, Feed::start(&self.shared.client, store, filter, start)) => created,
+            created = tokio::time::timeout(limit, Feed::start(self.state.client(), store, filter, start)) => created,
         };
         let mut feed = match created {
             Ok(Ok(feed)) => feed,
@@ -195,11 +202,11 @@ impl Actor {
         self.feed_started = true;
         self.failed_attempts = 0;
         if let Start::Snapshot = start {
-            self.shared.resyncing.store(true, Ordering::Relaxed);
+            self.state.set_resyncing(true);
             let loaded = self
                 .load_snapshot(&mut feed, &info, &mut link, connects)
                 .await;
-            self.shared.resyncing.store(false, Ordering::Relaxed);
+            self.state.set_resyncing(false);
             if let Some(end) = loaded {
                 return end;
             }
@@ -217,7 +224,7 @@ impl Actor {
         connects: u64,
     ) -> Option<FeedEnd> {
         let target = info.state.last_sequence;
-        let filtered = self.shared.config.filter != ">";
+        let filtered = self.state.config().filter != ">";
         let mut staging = Staging::default();
         let mut expiring = BTreeMap::new();
         let mut errors = 0;
@@ -260,12 +267,12 @@ impl Actor {
         }
         staging.advance(target);
         let keys = staging.len();
-        self.shared
+        self.state
             .set_stream_created(info.created.unix_timestamp_nanos());
-        self.shared.mirror.install(staging);
-        self.shared.mirror.confirm(Instant::now());
+        self.state.mirror().install(staging);
+        self.state.mirror().confirm(Instant::now());
         self.expiring = expiring;
-        let revision = self.shared.mirror.applied();
+        let revision = self.state.mirror().applied();
         match self.resync.take() {
             Some(reason) => tracing::warn!(keys, revision, %reason, "mirror rebuilt"),
             None => tracing::info!(keys, revision, "mirror synced"),
@@ -288,9 +295,9 @@ impl Actor {
         link: &mut watch::Receiver<Link>,
         connects: u64,
     ) -> FeedEnd {
-        let shared = self.shared.clone();
-        let mirror = &shared.mirror;
-        let filtered = shared.config.filter != ">";
+        let state = self.state.clone();
+        let mirror = &state.mirror();
+        let filtered = state.config().filter != ">";
         let mut errors = 0;
         let mut connects = connects;
         let mut replacement: Option<Replacement> = None;
@@ -305,7 +312,7 @@ impl Actor {
                 () = reconnected(link, connects), if replacement.is_none() => {
                     tracing::info!("NATS connection re-established; creating a replacement feed");
                     replacement_attempts = 0;
-                    replacement = Some(replacement_feed(shared.clone(), self.shutdown.clone(), 0));
+                    replacement = Some(replacement_feed(state.clone(), self.shutdown.clone(), 0));
                     continue;
                 }
                 done = poll_replacement(&mut replacement), if replacement.is_some() => {
@@ -315,14 +322,14 @@ impl Actor {
                             *feed = new_feed;
                             connects = new_connects;
                             errors = 0;
-                            shared.watcher_restarts.fetch_add(1, Ordering::Relaxed);
+                            state.count_watcher_restart();
                             tracing::info!(applied = mirror.applied(), "the replacement feed took over");
                         }
                         Err(NoReplacement::Failed(reason)) => {
                             replacement_attempts += 1;
                             tracing::debug!(%reason, "no replacement feed yet; retrying");
                             replacement = Some(replacement_feed(
-                                shared.clone(),
+                                state.clone(),
                                 self.shutdown.clone(),
                                 replacement_attempts,
                             ));
@@ -332,8 +339,8 @@ impl Actor {
                     }
                     continue;
                 }
-                _ = shared.resync_requested.notified() => {
-                    match shared.take_resync() {
+                _ = state.resync_requested() => {
+                    match state.take_resync() {
                         Some(reason) => return FeedEnd::Resync(reason),
                         None => continue,
                     }
@@ -342,7 +349,7 @@ impl Actor {
                     self.sweep();
                     continue;
                 }
-                update = catch_up(&shared), if replacement.is_some() => Some(Ok(update)),
+                update = catch_up(&state), if replacement.is_some() => Some(Ok(update)),
                 item = feed.next() => item,
             };
             let update = match self.check_item(item, &mut errors) {
@@ -354,17 +361,14 @@ impl Actor {
                 // The consumer was lost (deleted, or NATS restarted) and recreated from the last
                 // delivered revision. Check the stream before applying anything from it: if the
                 // bucket was recreated, its messages must not mix into this mirror.
-                shared.watcher_restarts.fetch_add(1, Ordering::Relaxed);
+                state.count_watcher_restart();
                 tracing::info!(
                     revision = update.revision,
                     "the feed's consumer was recreated after a loss; resuming"
                 );
-                match shared
-                    .stream_info(&self.shutdown, shared.default_timeout)
-                    .await
-                {
+                match stream_info(&state, &self.shutdown, state.default_timeout()).await {
                     Ok(info) => {
-                        if let Some(reason) = shared.history_lost(&info).await {
+                        if let Some(reason) = state.history_lost(&info).await {
                             return FeedEnd::Resync(reason);
                         }
                     }
@@ -374,9 +378,7 @@ impl Actor {
             let (revision, caught_up) = (update.revision, update.pending == 0);
             let applied_before = mirror.applied();
             if !filtered && revision > applied_before + 1 {
-                shared
-                    .skipped_revisions
-                    .fetch_add(revision - applied_before - 1, Ordering::Relaxed);
+                state.count_skipped_revisions(revision - applied_before - 1);
             }
             let (entry, expires) = self.entry(update);
             let tracked = (expires != 0).then(|| ((expires, revision), entry.key.clone()));
@@ -419,10 +421,7 @@ impl Actor {
     fn entry(&self, update: Update) -> (Entry, i64) {
         let lifetime = match update.ttl {
             Some(ttl) => Some(ttl),
-            None => match self.shared.max_age.load(Ordering::Relaxed) {
-                0 => None,
-                nanos => Some(Duration::from_nanos(nanos)),
-            },
+            None => self.state.max_age(),
         };
         let expires = match (update.operation, lifetime) {
             (Operation::Put, Some(lifetime)) if lifetime != Duration::MAX => update
@@ -448,90 +447,34 @@ impl Actor {
                 break;
             }
             let ((_, revision), key) = entry.remove_entry();
-            self.shared.mirror.expire(&key, revision);
+            self.state.mirror().expire(&key, revision);
         }
     }
 }
 
-impl Shared {
-    /// Why the mirror cannot resume from its last applied revision, if it cannot.
-    pub(crate) async fn history_lost(&self, info: &jetstream::stream::Info) -> Option<String> {
-        let mirror = &self.mirror;
-        if !mirror.is_synced() {
-            return None;
-        }
-        let applied = mirror.applied();
-        let state = &info.state;
-        if self.stream_created() != Some(info.created.unix_timestamp_nanos()) {
-            return Some("the bucket was deleted and created again".to_string());
-        }
-        if state.last_sequence < applied {
-            return Some(format!(
-                "the stream ends at revision {} but the mirror applied {applied}",
-                state.last_sequence
-            ));
-        }
-        if state.first_sequence > applied + 1 {
-            // Messages the mirror never saw are gone. Harmless when each was superseded by a
-            // later message of its key, which the feed still delivers; not when a key the mirror
-            // holds has no message left at all (a purge, or a limit the mirror did not see).
-            return self.keys_without_messages().await;
-        }
-        None
-    }
-
-    /// A reason to reload, if some live key of the mirror has no message left in the stream.
-    async fn keys_without_messages(&self) -> Option<String> {
-        let store = self.store.get()?;
-        let filter = format!("{}{}", store.prefix, self.config.filter);
-        let mut stored = std::collections::HashSet::new();
-        let mut subjects = match store.stream.info_with_subjects(filter).await {
-            Ok(subjects) => subjects,
-            Err(err) => return Some(format!("cannot list the stream's keys after a gap: {err}")),
-        };
-        while let Some(subject) = subjects.next().await {
-            match subject {
-                Ok((subject, _)) => {
-                    stored.insert(subject.strip_prefix(store.prefix.as_str())?.to_string());
-                }
-                Err(err) => {
-                    return Some(format!("cannot list the stream's keys after a gap: {err}"))
-                }
+/// The stream's info, taken in (see [`State::learn`]); how the feed ends if it cannot be had.
+/// `limit` bounds the request below NATS's own timeout while the feed is being recovered.
+async fn stream_info(
+    state: &State,
+    shutdown: &CancellationToken,
+    limit: Duration,
+) -> Result<jetstream::stream::Info, FeedEnd> {
+    let Some(store) = state.store() else {
+        return Err(FeedEnd::Lost("the bucket is not open".to_string()));
+    };
+    tokio::select! {
+        _ = shutdown.cancelled() => Err(FeedEnd::Shutdown),
+        info = tokio::time::timeout(limit, store.stream.get_info()) => match info {
+            Ok(Ok(info)) => {
+                state.learn(&info);
+                Ok(info)
             }
-        }
-        let missing = self.mirror.keys(|key| !stored.contains(key)).len();
-        (missing > 0).then(|| {
-            format!(
-                "{missing} keys of the mirror have no message left in the stream: they were removed \
-                 while the mirror was not following"
-            )
-        })
-    }
-
-    /// The stream's info, taken in (see [`Shared::learn`]); how the feed ends if it cannot be had.
-    /// `limit` bounds the request below NATS's own timeout while the feed is being recovered.
-    async fn stream_info(
-        &self,
-        shutdown: &CancellationToken,
-        limit: Duration,
-    ) -> Result<jetstream::stream::Info, FeedEnd> {
-        let Some(store) = self.store.get() else {
-            return Err(FeedEnd::Lost("the bucket is not open".to_string()));
-        };
-        tokio::select! {
-            _ = shutdown.cancelled() => Err(FeedEnd::Shutdown),
-            info = tokio::time::timeout(limit, store.stream.get_info()) => match info {
-                Ok(Ok(info)) => {
-                    self.learn(&info);
-                    Ok(info)
-                }
-                Ok(Err(err)) => Err(FeedEnd::Lost(format!("cannot read the bucket's stream: {err}"))),
-                Err(_) => Err(FeedEnd::Lost(format!(
-                    "no answer about the bucket's stream within {} ms",
-                    limit.as_millis()
-                ))),
-            },
-        }
+            Ok(Err(err)) => Err(FeedEnd::Lost(format!("cannot read the bucket's stream: {err}"))),
+            Err(_) => Err(FeedEnd::Lost(format!(
+                "no answer about the bucket's stream within {} ms",
+                limit.as_millis()
+            ))),
+        },
     }
 }
 
@@ -557,11 +500,7 @@ type Replacement =
 /// A new feed from the mirror's next revision, on the current connection (after a short pause
 /// that grows with the failed `attempts`), with the connection count it was created at. The
 /// stream is checked first, as for a resumed feed.
-fn replacement_feed(
-    shared: Arc<Shared>,
-    shutdown: CancellationToken,
-    attempts: u32,
-) -> Replacement {
+fn replacement_feed(state: Arc<State>, shutdown: CancellationToken, attempts: u32) -> Replacement {
     Box::pin(async move {
         if attempts > 0 {
             let delay = Duration::from_millis(100).saturating_mul(attempts.min(20));
@@ -570,23 +509,23 @@ fn replacement_feed(
                 _ = tokio::time::sleep(delay) => {}
             }
         }
-        let limit = request_limit(attempts, shared.default_timeout);
-        let info = match shared.stream_info(&shutdown, limit).await {
+        let limit = request_limit(attempts, state.default_timeout());
+        let info = match stream_info(&state, &shutdown, limit).await {
             Ok(info) => info,
             Err(FeedEnd::Shutdown) => return Err(NoReplacement::Shutdown),
             Err(FeedEnd::Lost(reason)) => return Err(NoReplacement::Failed(reason)),
             Err(_) => return Err(NoReplacement::Failed("the stream check failed".to_string())),
         };
-        if let Some(reason) = shared.history_lost(&info).await {
+        if let Some(reason) = state.history_lost(&info).await {
             return Err(NoReplacement::Resync(reason));
         }
-        let Some(store) = shared.store.get() else {
+        let Some(store) = state.store() else {
             return Err(NoReplacement::Failed("the bucket is not open".to_string()));
         };
-        let connects = Link::of(&shared.client).connects;
-        let start = Start::From(shared.mirror.applied() + 1);
-        let filter = shared.config.filter.as_str();
-        match tokio::time::timeout(limit, Feed::start(&shared.client, store, filter, start)).await {
+        let connects = Link::of(state.client()).connects;
+        let start = Start::From(state.mirror().applied() + 1);
+        let filter = state.config().filter.as_str();
+        match tokio::time::timeout(limit, Feed::start(state.client(), store, filter, start)).await {
             Ok(Ok(feed)) => Ok((feed, connects)),
             Ok(Err(err)) => Err(NoReplacement::Failed(err)),
             Err(_) => Err(NoReplacement::Failed(format!(
@@ -601,18 +540,18 @@ fn replacement_feed(
 /// stream leader without a consumer, so that the mirror keeps up (and this sidecar's writes are
 /// answered) even when the old consumer died and a new one must wait for the cluster. When there
 /// is nothing more to read, the mirror is confirmed current.
-async fn catch_up(shared: &Shared) -> Update {
-    let Some(store) = shared.store.get() else {
+async fn catch_up(state: &State) -> Update {
+    let Some(store) = state.store() else {
         return std::future::pending().await;
     };
     loop {
         let asked = Instant::now();
-        let next = shared.mirror.applied() + 1;
-        let read = read_from(store, &shared.config.filter, next);
+        let next = state.mirror().applied() + 1;
+        let read = read_from(store, &state.config().filter, next);
         match tokio::time::timeout(Duration::from_millis(250), read).await {
             Ok(Ok(Some(update))) => return update,
             Ok(Ok(None)) => {
-                shared.mirror.confirm(asked);
+                state.mirror().confirm(asked);
                 tokio::time::sleep(Duration::from_millis(25)).await;
             }
             _ => tokio::time::sleep(Duration::from_millis(50)).await,

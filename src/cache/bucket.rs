@@ -1,31 +1,22 @@
 //! One mirrored bucket: a cheap cloneable handle that serves reads from the mirror and sends
 //! writes to NATS. The actor that feeds the mirror is in `actor.rs`.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, kv};
+use async_nats::jetstream::kv;
 use bytes::Bytes;
-use tokio::sync::{watch, Notify};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use super::actor::Actor;
-use super::link::Link;
 use super::mirror::Mirror;
-use super::strong::StrongReads;
+use super::state::{Origin, State};
 use super::watch::Watch;
 use super::writes;
-use crate::config::BucketConfig;
 use crate::error::{Error, ErrorCode, Result};
 use crate::keys::{filter_matches, max_key_length, quote, validate_filter, validate_key};
 use crate::protocol::{
     BucketStatus, Consistency, Entry, Freshness, Operation, ReadOptions, WriteOptions,
 };
-
-/// Room for updates a watch may fall behind by before it is ended with `slow_consumer`.
-const WATCH_BUFFER: usize = 16 * 1024;
 
 /// Whether a bucket should receive traffic, and its state in words for `/readyz`.
 pub struct Readiness {
@@ -36,162 +27,49 @@ pub struct Readiness {
 /// A handle to one mirrored bucket. Cloning is cheap; all clones share the mirror.
 #[derive(Clone)]
 pub struct Bucket {
-    shared: Arc<Shared>,
-}
-
-/// What the handles and the actor share.
-pub(crate) struct Shared {
-    pub(crate) config: BucketConfig,
-    pub(crate) mirror: Mirror,
-    pub(crate) js: jetstream::Context,
-    pub(crate) client: async_nats::Client,
-    /// Set once by the actor when the bucket is open.
-    pub(crate) store: OnceLock<kv::Store>,
-    /// Why the bucket is not (yet) serving, for `not_ready` answers.
-    pub(crate) problem: Mutex<Option<String>>,
-    /// Deadline of reads and writes without their own; also bounds the actor's NATS requests.
-    pub(crate) default_timeout: Duration,
-    /// The stream's latest revision as last learned from NATS.
-    server_revision: AtomicU64,
-    pub(crate) watcher_restarts: AtomicU64,
-    /// Revisions an unfiltered mirror never saw: NATS discarded them before the feed read them.
-    pub(crate) skipped_revisions: AtomicU64,
-    /// The bucket's `max_age` in nanoseconds as last read from its stream; 0: none.
-    pub(crate) max_age: AtomicU64,
-    /// When the stream the mirror was loaded from was created (Unix ns), to notice a new one.
-    stream_created: Mutex<Option<i128>>,
-    /// The actor is loading a snapshot; the checker holds its findings meanwhile.
-    pub(crate) resyncing: AtomicBool,
-    /// Why the mirror must be reloaded, set by the checker for the actor.
-    resync_reason: Mutex<Option<String>>,
-    pub(crate) resync_requested: Notify,
-    strong: Arc<StrongReads>,
-    /// The NATS connection: up or not, and how often it has been established.
-    pub(crate) link: watch::Receiver<Link>,
-    /// The cache's tracker of background tasks, and the token that stops them.
-    pub(crate) tasks: TaskTracker,
-    pub(crate) shutdown: CancellationToken,
-}
-
-impl Shared {
-    /// Takes in what a stream info says about the bucket.
-    pub(crate) fn learn(&self, info: &jetstream::stream::Info) {
-        self.server_revision
-            .fetch_max(info.state.last_sequence, Ordering::Relaxed);
-        self.max_age.store(
-            info.config.max_age.as_nanos().min(u64::MAX as u128) as u64,
-            Ordering::Relaxed,
-        );
-    }
-
-    pub(crate) fn stream_created(&self) -> Option<i128> {
-        self.stream_created.lock().ok().and_then(|c| *c)
-    }
-
-    pub(crate) fn set_stream_created(&self, created: i128) {
-        if let Ok(mut slot) = self.stream_created.lock() {
-            *slot = Some(created);
-        }
-    }
-
-    pub(crate) fn request_resync(&self, reason: String) {
-        if let Ok(mut slot) = self.resync_reason.lock() {
-            slot.get_or_insert(reason);
-        }
-        self.resync_requested.notify_one();
-    }
-
-    pub(crate) fn take_resync(&self) -> Option<String> {
-        self.resync_reason.lock().ok().and_then(|mut r| r.take())
-    }
-
-    /// How often the checker may ask NATS about the stream: `check_interval`, or four times per
-    /// `max_staleness` when that is shorter, so that a healthy mirror never reads as stale.
-    pub(crate) fn check_every(&self) -> Duration {
-        let every = self.config.check_interval;
-        match self.config.max_staleness {
-            Some(max) => every.min(max / 4).max(Duration::from_millis(50)),
-            None => every,
-        }
-    }
+    state: Arc<State>,
 }
 
 impl Bucket {
     /// Creates the handle and spawns the actor that keeps its mirror.
-    pub(crate) fn spawn(
-        config: BucketConfig,
-        client: async_nats::Client,
-        js: jetstream::Context,
-        default_timeout: Duration,
-        shutdown: CancellationToken,
-        tasks: TaskTracker,
-        link: watch::Receiver<Link>,
-    ) -> Bucket {
-        let shared = Arc::new(Shared {
-            config,
-            mirror: Mirror::new(WATCH_BUFFER),
-            js,
-            client,
-            store: OnceLock::new(),
-            problem: Mutex::new(Some("the bucket is being opened".to_string())),
-            default_timeout,
-            server_revision: AtomicU64::new(0),
-            watcher_restarts: AtomicU64::new(0),
-            skipped_revisions: AtomicU64::new(0),
-            max_age: AtomicU64::new(0),
-            stream_created: Mutex::new(None),
-            resyncing: AtomicBool::new(false),
-            resync_reason: Mutex::new(None),
-            resync_requested: Notify::new(),
-            strong: Arc::new(StrongReads::default()),
-            tasks: tasks.clone(),
-            shutdown: shutdown.clone(),
-            link,
-        });
-        let actor = Actor {
-            shared: shared.clone(),
-            shutdown,
-            expiring: Default::default(),
-            resync: None,
-            feed_started: false,
-            failed_attempts: 0,
-        };
-        let span = tracing::info_span!("bucket", bucket = %shared.config.name);
+    pub(super) fn spawn(origin: Origin) -> Bucket {
+        let tasks = origin.tasks.clone();
+        let shutdown = origin.shutdown.clone();
+        let state = Arc::new(State::new(origin));
+        let span = tracing::info_span!("bucket", bucket = %state.name());
+        let actor = Actor::new(state.clone(), shutdown);
         tasks.spawn(tracing::Instrument::instrument(actor.run(), span));
-        Bucket { shared }
+        Bucket { state }
     }
 
     pub fn name(&self) -> &str {
-        &self.shared.config.name
+        &self.state.config().name
     }
 
     pub fn mirror(&self) -> &Mirror {
-        &self.shared.mirror
+        self.state.mirror()
     }
 
     fn timeout(&self, timeout_ms: Option<u64>) -> Duration {
-        timeout_ms.map_or(self.shared.default_timeout, Duration::from_millis)
+        timeout_ms.map_or(self.state.default_timeout(), Duration::from_millis)
     }
 
     fn not_ready(&self) -> Error {
         let problem = self
-            .shared
-            .problem
-            .lock()
-            .map(|p| p.clone())
-            .unwrap_or_default()
+            .state
+            .problem()
             .unwrap_or_else(|| "the initial sync is in progress".to_string());
         Error::new(
             ErrorCode::NotReady,
             format!(
                 "bucket `{}` is not synced yet: {problem}; retry shortly",
-                self.shared.config.name
+                &self.state.config().name
             ),
         )
     }
 
     fn check_synced(&self) -> Result<()> {
-        if self.shared.mirror.is_synced() {
+        if self.state.mirror().is_synced() {
             Ok(())
         } else {
             Err(self.not_ready())
@@ -200,7 +78,7 @@ impl Bucket {
 
     fn check_readable_key(&self, key: &str) -> Result<()> {
         validate_key(key)?;
-        let filter = &self.shared.config.filter;
+        let filter = &self.state.config().filter;
         if filter_matches(filter, key) {
             Ok(())
         } else {
@@ -209,7 +87,7 @@ impl Bucket {
                 format!(
                     "key `{}` is outside the filter `{filter}` this sidecar mirrors bucket `{}` with",
                     quote(key),
-                    self.shared.config.name
+                    &self.state.config().name
                 ),
             ))
         }
@@ -218,10 +96,10 @@ impl Bucket {
     /// Fails with `stale` when the bucket has a `max_staleness` and NATS last confirmed the
     /// mirror current longer ago than that, unless the caller accepts stale data.
     fn check_fresh(&self, allow_stale: bool) -> Result<()> {
-        let (Some(max), false) = (self.shared.config.max_staleness, allow_stale) else {
+        let (Some(max), false) = (self.state.config().max_staleness, allow_stale) else {
             return Ok(());
         };
-        match self.shared.mirror.age() {
+        match self.state.mirror().age() {
             Some(age) if age <= max => Ok(()),
             age => Err(Error::new(
                 ErrorCode::Stale,
@@ -229,7 +107,7 @@ impl Bucket {
                     "bucket `{}`'s mirror was last confirmed current by NATS {}, more than its \
                      max_staleness of {} ms; NATS may be unreachable. Retry later, or send \
                      allow_stale: true to accept the cached value",
-                    self.shared.config.name,
+                    self.state.config().name,
                     age.map_or("never".to_string(), |a| format!("{} ms ago", a.as_millis())),
                     max.as_millis()
                 ),
@@ -239,7 +117,7 @@ impl Bucket {
 
     /// Whether the mirror exceeds the bucket's `max_staleness`.
     pub fn is_stale(&self) -> bool {
-        self.shared.mirror.is_synced() && self.check_fresh(false).is_err()
+        self.state.mirror().is_synced() && self.check_fresh(false).is_err()
     }
 
     /// The mirror's freshness for a read now: synced, and fresh enough unless `allow_stale`.
@@ -248,7 +126,7 @@ impl Bucket {
     pub fn freshness(&self, allow_stale: bool) -> Result<Freshness> {
         self.check_synced()?;
         self.check_fresh(allow_stale)?;
-        let mirror = &self.shared.mirror;
+        let mirror = &self.state.mirror();
         Ok(Freshness {
             revision: mirror.applied(),
             age_ms: mirror.age().map_or(u64::MAX, |age| age.as_millis() as u64),
@@ -259,7 +137,7 @@ impl Bucket {
     pub fn get_cached(&self, key: &str) -> Result<Option<Entry>> {
         self.check_readable_key(key)?;
         self.freshness(false)?;
-        Ok(self.shared.mirror.get(key))
+        Ok(self.state.mirror().get(key))
     }
 
     /// The checks of a read from the mirror without waiting: valid keys inside the filter, a
@@ -275,7 +153,7 @@ impl Bucket {
     pub async fn get(&self, key: &str, read: ReadOptions) -> Result<(Option<Entry>, Freshness)> {
         self.check_readable_key(key)?;
         let freshness = self.prepare_read(read).await?;
-        Ok((self.shared.mirror.get(key), freshness))
+        Ok((self.state.mirror().get(key), freshness))
     }
 
     pub async fn mget(
@@ -287,7 +165,7 @@ impl Bucket {
             self.check_readable_key(key)?;
         }
         let freshness = self.prepare_read(read).await?;
-        let entries = self.shared.mirror.get_many(keys);
+        let entries = self.state.mirror().get_many(keys);
         Ok((entries, freshness))
     }
 
@@ -301,7 +179,7 @@ impl Bucket {
         let deadline = tokio::time::Instant::now() + timeout;
         self.check_synced()?;
         if let Some(min) = read.min_revision {
-            self.shared.mirror.wait_for(min, timeout).await?;
+            self.state.mirror().wait_for(min, timeout).await?;
         }
         if read.consistency == Consistency::Strong {
             self.wait_strong(deadline).await?;
@@ -310,11 +188,11 @@ impl Bucket {
     }
 
     /// Waits until the mirror reflects every write NATS acknowledged before this call: it fetches
-    /// the latest revision (shared with the strong reads waiting at the same moment), then waits
+    /// the latest revision (state with the strong reads waiting at the same moment), then waits
     /// for the mirror to apply it. Never answers from a mirror that did not get there in time.
     async fn wait_strong(&self, deadline: tokio::time::Instant) -> Result<()> {
         let store = self.store()?;
-        if self.shared.client.connection_state() != async_nats::connection::State::Connected {
+        if !self.state.is_connected() {
             return Err(Error::new(
                 ErrorCode::Unavailable,
                 "not connected to NATS, so a strong read cannot learn the bucket's latest revision; \
@@ -323,11 +201,11 @@ impl Bucket {
         }
         let fetched = tokio::time::timeout_at(
             deadline,
-            self.shared.strong.target(
+            self.state.strong().target(
                 store,
-                &self.shared.config.filter,
-                &self.shared.tasks,
-                &self.shared.shutdown,
+                &self.state.config().filter,
+                self.state.tasks(),
+                self.state.shutdown(),
             ),
         )
         .await
@@ -339,9 +217,9 @@ impl Bucket {
             )
         })??;
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        self.shared.mirror.wait_for(fetched.revision, left).await?;
+        self.state.mirror().wait_for(fetched.revision, left).await?;
         // The mirror held everything NATS had when the fetch was sent.
-        self.shared.mirror.confirm(fetched.sent);
+        self.state.mirror().confirm(fetched.sent);
         Ok(())
     }
 
@@ -352,24 +230,19 @@ impl Bucket {
         }
         self.freshness(allow_stale)?;
         Ok(self
-            .shared
-            .mirror
+            .state
+            .mirror()
             .keys(|key| filter.is_none_or(|f| filter_matches(f, key))))
     }
 
     pub fn status(&self) -> BucketStatus {
-        let mirror = &self.shared.mirror;
+        let mirror = self.state.mirror();
         let revision = mirror.applied();
-        let server_revision = self
-            .shared
-            .server_revision
-            .load(Ordering::Relaxed)
-            .max(revision);
+        let server_revision = self.state.server_revision();
         BucketStatus {
-            bucket: self.shared.config.name.clone(),
+            bucket: self.state.config().name.clone(),
             synced: mirror.is_synced(),
-            connected: self.shared.client.connection_state()
-                == async_nats::connection::State::Connected,
+            connected: self.state.is_connected(),
             keys: mirror.len() as u64,
             bytes: mirror.bytes(),
             revision,
@@ -386,7 +259,7 @@ impl Bucket {
     /// reads are served, i.e. unless it is `stale`. The NATS connection is reported, not judged:
     /// a mirror serves its last state while NATS is away (fail-static).
     pub fn readiness(&self) -> Readiness {
-        if !self.shared.mirror.is_synced() {
+        if !self.state.mirror().is_synced() {
             return Readiness {
                 ready: false,
                 text: format!("not ready: {}", self.not_ready().message),
@@ -398,8 +271,7 @@ impl Bucket {
                 text: format!("not ready: {}", err.message),
             };
         }
-        let connected =
-            self.shared.client.connection_state() == async_nats::connection::State::Connected;
+        let connected = self.state.is_connected();
         Readiness {
             ready: true,
             text: if connected {
@@ -414,29 +286,29 @@ impl Bucket {
 
     /// Times the bucket's KV watcher was recreated after a loss.
     pub fn watcher_restarts(&self) -> u64 {
-        self.shared.watcher_restarts.load(Ordering::Relaxed)
+        self.state.watcher_restarts()
     }
 
     /// Revisions the mirror never saw because NATS discarded them first (unfiltered mirrors only):
     /// superseded values a watch therefore did not see either.
     pub fn skipped_revisions(&self) -> u64 {
-        self.shared.skipped_revisions.load(Ordering::Relaxed)
+        self.state.skipped_revisions()
     }
 
     /// Times the mirror was reloaded from a fresh snapshot after its initial sync.
     pub fn rebuilds(&self) -> u64 {
-        self.shared.mirror.rebuilds()
+        self.state.mirror().rebuilds()
     }
 
     /// NATS requests made for strong reads (several strong reads at once share one).
     pub fn strong_read_fetches(&self) -> u64 {
-        self.shared.strong.fetches()
+        self.state.strong().fetches()
     }
 
     /// Waits until the initial snapshot is applied, for embedders that want to start serving only then.
     pub async fn wait_synced(&self, timeout: Duration) -> Result<()> {
         let deadline = tokio::time::Instant::now() + timeout;
-        while !self.shared.mirror.is_synced() {
+        while !self.state.mirror().is_synced() {
             if tokio::time::Instant::now() >= deadline {
                 return Err(self.not_ready());
             }
@@ -446,7 +318,7 @@ impl Bucket {
     }
 
     fn store(&self) -> Result<&kv::Store> {
-        self.shared.store.get().ok_or_else(|| self.not_ready())
+        self.state.store().ok_or_else(|| self.not_ready())
     }
 
     pub async fn put(&self, key: &str, value: Bytes, write: WriteOptions) -> Result<u64> {
@@ -475,16 +347,16 @@ impl Bucket {
 
     /// The longest key a write to this bucket may carry: its subject (`$KV.<bucket>.<key>`) must
     /// leave room in NATS's control line for the reply subject and sizes. A longer one would
-    /// make the server close the sidecar's shared connection, failing every client's writes.
+    /// make the server close the sidecar's state connection, failing every client's writes.
     pub fn max_key_length(&self) -> usize {
-        let prefix_len = match self.shared.store.get() {
+        let prefix_len = match self.state.store() {
             Some(store) => store
                 .put_prefix
                 .as_deref()
                 .unwrap_or(&store.prefix)
                 .len()
                 .max(store.prefix.len()),
-            None => "$KV.".len() + self.shared.config.name.len() + 1,
+            None => "$KV.".len() + self.state.config().name.len() + 1,
         };
         max_key_length(prefix_len)
     }
@@ -492,13 +364,13 @@ impl Bucket {
     /// The checks every write passes before anything is sent, in the order a client can act on:
     /// may it write here at all, is the key valid, is the bucket open.
     fn check_writable(&self, key: &str) -> Result<&kv::Store> {
-        if self.shared.config.read_only {
+        if self.state.config().read_only {
             return Err(Error::new(
                 ErrorCode::Forbidden,
                 format!(
                     "bucket `{}` is read-only through this sidecar (read_only = true); write \
                      through a sidecar that allows it, or with a NATS client",
-                    self.shared.config.name
+                    &self.state.config().name
                 ),
             ));
         }
@@ -512,7 +384,7 @@ impl Bucket {
                     "key `{}` is too long for a write: bucket `{}` takes keys of at most {max} bytes \
                      (NATS's control line limit); use a shorter key",
                     quote(key),
-                    self.shared.config.name
+                    &self.state.config().name
                 ),
             ));
         }
@@ -529,7 +401,7 @@ impl Bucket {
                     "the value for `{}` is {len} bytes; bucket `{}`'s max_value_size allows at most \
                      {bucket_limit}",
                     quote(key),
-                    self.shared.config.name
+                    &self.state.config().name
                 ),
             ));
         }
@@ -547,7 +419,7 @@ impl Bucket {
         write: WriteOptions,
     ) -> Result<u64> {
         let deadline = tokio::time::Instant::now() + self.timeout(write.timeout_ms);
-        if self.shared.client.connection_state() != async_nats::connection::State::Connected {
+        if !self.state.is_connected() {
             return Err(Error::write_failed(
                 ErrorCode::Unavailable,
                 false,
@@ -555,16 +427,16 @@ impl Bucket {
             ));
         }
         let destination = writes::Destination {
-            client: &self.shared.client,
-            js: &self.shared.js,
+            client: self.state.client(),
+            js: self.state.js(),
             store,
-            link: &self.shared.link,
+            link: self.state.link(),
         };
         let revision = writes::write(destination, key, operation, value, write, deadline).await?;
-        if filter_matches(&self.shared.config.filter, key) {
+        if filter_matches(&self.state.config().filter, key) {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            self.shared
-                .mirror
+            self.state
+                .mirror()
                 .wait_for(revision, left)
                 .await
                 .map_err(|mut err| {
@@ -588,7 +460,7 @@ impl Bucket {
         }
         self.check_synced()?;
         Ok(Watch::start(
-            &self.shared.mirror,
+            self.state.mirror(),
             filter.map(str::to_string),
             initial,
         ))

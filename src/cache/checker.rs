@@ -3,14 +3,13 @@
 //! no feed message shows: the bucket deleted and created again, or its messages purged out of
 //! band, for which it asks the actor to reload the mirror.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
 use async_nats::jetstream::kv;
 use tokio_util::sync::CancellationToken;
 
-use super::bucket::Shared;
+use super::state::State;
 use super::strong::last_revision;
 
 /// Asks NATS about the stream every `check_every` (every fifth time while the feed itself keeps
@@ -18,20 +17,16 @@ use super::strong::last_revision;
 /// keeps `server_revision` and `max_age` current, and requests a resync when the bucket was
 /// recreated, went backwards, or lost messages the mirror still serves.
 /// Failures (NATS away) are simply retried next time: the mirror keeps serving what it has.
-pub(crate) async fn check_stream(
-    shared: Arc<Shared>,
-    store: kv::Store,
-    shutdown: CancellationToken,
-) {
+pub(crate) async fn check_stream(state: Arc<State>, store: kv::Store, shutdown: CancellationToken) {
     /// A mirror its feed keeps confirming is still checked every this many intervals, for the
     /// purges and recreations no feed message shows.
     const FULL_CHECK_EVERY: u32 = 5;
-    let every = shared.check_every();
+    let every = state.check_every();
     let mut ticks = tokio::time::interval(every);
     let mut since_check = 0;
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let filtered = shared.config.filter != ">";
-    let subject = format!("{}{}", store.prefix, shared.config.filter);
+    let filtered = state.config().filter != ">";
+    let subject = format!("{}{}", store.prefix, state.config().filter);
     // Seen once already: act on a count mismatch only when it holds on two checks in a row.
     let mut fewer_messages_than_keys = false;
     loop {
@@ -39,7 +34,7 @@ pub(crate) async fn check_stream(
             _ = shutdown.cancelled() => return,
             _ = ticks.tick() => {}
         }
-        let mirror = &shared.mirror;
+        let mirror = state.mirror();
         since_check += 1;
         // Recent enough that it cannot be this checker's own confirmation of one interval ago.
         let confirmed_by_feed = mirror.age().is_some_and(|age| age < every / 2);
@@ -52,23 +47,20 @@ pub(crate) async fn check_stream(
         let Ok(info) = store.stream.get_info().await else {
             continue;
         };
-        shared.learn(&info);
-        if !mirror.is_synced() || shared.resyncing.load(Ordering::Relaxed) {
+        state.learn(&info);
+        if !mirror.is_synced() || state.is_resyncing() {
             continue;
         }
-        let state = &info.state;
+        let stream = &info.state;
         let created = info.created.unix_timestamp_nanos();
-        if shared
-            .stream_created()
-            .is_some_and(|known| known != created)
-        {
-            shared.request_resync("the bucket was deleted and created again".to_string());
+        if state.stream_created().is_some_and(|known| known != created) {
+            state.request_resync("the bucket was deleted and created again".to_string());
             continue;
         }
-        if state.last_sequence < applied_before {
-            shared.request_resync(format!(
+        if stream.last_sequence < applied_before {
+            state.request_resync(format!(
                 "the stream ends at revision {} but the mirror applied {applied_before}",
-                state.last_sequence
+                stream.last_sequence
             ));
             continue;
         }
@@ -76,13 +68,13 @@ pub(crate) async fn check_stream(
         // without a marker (a stream purge). Only meaningful while no update arrives in between.
         let keys = mirror.len() as u64;
         let quiet = mirror.applied() == applied_before;
-        if !filtered && quiet && state.messages < keys {
+        if !filtered && quiet && stream.messages < keys {
             if fewer_messages_than_keys {
                 fewer_messages_than_keys = false;
-                shared.request_resync(format!(
+                state.request_resync(format!(
                     "the stream holds {} messages but the mirror {keys} keys: messages were removed \
                      without a marker",
-                    state.messages
+                    stream.messages
                 ));
                 continue;
             }
@@ -90,7 +82,7 @@ pub(crate) async fn check_stream(
         } else {
             fewer_messages_than_keys = false;
         }
-        let mut latest = state.last_sequence;
+        let mut latest = stream.last_sequence;
         if filtered && latest > mirror.applied() {
             let Ok(filter_latest) = last_revision(&store, &subject).await else {
                 continue;

@@ -191,10 +191,6 @@ impl Staging {
     pub fn len(&self) -> usize {
         self.table.len()
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.table.is_empty()
-    }
 }
 
 pub struct Mirror {
@@ -218,7 +214,19 @@ pub struct Mirror {
 }
 
 impl Mirror {
-    pub fn new(event_buffer: usize) -> Self {
+    /// A mirror holding `entries` (the latest of each key), fed by no actor: for benchmarks
+    /// and tests of the read path. A bucket's own mirror changes only through its actor.
+    pub fn loaded(entries: impl IntoIterator<Item = Entry>) -> Self {
+        let mut staging = Staging::default();
+        for entry in entries {
+            staging.apply(entry, 0);
+        }
+        let mirror = Mirror::new(1);
+        mirror.install(staging);
+        mirror
+    }
+
+    pub(super) fn new(event_buffer: usize) -> Self {
         Mirror {
             table: ArcSwap::from_pointee(new_table()),
             applied: AtomicU64::new(0),
@@ -320,7 +328,7 @@ impl Mirror {
 
     /// Records that NATS confirmed, at `at`, that the mirror held everything: it delivered an
     /// update with nothing pending after it, or reported no revision beyond `applied`.
-    pub fn confirm(&self, at: Instant) {
+    pub(super) fn confirm(&self, at: Instant) {
         let ms = at.saturating_duration_since(self.clock).as_millis() as u64 + 1;
         self.confirmed.fetch_max(ms, Ordering::Relaxed);
     }
@@ -337,7 +345,7 @@ impl Mirror {
         }
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<MirrorEvent> {
+    pub(super) fn subscribe(&self) -> broadcast::Receiver<MirrorEvent> {
         self.events.subscribe()
     }
 
@@ -349,7 +357,7 @@ impl Mirror {
     }
 
     /// Applies one update from the feed, whose value expires at `expires` (Unix ns; 0: never).
-    pub fn apply(&self, entry: Entry, expires: i64) -> Applied {
+    pub(super) fn apply(&self, entry: Entry, expires: i64) -> Applied {
         if entry.revision <= self.applied() {
             return Applied::Again;
         }
@@ -383,7 +391,7 @@ impl Mirror {
     }
 
     /// Removes `key` if it still holds the value of `revision`, which has expired; tells watches.
-    pub fn expire(&self, key: &str, revision: u64) -> bool {
+    pub(super) fn expire(&self, key: &str, revision: u64) -> bool {
         let table = self.table.load();
         let Some((key, old)) = table.remove_if(key, |_, v| v.revision == revision) else {
             return false;
@@ -404,7 +412,7 @@ impl Mirror {
     /// Replaces the table with a loaded snapshot in one atomic store, and marks the mirror
     /// synced. When it replaces a served table (a rebuild), watches are told so, then get a
     /// `delete` for each key that vanished and a `put` for each key whose value changed.
-    pub fn install(&self, staging: Staging) {
+    pub(super) fn install(&self, staging: Staging) {
         let Staging {
             table,
             bytes,
@@ -493,12 +501,12 @@ impl Mirror {
         }
     }
 
-    pub(crate) fn mark_synced(&self) {
+    pub(super) fn mark_synced(&self) {
         self.synced.store(true, Ordering::Release);
     }
 
     /// Waits until the mirror has applied `revision`, by notification rather than polling.
-    pub async fn wait_for(&self, revision: u64, timeout: Duration) -> Result<()> {
+    pub(super) async fn wait_for(&self, revision: u64, timeout: Duration) -> Result<()> {
         if self.applied() >= revision {
             return Ok(());
         }

@@ -18,6 +18,7 @@ mod checker;
 mod feed;
 mod link;
 mod mirror;
+mod state;
 mod strong;
 mod watch;
 mod writes;
@@ -79,15 +80,15 @@ impl Cache {
         tasks.spawn(link::monitor(client.clone(), link, shutdown.clone()));
         for config in buckets {
             let name = config.name.clone();
-            let bucket = Bucket::spawn(
+            let bucket = Bucket::spawn(state::Origin {
                 config,
-                client.clone(),
-                js.clone(),
+                client: client.clone(),
+                js: js.clone(),
                 default_timeout,
-                shutdown.child_token(),
-                tasks.clone(),
-                link_receiver.clone(),
-            );
+                link: link_receiver.clone(),
+                tasks: tasks.clone(),
+                shutdown: shutdown.child_token(),
+            });
             order.push(name.clone());
             map.insert(name, bucket);
         }

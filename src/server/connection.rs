@@ -14,12 +14,13 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::dispatch::{self, Context, Route};
+use super::v1::{self, V1Reply};
+use super::Context;
 use crate::cache::WatchItem;
+use crate::cmd::{Command, Op, Outcome, Reply, Route};
 use crate::error::{Error, ErrorCode};
 use crate::protocol::frame::{FrameError, FrameReader};
-use crate::protocol::request::{self, Request};
-use crate::protocol::response::{encode_error, encode_ok, encode_watch, Body, WatchMessage};
+use crate::protocol::response::{encode_error, encode_watch, WatchMessage};
 
 /// Responses queued by waiting requests and watches before they must wait: this bounds a
 /// connection's memory when its client stops reading.
@@ -179,29 +180,27 @@ impl Connection {
 
     fn handle(&mut self, frame: Bytes, batch: &mut Vec<u8>) {
         let started = std::time::Instant::now();
-        let (id, request) = match request::parse(&frame) {
+        let (id, command) = match v1::parse(&frame) {
             Ok(parsed) => parsed,
             Err(err) => {
                 encode_error(batch, err.id, &err.error);
-                self.ctx.metrics.request(
-                    "",
-                    "invalid",
-                    started.elapsed().as_secs_f64(),
-                    Some(err.error.code),
-                );
+                let outcome = Outcome {
+                    error: Some(err.error.code),
+                    ..Outcome::OK
+                };
+                self.ctx.count("", Op::Invalid, started, outcome);
                 return;
             }
         };
-        let op = request.op();
-        match dispatch::route(&request) {
-            Route::Immediate => {
-                let error = dispatch::immediate(&self.ctx, id, &request, batch);
-                let bucket = self.ctx.bucket_label(&request);
+        let op = command.op();
+        let mut reply = V1Reply { out: batch, id };
+        match command.route() {
+            Route::Now => {
+                let outcome = command.answer_now(&self.ctx.cache, &mut reply);
                 self.ctx
-                    .metrics
-                    .request(bucket, op, started.elapsed().as_secs_f64(), error);
+                    .count(self.ctx.bucket_label(&command), op, started, outcome);
             }
-            Route::Waiting => {
+            Route::Waits => {
                 let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
                     let error = Error::new(
                         ErrorCode::TooManyRequests,
@@ -211,50 +210,38 @@ impl Connection {
                             self.limits.max_in_flight
                         ),
                     );
-                    encode_error(batch, id, &error);
-                    let bucket = self.ctx.bucket_label(&request);
-                    self.ctx.metrics.request(
-                        bucket,
-                        op,
-                        started.elapsed().as_secs_f64(),
-                        Some(error.code),
-                    );
+                    let outcome = Outcome::failed(&error, &mut reply);
+                    self.ctx
+                        .count(self.ctx.bucket_label(&command), op, started, outcome);
                     return;
                 };
                 let ctx = self.ctx.clone();
-                let bucket = ctx.bucket_label(&request).to_string();
                 let out = self.out.clone();
                 self.tasks.spawn(async move {
                     let _permit = permit;
+                    let bucket = ctx.bucket_label(&command).to_string();
                     let mut response = Vec::new();
-                    let error = dispatch::waiting(&ctx, &frame, &mut response).await;
-                    ctx.metrics
-                        .request(&bucket, op, started.elapsed().as_secs_f64(), error);
+                    let mut reply = V1Reply {
+                        out: &mut response,
+                        id,
+                    };
+                    let outcome = command.answer(&ctx.cache, &mut reply).await;
+                    ctx.count(&bucket, op, started, outcome);
                     let _ = out.send(response).await;
                 });
             }
             Route::Watch => {
-                let error = self.watch(id, &request, batch);
-                let bucket = self.ctx.bucket_label(&request);
+                let outcome = self.watch(id, &command, &mut reply);
                 self.ctx
-                    .metrics
-                    .request(bucket, op, started.elapsed().as_secs_f64(), error);
+                    .count(self.ctx.bucket_label(&command), op, started, outcome);
             }
         }
     }
 
-    fn watch(&mut self, id: u64, request: &Request<'_>, batch: &mut Vec<u8>) -> Option<ErrorCode> {
+    fn watch(&mut self, id: u64, command: &Command, reply: &mut V1Reply<'_>) -> Outcome {
         self.watches.retain(|_, token| !token.is_cancelled());
-        let fail = |batch: &mut Vec<u8>, error: Error| {
-            encode_error(batch, id, &error);
-            Some(error.code)
-        };
-        match *request {
-            Request::Watch {
-                bucket,
-                filter,
-                initial,
-            } => {
+        match command {
+            Command::Watch(watch) => {
                 if self.watches.len() >= self.limits.max_watches {
                     let error = Error::new(
                         ErrorCode::TooManyWatches,
@@ -264,7 +251,7 @@ impl Connection {
                             self.limits.max_watches
                         ),
                     );
-                    return fail(batch, error);
+                    return Outcome::failed(&error, reply);
                 }
                 if self.watches.contains_key(&id) {
                     let error = Error::new(
@@ -273,47 +260,45 @@ impl Connection {
                             "watch id {id} is already in use on this connection; choose another id"
                         ),
                     );
-                    return fail(batch, error);
+                    return Outcome::failed(&error, reply);
                 }
-                let started = self
-                    .ctx
-                    .cache
-                    .bucket(bucket)
-                    .and_then(|b| b.watch(filter, initial));
-                let watch = match started {
-                    Ok(watch) => watch,
-                    Err(err) => return fail(batch, err),
+                let started = match watch.start(&self.ctx.cache) {
+                    Ok(started) => started,
+                    Err(err) => return Outcome::failed(&err, reply),
                 };
-                encode_ok(batch, id, &Body::Empty);
+                reply.done();
                 let token = self.shutdown.child_token();
                 self.watches.insert(id, token.clone());
                 let task = run_watch(
                     id,
-                    watch,
+                    started,
                     self.out.clone(),
                     token,
                     self.shutdown.clone(),
                     self.ctx.clone(),
-                    bucket.to_string(),
+                    watch.bucket.to_string(),
                 );
                 self.tasks.spawn(task);
-                None
+                Outcome::OK
             }
-            Request::Unwatch { watch } => match self.watches.remove(&watch) {
+            Command::Unwatch(unwatch) => match self.watches.remove(&unwatch.watch) {
                 Some(token) => {
                     token.cancel();
-                    encode_ok(batch, id, &Body::Empty);
-                    None
+                    reply.done();
+                    Outcome::OK
                 }
-                None => fail(
-                    batch,
-                    Error::new(
+                None => {
+                    let error = Error::new(
                         ErrorCode::BadRequest,
-                        format!("no active watch with id {watch} on this connection"),
-                    ),
-                ),
+                        format!(
+                            "no active watch with id {} on this connection",
+                            unwatch.watch
+                        ),
+                    );
+                    Outcome::failed(&error, reply)
+                }
             },
-            _ => None,
+            other => other.answer_now(&self.ctx.cache, reply),
         }
     }
 }

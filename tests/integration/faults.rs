@@ -145,7 +145,12 @@ async fn sigterm_mid_request_loses_no_acknowledged_write_and_clients_reconnect()
 async fn a_watcher_that_never_reads_cannot_grow_the_sidecar_and_ends_slow_consumer() {
     const UPDATES: usize = 100_000;
     let nats = NatsServer::start().await;
-    let sidecar = SidecarProcess::start(&nats.url(), &["slow"], &[]).await;
+    // The slow client must outlast the updates on a loaded machine: the write timeout (which
+    // would close its connection, tested elsewhere) is not what this test is about.
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(config.path(), "[socket]\nwrite_timeout = \"10m\"\n").unwrap();
+    let config_path = config.path().to_str().unwrap();
+    let sidecar = SidecarProcess::start(&nats.url(), &["slow"], &["--config", config_path]).await;
     let client = nearkv::Client::connect(&sidecar.socket).await.unwrap();
     crate::harness::wait_synced(&client).await;
     // The slow client: opens watches on its own connection, then reads nothing.

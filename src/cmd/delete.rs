@@ -1,0 +1,69 @@
+//! `delete` and `purge`: remove a key in NATS (a purge also drops its history), optionally only
+//! at an expected revision, and answer once this sidecar's mirror shows it.
+
+use compact_str::CompactString;
+
+use super::{Outcome, Reply};
+use crate::cache::Cache;
+use crate::error::Result;
+use crate::protocol::WriteOptions;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delete {
+    pub bucket: CompactString,
+    pub key: CompactString,
+    pub write: WriteOptions,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Purge {
+    pub bucket: CompactString,
+    pub key: CompactString,
+    pub write: WriteOptions,
+}
+
+impl Delete {
+    pub fn new(bucket: &str, key: &str, write: WriteOptions) -> Delete {
+        Delete {
+            bucket: bucket.into(),
+            key: key.into(),
+            write,
+        }
+    }
+
+    pub async fn answer(self, cache: &Cache, reply: &mut impl Reply) -> Outcome {
+        let removed = match cache.bucket(&self.bucket) {
+            Ok(bucket) => bucket.delete(&self.key, self.write).await,
+            Err(err) => Err(err),
+        };
+        answer_revision(removed, reply)
+    }
+}
+
+impl Purge {
+    pub fn new(bucket: &str, key: &str, write: WriteOptions) -> Purge {
+        Purge {
+            bucket: bucket.into(),
+            key: key.into(),
+            write,
+        }
+    }
+
+    pub async fn answer(self, cache: &Cache, reply: &mut impl Reply) -> Outcome {
+        let removed = match cache.bucket(&self.bucket) {
+            Ok(bucket) => bucket.purge(&self.key, self.write).await,
+            Err(err) => Err(err),
+        };
+        answer_revision(removed, reply)
+    }
+}
+
+fn answer_revision(removed: Result<u64>, reply: &mut impl Reply) -> Outcome {
+    match removed {
+        Ok(revision) => {
+            reply.revision(revision);
+            Outcome::OK
+        }
+        Err(err) => Outcome::failed(&err, reply),
+    }
+}

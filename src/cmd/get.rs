@@ -1,0 +1,59 @@
+//! `get`: one key's entry. Answered now from the mirror unless it asks to wait for a revision
+//! or for a strong read.
+
+use compact_str::CompactString;
+
+use super::{Outcome, Reply};
+use crate::cache::{Bucket, Cache};
+use crate::protocol::{Entry, ReadOptions};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Get {
+    pub bucket: CompactString,
+    pub key: CompactString,
+    pub read: ReadOptions,
+}
+
+impl Get {
+    pub fn new(bucket: &str, key: &str, read: ReadOptions) -> Get {
+        Get {
+            bucket: bucket.into(),
+            key: key.into(),
+            read,
+        }
+    }
+
+    pub fn is_immediate(&self) -> bool {
+        Bucket::is_immediate(&self.read)
+    }
+
+    /// The hot path: the entry is encoded straight from the mirror into the reply.
+    pub fn answer_now(&self, cache: &Cache, reply: &mut impl Reply) -> Outcome {
+        let read = cache.bucket(&self.bucket).and_then(|bucket| {
+            let fresh = bucket.check_cached_reads(&[&self.key], self.read.allow_stale)?;
+            Ok(bucket.mirror().read(&self.key, |entry| {
+                reply.entry(entry, fresh);
+                entry.is_some()
+            }))
+        });
+        match read {
+            Ok(hit) => Outcome::lookups(u64::from(hit), u64::from(!hit)),
+            Err(err) => Outcome::failed(&err, reply),
+        }
+    }
+
+    pub async fn answer(self, cache: &Cache, reply: &mut impl Reply) -> Outcome {
+        let read = match cache.bucket(&self.bucket) {
+            Ok(bucket) => bucket.get(&self.key, self.read).await,
+            Err(err) => Err(err),
+        };
+        match read {
+            Ok((entry, fresh)) => {
+                reply.entry(entry.as_ref().map(Entry::as_ref), fresh);
+                let hit = entry.is_some();
+                Outcome::lookups(u64::from(hit), u64::from(!hit))
+            }
+            Err(err) => Outcome::failed(&err, reply),
+        }
+    }
+}

@@ -1,0 +1,36 @@
+//! `keys`: the live keys of a bucket's mirror that match a filter, sorted.
+
+use compact_str::CompactString;
+
+use super::{Outcome, Reply};
+use crate::cache::Cache;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    pub bucket: CompactString,
+    pub filter: Option<CompactString>,
+    pub allow_stale: bool,
+}
+
+impl Keys {
+    pub fn new(bucket: &str, filter: Option<&str>, allow_stale: bool) -> Keys {
+        Keys {
+            bucket: bucket.into(),
+            filter: filter.map(CompactString::from),
+            allow_stale,
+        }
+    }
+
+    pub fn answer(&self, cache: &Cache, reply: &mut impl Reply) -> Outcome {
+        let listed = cache
+            .bucket(&self.bucket)
+            .and_then(|bucket| bucket.keys(self.filter.as_deref(), self.allow_stale));
+        match listed {
+            Ok(keys) => {
+                reply.keys(&keys);
+                Outcome::OK
+            }
+            Err(err) => Outcome::failed(&err, reply),
+        }
+    }
+}

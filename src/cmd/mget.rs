@@ -1,0 +1,74 @@
+//! `mget`: several keys' entries, all read at one moment of the mirror.
+
+use compact_str::CompactString;
+
+use super::{Outcome, Reply};
+use crate::cache::{Bucket, Cache};
+use crate::protocol::{Entry, ReadOptions};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mget {
+    pub bucket: CompactString,
+    pub keys: Vec<CompactString>,
+    pub read: ReadOptions,
+}
+
+impl Mget {
+    pub fn new(bucket: &str, keys: &[&str], read: ReadOptions) -> Mget {
+        Mget {
+            bucket: bucket.into(),
+            keys: keys.iter().map(|&key| key.into()).collect(),
+            read,
+        }
+    }
+
+    pub fn is_immediate(&self) -> bool {
+        Bucket::is_immediate(&self.read)
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.keys.iter().map(CompactString::as_str).collect()
+    }
+
+    /// Like `get`'s: each entry encoded straight from one table of the mirror, no owned copies.
+    pub fn answer_now(&self, cache: &Cache, reply: &mut impl Reply) -> Outcome {
+        let keys = self.keys();
+        let checked = cache.bucket(&self.bucket).and_then(|bucket| {
+            bucket
+                .check_cached_reads(&keys, self.read.allow_stale)
+                .map(|fresh| (bucket, fresh))
+        });
+        let (bucket, fresh) = match checked {
+            Ok(checked) => checked,
+            Err(err) => return Outcome::failed(&err, reply),
+        };
+        let mut hits = 0;
+        bucket.mirror().with_table(|table| {
+            reply.entries(keys.len(), fresh, |i, write| {
+                table.read(keys[i], |entry| {
+                    hits += u64::from(entry.is_some());
+                    write(entry)
+                })
+            })
+        });
+        Outcome::lookups(hits, keys.len() as u64 - hits)
+    }
+
+    pub async fn answer(self, cache: &Cache, reply: &mut impl Reply) -> Outcome {
+        let keys = self.keys();
+        let read = match cache.bucket(&self.bucket) {
+            Ok(bucket) => bucket.mget(&keys, self.read).await,
+            Err(err) => Err(err),
+        };
+        match read {
+            Ok((entries, fresh)) => {
+                reply.entries(entries.len(), fresh, |i, write| {
+                    write(entries[i].as_ref().map(Entry::as_ref))
+                });
+                let hits = entries.iter().filter(|e| e.is_some()).count() as u64;
+                Outcome::lookups(hits, entries.len() as u64 - hits)
+            }
+            Err(err) => Outcome::failed(&err, reply),
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! What commands answer, written by the wire face that received them.
+
+use crate::error::{Error, ErrorCode};
+use crate::protocol::types::EntryRef;
+use crate::protocol::{BucketStatus, Freshness};
+
+use super::Op;
+
+/// The answers a command can give. A wire face implements it to encode them; entries are lent
+/// straight from the mirror so that a read is encoded without an owned copy.
+pub trait Reply {
+    /// Success with nothing to say (`ping`, `watch`, `unwatch`).
+    fn done(&mut self);
+    fn entry(&mut self, entry: Option<EntryRef<'_>>, fresh: Freshness);
+    /// `count` entries, asking `entry_at` for each in order.
+    fn entries(
+        &mut self,
+        count: usize,
+        fresh: Freshness,
+        entry_at: impl FnMut(usize, &mut dyn FnMut(Option<EntryRef<'_>>)),
+    );
+    fn revision(&mut self, revision: u64);
+    fn keys(&mut self, keys: &[String]);
+    fn statuses(&mut self, buckets: &[BucketStatus]);
+    fn error(&mut self, error: &Error);
+}
+
+/// What happened to a command, for the face's metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Outcome {
+    pub error: Option<ErrorCode>,
+    /// Keys read: (found, not found), for the bucket's hit and miss counters.
+    pub lookups: (u64, u64),
+}
+
+impl Outcome {
+    pub const OK: Outcome = Outcome {
+        error: None,
+        lookups: (0, 0),
+    };
+
+    pub fn lookups(hits: u64, misses: u64) -> Outcome {
+        Outcome {
+            error: None,
+            lookups: (hits, misses),
+        }
+    }
+
+    /// Replies with `error` and returns its outcome.
+    pub fn failed(error: &Error, reply: &mut impl Reply) -> Outcome {
+        reply.error(error);
+        Outcome {
+            error: Some(error.code),
+            lookups: (0, 0),
+        }
+    }
+}
+
+/// A command answered on a path its route does not lead to: a bug in the connection, reported
+/// rather than panicking.
+pub(super) fn misrouted(op: Op, reply: &mut impl Reply) -> Outcome {
+    let error = Error::new(
+        ErrorCode::Internal,
+        format!("op `{}` was answered on the wrong path", op.name()),
+    );
+    Outcome::failed(&error, reply)
+}

@@ -1,0 +1,37 @@
+//! `watch` and `unwatch`: a stream of a bucket's changes pushed to the connection that asked.
+//! The connection keeps its watches (and their limit); this module starts one.
+
+use compact_str::CompactString;
+
+use crate::cache::{self, Cache};
+use crate::error::Result;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Watch {
+    pub bucket: CompactString,
+    pub filter: Option<CompactString>,
+    /// Send every live entry first, then a `synced` marker.
+    pub initial: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unwatch {
+    /// The id of the `watch` request to stop.
+    pub watch: u64,
+}
+
+impl Watch {
+    pub fn new(bucket: &str, filter: Option<&str>, initial: bool) -> Watch {
+        Watch {
+            bucket: bucket.into(),
+            filter: filter.map(CompactString::from),
+            initial,
+        }
+    }
+
+    pub fn start(&self, cache: &Cache) -> Result<cache::Watch> {
+        cache
+            .bucket(&self.bucket)
+            .and_then(|bucket| bucket.watch(self.filter.as_deref(), self.initial))
+    }
+}
