@@ -86,7 +86,7 @@ enum Waiter {
 /// an idle connection).
 #[derive(Debug, Clone, Copy)]
 pub struct ClientOptions {
-    /// Connection attempts after a loss before a call fails with `Connect`; 0: never reconnect.
+    /// Session attempts after a loss before a call fails with `Connect`; 0: never reconnect.
     pub reconnect_attempts: u32,
     /// The first wait between attempts; it doubles up to `reconnect_backoff_max`, with jitter.
     pub reconnect_backoff: Duration,
@@ -103,8 +103,8 @@ impl Default for ClientOptions {
     }
 }
 
-/// One socket connection: its pending calls and watches, and the queue to its writer task.
-struct Connection {
+/// One socket connection (a session; the client opens another when it is lost): its pending calls and watches, and the queue to its writer task.
+struct Session {
     waiters: Mutex<HashMap<u64, Waiter>>,
     out: mpsc::UnboundedSender<Vec<u8>>,
     closed: AtomicBool,
@@ -113,8 +113,8 @@ struct Connection {
     refusal: Mutex<Option<Error>>,
 }
 
-impl Connection {
-    async fn open(path: &Path) -> Result<Arc<Connection>, ClientError> {
+impl Session {
+    async fn open(path: &Path) -> Result<Arc<Session>, ClientError> {
         let stream = UnixStream::connect(path)
             .await
             .map_err(|source| ClientError::Connect {
@@ -123,7 +123,7 @@ impl Connection {
             })?;
         let (read_half, mut write_half) = stream.into_split();
         let (out, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
-        let connection = Arc::new(Connection {
+        let connection = Arc::new(Session {
             waiters: Mutex::new(HashMap::new()),
             out,
             closed: AtomicBool::new(false),
@@ -235,10 +235,10 @@ impl Connection {
     }
 }
 
-struct Shared {
+struct ClientState {
     path: PathBuf,
     options: ClientOptions,
-    current: Mutex<Arc<Connection>>,
+    current: Mutex<Arc<Session>>,
     /// Held while reconnecting, so that concurrent calls wait for one new connection.
     reconnecting: tokio::sync::Mutex<()>,
     next_id: AtomicU64,
@@ -251,7 +251,7 @@ struct Shared {
 /// reconnects by itself, with backoff, as [`ClientOptions`] says.
 #[derive(Clone)]
 pub struct Client {
-    shared: Arc<Shared>,
+    shared: Arc<ClientState>,
 }
 
 /// A change pushed by a watch.
@@ -275,9 +275,9 @@ impl Client {
         options: ClientOptions,
     ) -> Result<Client, ClientError> {
         let path = path.as_ref().to_path_buf();
-        let connection = Connection::open(&path).await?;
+        let connection = Session::open(&path).await?;
         Ok(Client {
-            shared: Arc::new(Shared {
+            shared: Arc::new(ClientState {
                 path,
                 options,
                 current: Mutex::new(connection),
@@ -287,12 +287,12 @@ impl Client {
         })
     }
 
-    fn current(&self) -> Option<Arc<Connection>> {
+    fn current(&self) -> Option<Arc<Session>> {
         self.shared.current.lock().ok().map(|c| c.clone())
     }
 
     /// The live connection, reconnecting first if it was lost.
-    async fn connection(&self) -> Result<Arc<Connection>, ClientError> {
+    async fn connection(&self) -> Result<Arc<Session>, ClientError> {
         if let Some(connection) = self.current().filter(|c| !c.is_closed()) {
             return Ok(connection);
         }
@@ -304,7 +304,7 @@ impl Client {
         let mut backoff = Backoff::new(options.reconnect_backoff, options.reconnect_backoff_max);
         let mut attempt = 0;
         loop {
-            match Connection::open(&self.shared.path).await {
+            match Session::open(&self.shared.path).await {
                 Ok(connection) => {
                     if let Ok(mut current) = self.shared.current.lock() {
                         *current = connection.clone();
@@ -324,7 +324,7 @@ impl Client {
         &self,
         request: &Request<'_>,
         waiter: Waiter,
-    ) -> Result<(u64, Arc<Connection>), ClientError> {
+    ) -> Result<(u64, Arc<Session>), ClientError> {
         let connection = self.connection().await?;
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         connection.send(id, request, waiter)?;
@@ -526,7 +526,7 @@ pub struct WatchStream {
     id: u64,
     rx: mpsc::UnboundedReceiver<Bytes>,
     /// The connection the watch lives on; it ends with it.
-    connection: Arc<Connection>,
+    connection: Arc<Session>,
     client: Client,
     ended: bool,
 }

@@ -1,7 +1,6 @@
-//! The typed error every operation returns, and the wire codes it maps to.
-//!
-//! One enum of codes is shared by the embedded cache, the socket server and the client, so an
-//! error keeps its meaning from the place it is raised to the application that reads it.
+//! Errors as protocol v1 carries them: the wire codes, shared by the socket server and the
+//! client, so that an error keeps its meaning from the sidecar to the application that reads it.
+//! The cache's own errors (`cache::Error`) map to these at the socket.
 
 use std::fmt;
 
@@ -81,7 +80,7 @@ impl fmt::Display for ErrorCode {
     }
 }
 
-/// An operation's failure: a code to branch on, a message for people, and the details some codes carry.
+/// A request's failure on the wire: a code to branch on, a message for people, and the details some codes carry.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{code}: {message}")]
 pub struct Error {
@@ -106,44 +105,6 @@ impl Error {
             revision: None,
             sent: None,
         }
-    }
-
-    /// A write that failed `unavailable` or `timeout`; `sent` says whether it may have reached NATS.
-    pub fn write_failed(code: ErrorCode, sent: bool, message: impl Into<String>) -> Self {
-        Error {
-            sent: Some(sent),
-            ..Error::new(code, message)
-        }
-    }
-
-    /// A refused compare-and-set. `current` is the key's latest revision read after the refusal;
-    /// 0 when the key has no value (absent, deleted, purged or expired).
-    pub fn wrong_revision(key: &str, expected: u64, current: u64) -> Self {
-        let state = match current {
-            0 => "has no value (absent or deleted)".to_string(),
-            n => format!("is at revision {n}"),
-        };
-        Error {
-            current_revision: Some(current),
-            ..Error::new(
-                ErrorCode::WrongRevision,
-                format!(
-                    "key `{}` {state}, not at the expected revision {expected}; read it again and \
-                     retry with expect_revision {current}",
-                    crate::keys::quote(key)
-                ),
-            )
-        }
-    }
-
-    pub fn unknown_bucket(bucket: &str) -> Self {
-        Error::new(
-            ErrorCode::UnknownBucket,
-            format!(
-                "bucket `{bucket}` is not mirrored by this sidecar; add it to the config's [[buckets]] \
-                 or start with --bucket {bucket}"
-            ),
-        )
     }
 }
 

@@ -1,7 +1,7 @@
 //! NATS KV key and key-filter rules, checked here because async-nats lets some bad keys through
 //! (`a..b`) and the server then fails with a message that does not name the key.
 
-use crate::error::{Error, ErrorCode, Result};
+use crate::cache::error::{Error, ErrorKind, Result};
 
 fn is_key_char(c: u8) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, b'-' | b'/' | b'_' | b'=' | b'.')
@@ -45,7 +45,7 @@ pub fn validate_key(key: &str) -> Result<()> {
         Ok(())
     } else {
         Err(Error::new(
-            ErrorCode::InvalidKey,
+            ErrorKind::InvalidKey,
             format!(
                 "invalid key {:?}: a key is one or more `.`-separated tokens of letters, digits and `-/_=`, \
                  without a leading, trailing or doubled `.`",
@@ -67,7 +67,7 @@ pub fn validate_filter(filter: &str) -> Result<()> {
         Ok(())
     } else {
         Err(Error::new(
-            ErrorCode::InvalidKey,
+            ErrorKind::InvalidKey,
             format!(
                 "invalid key filter {:?}: use key tokens, `*` for one token and a final `>` for the rest, \
                  e.g. `orders.>` or `orders.*.status`",
@@ -105,7 +105,7 @@ mod tests {
         }
         for bad in ["", ".a", "a.", "a..b", "a b", "a*", "a>", "ü", "a\0"] {
             let err = validate_key(bad).unwrap_err();
-            assert_eq!(err.code, ErrorCode::InvalidKey, "{bad:?}");
+            assert_eq!(err.kind, ErrorKind::InvalidKey, "{bad:?}");
         }
     }
 

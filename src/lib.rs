@@ -2,29 +2,30 @@
 //!
 //! - [`cache`]: the embeddable part: one actor per bucket keeps a mirror fed by a KV watcher;
 //!   reads come from memory, writes go to NATS and return once the mirror shows them.
-//! - [`server`]: serves the cache over a Unix socket (protocol v1, docs/PROTOCOL.md).
-//! - [`client`]: the Rust client of that protocol; the CLI is built on it.
+//! - [`serve`]: the sidecar: the cache served over a Unix socket (protocol v1, docs/PROTOCOL.md),
+//!   with metrics and probes over HTTP.
+//! - [`client`]: the Rust client of that protocol; the `nearkv` command is built on it.
+//! - [`protocol`]: protocol v1's frames, requests and responses, shared by server and client.
 
 mod backoff;
-pub mod bench;
 pub mod cache;
-pub mod cli;
 pub mod client;
-pub mod cmd;
+mod cmd;
 pub mod config;
 pub mod error;
-pub mod http;
+mod http;
 pub mod keys;
-pub mod metrics;
+mod metrics;
 pub mod nats;
 pub mod protocol;
-pub mod server;
+mod server;
 
 use std::sync::Arc;
 
 pub use cache::{Bucket, Cache};
 pub use client::Client;
 pub use error::{Error, ErrorCode};
+pub use server::BindError;
 
 use tokio_util::sync::CancellationToken;
 

@@ -2,8 +2,11 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+mod bench;
+mod cli;
+
 fn main() -> ExitCode {
-    let cli = nearkv::cli::Cli::parse();
+    let cli = cli::Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -14,5 +17,5 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    runtime.block_on(nearkv::cli::run(cli))
+    runtime.block_on(cli::run(cli))
 }

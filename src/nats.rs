@@ -78,7 +78,7 @@ pub async fn connect(
         });
     async_nats::connect_with_options(config.servers.as_slice(), options)
         .await
-        .map_err(|err| ConnectError::Connect(err.to_string()))
+        .map_err(ConnectError::Connect)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -89,7 +89,7 @@ pub enum ConnectError {
         source: std::io::Error,
     },
     #[error("cannot connect to NATS: {0}")]
-    Connect(String),
+    Connect(#[source] async_nats::ConnectError),
 }
 
 /// Why a bucket could not be opened; the actor retries, and `not_ready` answers carry this text.

@@ -189,7 +189,7 @@ pub async fn watch(args: &BenchArgs, recorder: &Recorder) -> Result<(), String> 
 /// Puts stamped values directly to NATS at `--rate` per second.
 pub async fn paced_writer(args: &BenchArgs, recorder: &Recorder) -> Result<(), String> {
     let store = store(args).await?;
-    super::socket::paced_puts(args, recorder, |k, v| {
+    super::paced::paced_puts(args, recorder, |k, v| {
         let store = store.clone();
         async move { store.put(k, v.into()).await.is_ok() }
     })

@@ -6,6 +6,7 @@
 //! machine.
 
 mod direct;
+mod paced;
 pub mod raw;
 mod socket;
 
@@ -381,7 +382,7 @@ pub(crate) async fn flush(
 
 /// The next response of a pipelining worker.
 pub(crate) async fn response<R: tokio::io::AsyncRead + Unpin>(
-    frames: &mut crate::protocol::frame::FrameReader<R>,
+    frames: &mut nearkv::protocol::frame::FrameReader<R>,
     peer: &str,
 ) -> Result<bytes::Bytes, String> {
     frames

@@ -11,7 +11,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
 
 use super::{flush, key, response, value, BenchArgs, Local, Recorder, Rng};
-use crate::protocol::frame::FrameReader;
+use nearkv::protocol::frame::FrameReader;
 
 /// Serves the raw protocol on `socket` until killed.
 pub async fn serve(socket: &Path, keys: usize, value_size: usize) -> std::io::Result<()> {

@@ -11,11 +11,11 @@ use tokio::net::UnixStream;
 use super::{
     flush, key, response, unix_nanos, value, working_set, BenchArgs, Local, Recorder, Rng, Workload,
 };
-use crate::client::{Client, WatchEvent};
-use crate::protocol::frame::FrameReader;
-use crate::protocol::request::{encode, Request, WriteOptions};
-use crate::protocol::response::{peek_id_ok, Head, RevisionBody};
-use crate::protocol::ReadOptions;
+use nearkv::client::{Client, WatchEvent};
+use nearkv::protocol::frame::FrameReader;
+use nearkv::protocol::request::{encode, Request, WriteOptions};
+use nearkv::protocol::response::{peek_id_ok, Head, RevisionBody};
+use nearkv::protocol::ReadOptions;
 
 /// Waits until the sidecar's mirror of `bucket` has applied `revision` (the seeded data).
 /// Fails before the bench changes anything when the sidecar at `socket` is not there or does
@@ -197,7 +197,7 @@ pub async fn watch(args: &BenchArgs, socket: &Path, recorder: &Recorder) -> Resu
         match &args.write_socket {
             Some(path) => {
                 let writer = Client::connect(path).await.map_err(|e| e.to_string())?;
-                paced_puts(args, recorder, |k, v| {
+                super::paced::paced_puts(args, recorder, |k, v| {
                     let writer = writer.clone();
                     let bucket = args.bucket.clone();
                     async move { writer.put(&bucket, &k, &v).await.is_ok() }
@@ -210,22 +210,4 @@ pub async fn watch(args: &BenchArgs, socket: &Path, recorder: &Recorder) -> Resu
     };
     let (_, written) = tokio::join!(futures::future::join_all(receive), writer);
     written
-}
-
-/// Calls `put` `--rate` times per second with stamped values until the run ends.
-pub(crate) async fn paced_puts<F, Fut>(args: &BenchArgs, recorder: &Recorder, put: F)
-where
-    F: Fn(String, Vec<u8>) -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let interval = Duration::from_nanos(1_000_000_000 / args.rate.max(1));
-    let mut ticks = tokio::time::interval(interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut i = 0usize;
-    while !recorder.done() {
-        ticks.tick().await;
-        let k = format!("watch.{}", i % args.keys);
-        i += 1;
-        put(k, value(args.value_size, unix_nanos())).await;
-    }
 }

@@ -12,9 +12,13 @@ use async_nats::jetstream::{self, kv};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::feed::{read_from, Feed, Start, Update};
+use super::feed::{Feed, FeedError, Start, Update};
 use super::link::{reconnected, Link};
 use super::mirror::{unix_nanos, Applied, ExpiryKey, Staging};
+use super::recovery::{
+    catch_up, poll_replacement, replacement_feed, request_limit, stream_info, FeedEnd,
+    NoReplacement, Replacement,
+};
 use super::state::State;
 use crate::backoff::Backoff;
 use crate::nats::open_bucket;
@@ -58,17 +62,6 @@ fn track_expiry(
     if let Some((expiry, key)) = tracked {
         expiring.insert(expiry, key);
     }
-}
-
-enum FeedEnd {
-    Shutdown,
-    /// The feed broke; resume after the last applied revision.
-    Lost(String),
-    /// The NATS connection was re-established (on another node, perhaps): the feed's consumer
-    /// may have died with the old one. Resume after the last applied revision, at once.
-    Reconnected,
-    /// The mirror must be reloaded from a fresh snapshot.
-    Resync(String),
 }
 
 impl Actor {
@@ -191,7 +184,7 @@ impl Actor {
         };
         let mut feed = match created {
             Ok(Ok(feed)) => feed,
-            Ok(Err(err)) => return FeedEnd::Lost(err),
+            Ok(Err(err)) => return FeedEnd::Lost(err.to_string()),
             Err(_) => {
                 return FeedEnd::Lost(format!(
                     "no answer to creating the bucket's consumer within {} ms",
@@ -393,7 +386,7 @@ impl Actor {
     /// Sorts out a feed item: an update, an error to tolerate (`None`), or the end of the feed.
     fn check_item(
         &self,
-        item: Option<Result<Update, String>>,
+        item: Option<Result<Update, FeedError>>,
         errors: &mut u32,
     ) -> Result<Option<Update>, FeedEnd> {
         match item {
@@ -449,122 +442,6 @@ impl Actor {
             let ((_, revision), key) = entry.remove_entry();
             self.state.mirror().expire(&key, revision);
         }
-    }
-}
-
-/// The stream's info, taken in (see [`State::learn`]); how the feed ends if it cannot be had.
-/// `limit` bounds the request below NATS's own timeout while the feed is being recovered.
-async fn stream_info(
-    state: &State,
-    shutdown: &CancellationToken,
-    limit: Duration,
-) -> Result<jetstream::stream::Info, FeedEnd> {
-    let Some(store) = state.store() else {
-        return Err(FeedEnd::Lost("the bucket is not open".to_string()));
-    };
-    tokio::select! {
-        _ = shutdown.cancelled() => Err(FeedEnd::Shutdown),
-        info = tokio::time::timeout(limit, store.stream.get_info()) => match info {
-            Ok(Ok(info)) => {
-                state.learn(&info);
-                Ok(info)
-            }
-            Ok(Err(err)) => Err(FeedEnd::Lost(format!("cannot read the bucket's stream: {err}"))),
-            Err(_) => Err(FeedEnd::Lost(format!(
-                "no answer about the bucket's stream within {} ms",
-                limit.as_millis()
-            ))),
-        },
-    }
-}
-
-/// 250 ms, doubling with each failed attempt, up to `cap`.
-fn request_limit(failed_attempts: u32, cap: Duration) -> Duration {
-    let first = Duration::from_millis(250);
-    first
-        .saturating_mul(1 << failed_attempts.min(8))
-        .min(cap.max(first))
-}
-
-/// Why a replacement feed could not take over.
-enum NoReplacement {
-    /// Try again; the current feed goes on meanwhile.
-    Failed(String),
-    Resync(String),
-    Shutdown,
-}
-
-type Replacement =
-    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(Feed, u64), NoReplacement>> + Send>>;
-
-/// A new feed from the mirror's next revision, on the current connection (after a short pause
-/// that grows with the failed `attempts`), with the connection count it was created at. The
-/// stream is checked first, as for a resumed feed.
-fn replacement_feed(state: Arc<State>, shutdown: CancellationToken, attempts: u32) -> Replacement {
-    Box::pin(async move {
-        if attempts > 0 {
-            let delay = Duration::from_millis(100).saturating_mul(attempts.min(20));
-            tokio::select! {
-                _ = shutdown.cancelled() => return Err(NoReplacement::Shutdown),
-                _ = tokio::time::sleep(delay) => {}
-            }
-        }
-        let limit = request_limit(attempts, state.default_timeout());
-        let info = match stream_info(&state, &shutdown, limit).await {
-            Ok(info) => info,
-            Err(FeedEnd::Shutdown) => return Err(NoReplacement::Shutdown),
-            Err(FeedEnd::Lost(reason)) => return Err(NoReplacement::Failed(reason)),
-            Err(_) => return Err(NoReplacement::Failed("the stream check failed".to_string())),
-        };
-        if let Some(reason) = state.history_lost(&info).await {
-            return Err(NoReplacement::Resync(reason));
-        }
-        let Some(store) = state.store() else {
-            return Err(NoReplacement::Failed("the bucket is not open".to_string()));
-        };
-        let connects = Link::of(state.client()).connects;
-        let start = Start::From(state.mirror().applied() + 1);
-        let filter = state.config().filter.as_str();
-        match tokio::time::timeout(limit, Feed::start(state.client(), store, filter, start)).await {
-            Ok(Ok(feed)) => Ok((feed, connects)),
-            Ok(Err(err)) => Err(NoReplacement::Failed(err)),
-            Err(_) => Err(NoReplacement::Failed(format!(
-                "no answer to creating the bucket's consumer within {} ms",
-                limit.as_millis()
-            ))),
-        }
-    })
-}
-
-/// While a replacement feed is being created: the next message the mirror lacks, read from the
-/// stream leader without a consumer, so that the mirror keeps up (and this sidecar's writes are
-/// answered) even when the old consumer died and a new one must wait for the cluster. When there
-/// is nothing more to read, the mirror is confirmed current.
-async fn catch_up(state: &State) -> Update {
-    let Some(store) = state.store() else {
-        return std::future::pending().await;
-    };
-    loop {
-        let asked = Instant::now();
-        let next = state.mirror().applied() + 1;
-        let read = read_from(store, &state.config().filter, next);
-        match tokio::time::timeout(Duration::from_millis(250), read).await {
-            Ok(Ok(Some(update))) => return update,
-            Ok(Ok(None)) => {
-                state.mirror().confirm(asked);
-                tokio::time::sleep(Duration::from_millis(25)).await;
-            }
-            _ => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
-}
-
-async fn poll_replacement(
-    replacement: &mut Option<Replacement>,
-) -> Result<(Feed, u64), NoReplacement> {
-    match replacement {
-        Some(future) => future.await,
-        None => std::future::pending().await,
     }
 }
 

@@ -12,7 +12,7 @@ use super::mirror::Mirror;
 use super::state::{Origin, State};
 use super::watch::Watch;
 use super::writes;
-use crate::error::{Error, ErrorCode, Result};
+use crate::cache::error::{Error, ErrorKind, Result};
 use crate::keys::{filter_matches, max_key_length, quote, validate_filter, validate_key};
 use crate::protocol::{
     BucketStatus, Consistency, Entry, Freshness, Operation, ReadOptions, WriteOptions,
@@ -60,7 +60,7 @@ impl Bucket {
             .problem()
             .unwrap_or_else(|| "the initial sync is in progress".to_string());
         Error::new(
-            ErrorCode::NotReady,
+            ErrorKind::NotReady,
             format!(
                 "bucket `{}` is not synced yet: {problem}; retry shortly",
                 &self.state.config().name
@@ -83,7 +83,7 @@ impl Bucket {
             Ok(())
         } else {
             Err(Error::new(
-                ErrorCode::BadRequest,
+                ErrorKind::BadRequest,
                 format!(
                     "key `{}` is outside the filter `{filter}` this sidecar mirrors bucket `{}` with",
                     quote(key),
@@ -102,7 +102,7 @@ impl Bucket {
         match self.state.mirror().age() {
             Some(age) if age <= max => Ok(()),
             age => Err(Error::new(
-                ErrorCode::Stale,
+                ErrorKind::Stale,
                 format!(
                     "bucket `{}`'s mirror was last confirmed current by NATS {}, more than its \
                      max_staleness of {} ms; NATS may be unreachable. Retry later, or send \
@@ -194,7 +194,7 @@ impl Bucket {
         let store = self.store()?;
         if !self.state.is_connected() {
             return Err(Error::new(
-                ErrorCode::Unavailable,
+                ErrorKind::Unavailable,
                 "not connected to NATS, so a strong read cannot learn the bucket's latest revision; \
                  retry when NATS is reachable, or read with consistency \"cached\"",
             ));
@@ -211,7 +211,7 @@ impl Bucket {
         .await
         .map_err(|_| {
             Error::new(
-                ErrorCode::Timeout,
+                ErrorKind::Timeout,
                 "NATS did not report the bucket's latest revision in time for a strong read; \
                  retry later or raise timeout_ms",
             )
@@ -326,22 +326,23 @@ impl Bucket {
         self.check_value_size(store, key, value.len())?;
         if write.ttl_ms.is_some_and(|ms| ms < 1000) {
             return Err(Error::new(
-                ErrorCode::BadRequest,
+                ErrorKind::BadRequest,
                 "ttl_ms must be at least 1000: NATS keeps values for whole seconds at least",
             ));
         }
-        self.write(store, key, Operation::Put, value, write).await
+        self.write_and_wait(store, key, Operation::Put, value, write)
+            .await
     }
 
     pub async fn delete(&self, key: &str, write: WriteOptions) -> Result<u64> {
         let store = self.check_writable(key)?;
-        self.write(store, key, Operation::Delete, Bytes::new(), write)
+        self.write_and_wait(store, key, Operation::Delete, Bytes::new(), write)
             .await
     }
 
     pub async fn purge(&self, key: &str, write: WriteOptions) -> Result<u64> {
         let store = self.check_writable(key)?;
-        self.write(store, key, Operation::Purge, Bytes::new(), write)
+        self.write_and_wait(store, key, Operation::Purge, Bytes::new(), write)
             .await
     }
 
@@ -366,7 +367,7 @@ impl Bucket {
     fn check_writable(&self, key: &str) -> Result<&kv::Store> {
         if self.state.config().read_only {
             return Err(Error::new(
-                ErrorCode::Forbidden,
+                ErrorKind::Forbidden,
                 format!(
                     "bucket `{}` is read-only through this sidecar (read_only = true); write \
                      through a sidecar that allows it, or with a NATS client",
@@ -379,7 +380,7 @@ impl Bucket {
         let max = self.max_key_length();
         if key.len() > max {
             return Err(Error::new(
-                ErrorCode::InvalidKey,
+                ErrorKind::InvalidKey,
                 format!(
                     "key `{}` is too long for a write: bucket `{}` takes keys of at most {max} bytes \
                      (NATS's control line limit); use a shorter key",
@@ -396,7 +397,7 @@ impl Bucket {
         let bucket_limit = store.stream.cached_info().config.max_message_size;
         if bucket_limit > 0 && len > bucket_limit as usize {
             return Err(Error::new(
-                ErrorCode::ValueTooLarge,
+                ErrorKind::ValueTooLarge,
                 format!(
                     "the value for `{}` is {len} bytes; bucket `{}`'s max_value_size allows at most \
                      {bucket_limit}",
@@ -410,7 +411,7 @@ impl Bucket {
 
     /// Sends the write, then waits until this sidecar's mirror has applied its revision, so that
     /// every later read through this sidecar sees it.
-    async fn write(
+    async fn write_and_wait(
         &self,
         store: &kv::Store,
         key: &str,
@@ -421,7 +422,7 @@ impl Bucket {
         let deadline = tokio::time::Instant::now() + self.timeout(write.timeout_ms);
         if !self.state.is_connected() {
             return Err(Error::write_failed(
-                ErrorCode::Unavailable,
+                ErrorKind::Unavailable,
                 false,
                 "not connected to NATS; the write was not sent: retry when NATS is reachable",
             ));
@@ -432,7 +433,7 @@ impl Bucket {
             store,
             link: self.state.link(),
         };
-        let revision = writes::write(destination, key, operation, value, write, deadline).await?;
+        let revision = writes::send(destination, key, operation, value, write, deadline).await?;
         if filter_matches(&self.state.config().filter, key) {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             self.state

@@ -51,13 +51,32 @@ pub struct Feed {
     delivered: u64,
 }
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a feed could not start or deliver; the actor recovers from each.
+#[derive(Debug, thiserror::Error)]
+pub enum FeedError {
+    #[error("cannot create the bucket's consumer: {0}")]
+    CreateConsumer(#[source] BoxError),
+    #[error("cannot subscribe to the bucket's consumer: {0}")]
+    Subscribe(#[source] BoxError),
+    #[error("{0}")]
+    Consumer(#[source] BoxError),
+    #[error("a message without valid metadata: {0}")]
+    Metadata(#[source] BoxError),
+    #[error("a message on `{0}`, outside the bucket")]
+    OutsideBucket(String),
+    #[error("cannot read the bucket's stream: {0}")]
+    Read(#[source] jetstream::stream::LastRawMessageError),
+}
+
 impl Feed {
     pub async fn start(
         client: &async_nats::Client,
         store: &kv::Store,
         filter: &str,
         start: Start,
-    ) -> Result<Feed, String> {
+    ) -> Result<Feed, FeedError> {
         let deliver_policy = match start {
             Start::Snapshot => DeliverPolicy::LastPerSubject,
             Start::From(revision) => DeliverPolicy::ByStartSequence {
@@ -75,12 +94,12 @@ impl Feed {
                 ..Default::default()
             })
             .await
-            .map_err(|e| format!("cannot create the bucket's consumer: {e}"))?;
+            .map_err(|e| FeedError::CreateConsumer(e.into()))?;
         let caught_up = consumer.cached_info().num_pending == 0;
         let messages = consumer
             .messages()
             .await
-            .map_err(|e| format!("cannot subscribe to the bucket's consumer: {e}"))?;
+            .map_err(|e| FeedError::Subscribe(e.into()))?;
         Ok(Feed {
             messages,
             prefix: store.prefix.clone(),
@@ -95,20 +114,17 @@ impl Feed {
     }
 
     /// The next update; `None` when the consumer ended, `Some(Err)` on a (possibly transient) error.
-    pub async fn next(&mut self) -> Option<Result<Update, String>> {
+    pub async fn next(&mut self) -> Option<Result<Update, FeedError>> {
         let message = match self.messages.next().await? {
             Ok(message) => message,
-            Err(err) => return Some(Err(err.to_string())),
+            Err(err) => return Some(Err(FeedError::Consumer(err.into()))),
         };
         let info = match message.info() {
             Ok(info) => info,
-            Err(err) => return Some(Err(format!("a message without valid metadata: {err}"))),
+            Err(err) => return Some(Err(FeedError::Metadata(err))),
         };
         let Some(key) = message.subject.strip_prefix(self.prefix.as_str()) else {
-            return Some(Err(format!(
-                "a message on `{}`, outside the bucket",
-                message.subject
-            )));
+            return Some(Err(FeedError::OutsideBucket(message.subject.to_string())));
         };
         if info.pending == 0 {
             self.caught_up = true;
@@ -170,7 +186,7 @@ pub async fn read_from(
     store: &kv::Store,
     filter: &str,
     revision: u64,
-) -> Result<Option<Update>, String> {
+) -> Result<Option<Update>, FeedError> {
     let subject = format!("{}{}", store.prefix, filter);
     match store
         .stream
@@ -179,10 +195,7 @@ pub async fn read_from(
     {
         Ok(message) => {
             let Some(key) = message.subject.strip_prefix(store.prefix.as_str()) else {
-                return Err(format!(
-                    "a message on `{}`, outside the bucket",
-                    message.subject
-                ));
+                return Err(FeedError::OutsideBucket(message.subject.to_string()));
             };
             let mut update = Update::decode(
                 key,
@@ -198,7 +211,7 @@ pub async fn read_from(
         Err(err) if err.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
             Ok(None)
         }
-        Err(err) => Err(err.to_string()),
+        Err(err) => Err(FeedError::Read(err)),
     }
 }
 

@@ -22,7 +22,7 @@ use compact_str::CompactString;
 use dashmap::DashMap;
 use tokio::sync::{broadcast, oneshot};
 
-use crate::error::{Error, ErrorCode, Result};
+use crate::cache::error::{Error, ErrorKind, Result};
 use crate::protocol::types::EntryRef;
 use crate::protocol::{Entry, Operation};
 
@@ -122,16 +122,18 @@ pub enum Applied {
     Done { replaced: Option<ExpiryKey> },
 }
 
-/// Puts or removes `key` in `table`; returns how many bytes of keys and values that added, and
-/// the expiry of the value it replaced.
-fn write_table(
-    table: &Table,
-    key: &str,
-    operation: Operation,
-    value: MirrorValue,
-) -> (i64, Option<ExpiryKey>) {
+/// Puts or removes the entry's key in `table` (a live table or a staged snapshot); returns how
+/// many bytes of keys and values that added, and the expiry of the value it replaced.
+fn write_table(table: &Table, entry: &Entry, expires: i64) -> (i64, Option<ExpiryKey>) {
+    let key = entry.key.as_str();
+    let value = MirrorValue {
+        value: entry.value.clone(),
+        revision: entry.revision,
+        created: entry.created,
+        expires,
+    };
     let size = |value: &MirrorValue| (key.len() + value.value.len()) as i64;
-    let (added, old) = match operation {
+    let (added, old) = match entry.operation {
         Operation::Put => (size(&value), table.insert(CompactString::from(key), value)),
         Operation::Delete | Operation::Purge => (0, table.remove(key).map(|(_, old)| old)),
     };
@@ -166,17 +168,7 @@ impl Staging {
         if entry.revision <= self.applied {
             return Applied::Again;
         }
-        let (added, replaced) = write_table(
-            &self.table,
-            &entry.key,
-            entry.operation,
-            MirrorValue {
-                value: entry.value,
-                revision: entry.revision,
-                created: entry.created,
-                expires,
-            },
-        );
+        let (added, replaced) = write_table(&self.table, &entry, expires);
         self.bytes += added;
         self.applied = entry.revision;
         self.last_update = entry.created;
@@ -361,17 +353,7 @@ impl Mirror {
         if entry.revision <= self.applied() {
             return Applied::Again;
         }
-        let (added, replaced) = write_table(
-            &self.table.load(),
-            &entry.key,
-            entry.operation,
-            MirrorValue {
-                value: entry.value.clone(),
-                revision: entry.revision,
-                created: entry.created,
-                expires,
-            },
-        );
+        let (added, replaced) = write_table(&self.table.load(), &entry, expires);
         self.add_bytes(added);
         self.last_update.store(entry.created, Ordering::Relaxed);
         self.advance(entry.revision);
@@ -514,7 +496,7 @@ impl Mirror {
         {
             let Ok(mut waiters) = self.waiters.lock() else {
                 return Err(Error::new(
-                    ErrorCode::Internal,
+                    ErrorKind::Internal,
                     "the mirror's waiter list is poisoned",
                 ));
             };
@@ -532,9 +514,9 @@ impl Mirror {
         }
         match outcome {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(Error::new(ErrorCode::Internal, "the bucket's mirror was shut down")),
+            Ok(Err(_)) => Err(Error::new(ErrorKind::Internal, "the bucket's mirror was shut down")),
             Err(_) => Err(Error::new(
-                ErrorCode::Timeout,
+                ErrorKind::Timeout,
                 format!(
                     "the mirror had applied revision {} and did not reach revision {revision} within {} ms; \
                      NATS may be unreachable, retry later or raise timeout_ms",
@@ -608,7 +590,7 @@ mod tests {
             .wait_for(500, Duration::from_millis(10))
             .await
             .unwrap_err();
-        assert_eq!(err.code, ErrorCode::Timeout);
+        assert_eq!(err.kind, ErrorKind::Timeout);
         assert_eq!(mirror.waiting.load(Ordering::SeqCst), 0);
         assert!(mirror.waiters.lock().unwrap().is_empty());
     }
@@ -620,7 +602,7 @@ mod tests {
             .wait_for(1, Duration::from_millis(20))
             .await
             .unwrap_err();
-        assert_eq!(err.code, ErrorCode::Timeout);
+        assert_eq!(err.kind, ErrorKind::Timeout);
         let waiter = {
             let mirror = mirror.clone();
             tokio::spawn(async move { mirror.wait_for(2, Duration::from_secs(30)).await })

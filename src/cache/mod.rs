@@ -15,9 +15,11 @@
 mod actor;
 mod bucket;
 mod checker;
+pub(crate) mod error;
 mod feed;
 mod link;
 mod mirror;
+mod recovery;
 mod state;
 mod strong;
 mod watch;
@@ -30,11 +32,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use bucket::Bucket;
+pub use error::{Error, ErrorKind, Result};
 pub use mirror::Mirror;
 pub use watch::{Watch, WatchItem};
 
 use crate::config::{BucketConfig, NatsConfig};
-use crate::error::{Error, Result};
 use crate::nats::{connect, ConnectError};
 
 pub struct Cache {

@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::error::{Error, ErrorCode, Result};
+use crate::cache::error::{Error, ErrorKind, Result};
 
 type Reply = oneshot::Sender<Result<Fetched>>;
 
@@ -88,7 +88,7 @@ impl StrongReads {
             let sent = Instant::now();
             let result = tokio::select! {
                 _ = shutdown.cancelled() => Err(Error::new(
-                    ErrorCode::Unavailable,
+                    ErrorKind::Unavailable,
                     "the sidecar is shutting down; retry the read against its successor",
                 )),
                 revision = last_revision(&store, &subject) => {
@@ -108,7 +108,7 @@ impl StrongReads {
 pub(crate) async fn last_revision(store: &kv::Store, subject: &str) -> Result<u64> {
     let unavailable = |err: &dyn std::fmt::Display| {
         Error::new(
-            ErrorCode::Unavailable,
+            ErrorKind::Unavailable,
             format!(
                 "a strong read needs the bucket's latest revision from NATS, which failed: {err}"
             ),
@@ -129,7 +129,7 @@ pub(crate) async fn last_revision(store: &kv::Store, subject: &str) -> Result<u6
 
 fn poisoned() -> Error {
     Error::new(
-        ErrorCode::Internal,
+        ErrorKind::Internal,
         "the strong-read queue was abandoned; retry the read",
     )
 }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use tokio::sync::broadcast::{self, error::RecvError};
 
 use super::mirror::{Mirror, MirrorEvent};
-use crate::error::{Error, ErrorCode};
+use crate::cache::error::{Error, ErrorKind};
 use crate::keys::filter_matches;
 use crate::protocol::Entry;
 
@@ -93,7 +93,7 @@ impl Watch {
                 Err(RecvError::Lagged(missed)) => {
                     self.missed += missed;
                     return Err(Error::new(
-                        ErrorCode::SlowConsumer,
+                        ErrorKind::SlowConsumer,
                         format!(
                             "the watch fell {missed} updates behind and was ended; read faster, or \
                              watch again to resume from a fresh snapshot"
@@ -102,7 +102,7 @@ impl Watch {
                 }
                 Err(RecvError::Closed) => {
                     return Err(Error::new(
-                        ErrorCode::Unavailable,
+                        ErrorKind::Unavailable,
                         "the bucket was shut down",
                     ))
                 }

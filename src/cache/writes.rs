@@ -13,7 +13,7 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 use super::link::{self, Link};
-use crate::error::{Error, ErrorCode, Result};
+use crate::cache::error::{Error, ErrorKind, Result};
 use crate::keys::quote;
 use crate::protocol::{Operation, WriteOptions};
 
@@ -36,7 +36,7 @@ const TTL_DISABLED_CODE: u64 = 10166;
 ///
 /// On a refusal, `current_revision` is the key's latest revision read from the stream leader
 /// after NATS refused the write: a revision the key had during the request, 0 for no value.
-pub async fn write(
+pub async fn send(
     to: Destination<'_>,
     key: &str,
     operation: Operation,
@@ -55,11 +55,13 @@ pub async fn write(
     let mut condition = expected;
     loop {
         match publish(to, &message, value.clone(), Some(condition)).await {
-            Err(err) if err.code == ErrorCode::WrongRevision => {}
+            Err(err) if err.kind == ErrorKind::WrongRevision => {}
             done => return done,
         }
         condition = match (expected, latest(to.store, key).await?) {
-            (0, Latest::Live(current)) => return Err(Error::wrong_revision(key, 0, current)),
+            (0, Latest::Live(current)) => {
+                return Err(Error::wrong_revision(&quote(key), 0, current))
+            }
             // Still no value: a marker (or a purge of everything) came in between. Try again
             // against what is there now.
             (0, Latest::Removed(marker)) => marker,
@@ -67,14 +69,16 @@ pub async fn write(
             // The refusal and this read were both answered by the stream leader, and revisions
             // only grow; seeing the expected revision again means the refusal was not about it.
             (n, Latest::Live(current) | Latest::Removed(current)) if current == n => n,
-            (n, Latest::Live(current)) => return Err(Error::wrong_revision(key, n, current)),
+            (n, Latest::Live(current)) => {
+                return Err(Error::wrong_revision(&quote(key), n, current))
+            }
             (n, Latest::Removed(_) | Latest::Absent) => {
-                return Err(Error::wrong_revision(key, n, 0))
+                return Err(Error::wrong_revision(&quote(key), n, 0))
             }
         };
         if tokio::time::Instant::now() >= deadline {
             return Err(Error::write_failed(
-                ErrorCode::Timeout,
+                ErrorKind::Timeout,
                 true,
                 format!(
                     "the conditional write to `{}` was refused again and again as other clients kept \
@@ -117,7 +121,7 @@ async fn latest(store: &kv::Store, key: &str) -> Result<Latest> {
             Ok(Latest::Absent)
         }
         Err(err) => Err(Error::write_failed(
-            ErrorCode::Unavailable,
+            ErrorKind::Unavailable,
             true,
             format!(
                 "NATS refused the conditional write to `{}`, but reading the key's current revision \
@@ -182,7 +186,7 @@ async fn publish(
     let header_len = header_wire_len(&headers);
     if max_payload > 0 && value.len() + header_len > max_payload {
         return Err(Error::new(
-            ErrorCode::ValueTooLarge,
+            ErrorKind::ValueTooLarge,
             format!(
                 "the value for `{}` is {} bytes; the NATS server's max_payload of {max_payload} \
                  bytes allows at most {} for this write ({header_len} bytes of headers travel with it)",
@@ -206,7 +210,7 @@ async fn publish(
             .map_err(|err| publish_error(err, key, expect_revision)),
         // The answer would have come on that connection: waiting out the timeout tells nothing more.
         () = link::lost(&mut link, sent_on) => Err(Error::write_failed(
-            ErrorCode::Unavailable,
+            ErrorKind::Unavailable,
             true,
             format!(
                 "the NATS connection dropped while the write to `{}` was in flight; it may or may \
@@ -243,17 +247,17 @@ fn publish_error(err: PublishError, key: &str, expect_revision: Option<u64>) -> 
     match err.kind() {
         // A placeholder: `write` reads the key's real current revision before answering.
         PublishErrorKind::WrongLastSequence => {
-            Error::wrong_revision(&key, expect_revision.unwrap_or(0), 0)
+            Error::wrong_revision(&quote(&key), expect_revision.unwrap_or(0), 0)
         }
         PublishErrorKind::Other if code.is_some_and(|c| WRONG_LAST_SEQUENCE_CODES.contains(&c)) => {
-            Error::wrong_revision(&key, expect_revision.unwrap_or(0), 0)
+            Error::wrong_revision(&quote(&key), expect_revision.unwrap_or(0), 0)
         }
         PublishErrorKind::MaxPayloadExceeded => Error::new(
-            ErrorCode::ValueTooLarge,
+            ErrorKind::ValueTooLarge,
             format!("the value for `{key}` exceeds the NATS server's max_payload"),
         ),
         PublishErrorKind::Other if code == Some(TTL_DISABLED_CODE) => Error::new(
-            ErrorCode::BadRequest,
+            ErrorKind::BadRequest,
             format!(
                 "the bucket does not allow per-key TTLs, so `{key}` was not written: create it with \
                  limit markers (`limit_markers` in nearkv's bucket config, `nats kv add --marker-ttl`) \
@@ -261,16 +265,16 @@ fn publish_error(err: PublishError, key: &str, expect_revision: Option<u64>) -> 
             ),
         ),
         PublishErrorKind::Other if code == Some(INVALID_TTL_CODE) => Error::new(
-            ErrorCode::BadRequest,
+            ErrorKind::BadRequest,
             format!("NATS rejected the TTL of the write to `{key}`: it must be at least 1000 ms"),
         ),
         PublishErrorKind::Other if code == Some(MESSAGE_TOO_LARGE_CODE) => Error::new(
-            ErrorCode::ValueTooLarge,
+            ErrorKind::ValueTooLarge,
             format!("the value for `{key}` exceeds the bucket's max_value_size"),
         ),
         // No responders: the server had no stream to store the message (JetStream restarting).
         PublishErrorKind::StreamNotFound => Error::write_failed(
-            ErrorCode::Unavailable,
+            ErrorKind::Unavailable,
             false,
             format!(
                 "NATS has no stream to store the write to `{key}` right now ({err}); it was not \
@@ -278,7 +282,7 @@ fn publish_error(err: PublishError, key: &str, expect_revision: Option<u64>) -> 
             ),
         ),
         PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe => Error::write_failed(
-            ErrorCode::Unavailable,
+            ErrorKind::Unavailable,
             true,
             format!(
                 "NATS did not acknowledge the write to `{key}` ({err}); it may or may not have been \
@@ -286,7 +290,7 @@ fn publish_error(err: PublishError, key: &str, expect_revision: Option<u64>) -> 
             ),
         ),
         _ => Error::new(
-            ErrorCode::Internal,
+            ErrorKind::Internal,
             format!("NATS rejected the write to `{key}`: {err}"),
         ),
     }

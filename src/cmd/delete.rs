@@ -5,7 +5,7 @@ use compact_str::CompactString;
 
 use super::{Outcome, Reply};
 use crate::cache::Cache;
-use crate::error::Result;
+use crate::cache::Result;
 use crate::protocol::WriteOptions;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +64,6 @@ fn answer_revision(removed: Result<u64>, reply: &mut impl Reply) -> Outcome {
             reply.revision(revision);
             Outcome::OK
         }
-        Err(err) => Outcome::failed(&err, reply),
+        Err(err) => Outcome::failed(err, reply),
     }
 }

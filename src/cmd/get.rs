@@ -38,7 +38,7 @@ impl Get {
         });
         match read {
             Ok(hit) => Outcome::lookups(u64::from(hit), u64::from(!hit)),
-            Err(err) => Outcome::failed(&err, reply),
+            Err(err) => Outcome::failed(err, reply),
         }
     }
 
@@ -53,7 +53,7 @@ impl Get {
                 let hit = entry.is_some();
                 Outcome::lookups(u64::from(hit), u64::from(!hit))
             }
-            Err(err) => Outcome::failed(&err, reply),
+            Err(err) => Outcome::failed(err, reply),
         }
     }
 }

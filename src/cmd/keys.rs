@@ -30,7 +30,7 @@ impl Keys {
                 reply.keys(&keys);
                 Outcome::OK
             }
-            Err(err) => Outcome::failed(&err, reply),
+            Err(err) => Outcome::failed(err, reply),
         }
     }
 }

@@ -40,7 +40,7 @@ impl Mget {
         });
         let (bucket, fresh) = match checked {
             Ok(checked) => checked,
-            Err(err) => return Outcome::failed(&err, reply),
+            Err(err) => return Outcome::failed(err, reply),
         };
         let mut hits = 0;
         bucket.mirror().with_table(|table| {
@@ -68,7 +68,7 @@ impl Mget {
                 let hits = entries.iter().filter(|e| e.is_some()).count() as u64;
                 Outcome::lookups(hits, entries.len() as u64 - hits)
             }
-            Err(err) => Outcome::failed(&err, reply),
+            Err(err) => Outcome::failed(err, reply),
         }
     }
 }

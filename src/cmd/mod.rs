@@ -172,7 +172,7 @@ impl Command {
             | Command::Delete(_)
             | Command::Purge(_)
             | Command::Watch(_)
-            | Command::Unwatch(_) => reply::misrouted(self.op(), reply),
+            | Command::Unwatch(_) => reply::misrouted(self.op().name(), reply),
         }
     }
 

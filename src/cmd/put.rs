@@ -36,7 +36,7 @@ impl Put {
                 reply.revision(revision);
                 Outcome::OK
             }
-            Err(err) => Outcome::failed(&err, reply),
+            Err(err) => Outcome::failed(err, reply),
         }
     }
 }

@@ -1,10 +1,9 @@
 //! What commands answer, written by the wire face that received them.
 
+use crate::cache::{self, ErrorKind};
 use crate::error::{Error, ErrorCode};
 use crate::protocol::types::EntryRef;
 use crate::protocol::{BucketStatus, Freshness};
-
-use super::Op;
 
 /// The answers a command can give. A wire face implements it to encode them; entries are lent
 /// straight from the mirror so that a read is encoded without an owned copy.
@@ -47,8 +46,9 @@ impl Outcome {
     }
 
     /// Replies with `error` and returns its outcome.
-    pub fn failed(error: &Error, reply: &mut impl Reply) -> Outcome {
-        reply.error(error);
+    pub fn failed(error: impl Into<Error>, reply: &mut impl Reply) -> Outcome {
+        let error = error.into();
+        reply.error(&error);
         Outcome {
             error: Some(error.code),
             lookups: (0, 0),
@@ -58,10 +58,42 @@ impl Outcome {
 
 /// A command answered on a path its route does not lead to: a bug in the connection, reported
 /// rather than panicking.
-pub(super) fn misrouted(op: Op, reply: &mut impl Reply) -> Outcome {
+pub(super) fn misrouted(op: &str, reply: &mut impl Reply) -> Outcome {
     let error = Error::new(
         ErrorCode::Internal,
-        format!("op `{}` was answered on the wrong path", op.name()),
+        format!("op `{op}` was answered on the wrong path"),
     );
-    Outcome::failed(&error, reply)
+    Outcome::failed(error, reply)
+}
+
+impl From<ErrorKind> for ErrorCode {
+    fn from(kind: ErrorKind) -> Self {
+        match kind {
+            ErrorKind::BadRequest => ErrorCode::BadRequest,
+            ErrorKind::UnknownBucket => ErrorCode::UnknownBucket,
+            ErrorKind::InvalidKey => ErrorCode::InvalidKey,
+            ErrorKind::ValueTooLarge => ErrorCode::ValueTooLarge,
+            ErrorKind::WrongRevision => ErrorCode::WrongRevision,
+            ErrorKind::NotReady => ErrorCode::NotReady,
+            ErrorKind::Unavailable => ErrorCode::Unavailable,
+            ErrorKind::Timeout => ErrorCode::Timeout,
+            ErrorKind::Stale => ErrorCode::Stale,
+            ErrorKind::SlowConsumer => ErrorCode::SlowConsumer,
+            ErrorKind::Forbidden => ErrorCode::Forbidden,
+            ErrorKind::Internal => ErrorCode::Internal,
+        }
+    }
+}
+
+/// A cache error as the wire carries it (the mapping happens here, at the edge): its kind's code, its message and details.
+impl From<cache::Error> for Error {
+    fn from(err: cache::Error) -> Self {
+        Error {
+            code: err.kind.into(),
+            message: err.message,
+            current_revision: err.current_revision,
+            revision: err.revision,
+            sent: err.sent,
+        }
+    }
 }

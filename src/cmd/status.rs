@@ -28,7 +28,7 @@ impl Status {
                 reply.statuses(&list);
                 Outcome::OK
             }
-            Err(err) => Outcome::failed(&err, reply),
+            Err(err) => Outcome::failed(err, reply),
         }
     }
 }

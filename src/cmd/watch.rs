@@ -3,8 +3,8 @@
 
 use compact_str::CompactString;
 
+use crate::cache::Result;
 use crate::cache::{self, Cache};
-use crate::error::Result;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Watch {

@@ -13,5 +13,7 @@ mod proptests;
 #[cfg(test)]
 mod tests;
 
-pub use request::{Request, WriteOptions};
-pub use types::{BucketStatus, Consistency, Entry, Freshness, Operation, ReadOptions};
+pub use request::Request;
+pub use types::{
+    BucketStatus, Consistency, Entry, Freshness, Operation, ReadOptions, WriteOptions,
+};

@@ -4,6 +4,7 @@
 use serde::Deserialize;
 
 use super::msgpack::{Cursor, Kind, Writer};
+pub use super::types::WriteOptions;
 use super::types::{Consistency, ReadOptions};
 use crate::error::{Error, ErrorCode};
 
@@ -53,26 +54,6 @@ pub enum Request<'a> {
     Unwatch {
         watch: u64,
     },
-}
-
-/// Conditions and deadline of a `put`, `delete` or `purge`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct WriteOptions {
-    /// 0: the key must be absent or deleted; N: the key's latest revision must be N.
-    pub expect_revision: Option<u64>,
-    pub timeout_ms: Option<u64>,
-    /// `put` only: the value expires this long after it is stored (at least 1000 ms).
-    pub ttl_ms: Option<u64>,
-}
-
-impl WriteOptions {
-    /// A write with this condition and the server's default deadline.
-    pub fn expecting(expect_revision: Option<u64>) -> Self {
-        WriteOptions {
-            expect_revision,
-            ..WriteOptions::default()
-        }
-    }
 }
 
 impl Request<'_> {
@@ -136,7 +117,7 @@ impl From<Read> for ReadOptions {
 
 /// `get` in one pass: it is the request nearkv serves most.
 #[derive(Deserialize)]
-struct GetBody<'a> {
+struct GetFields<'a> {
     bucket: &'a str,
     key: &'a str,
     min_revision: Option<u64>,
@@ -147,20 +128,20 @@ struct GetBody<'a> {
 }
 
 #[derive(Deserialize)]
-struct KeyBody<'a> {
+struct KeyFields<'a> {
     bucket: &'a str,
     key: &'a str,
 }
 
 #[derive(Deserialize)]
-struct MgetBody<'a> {
+struct MgetFields<'a> {
     bucket: &'a str,
     #[serde(borrow)]
     keys: Vec<&'a str>,
 }
 
 #[derive(Deserialize)]
-struct PutBody<'a> {
+struct PutFields<'a> {
     bucket: &'a str,
     key: &'a str,
     #[serde(with = "serde_bytes")]
@@ -185,7 +166,7 @@ impl From<Write> for WriteOptions {
 }
 
 #[derive(Deserialize)]
-struct KeysBody<'a> {
+struct KeysFields<'a> {
     bucket: &'a str,
     #[serde(borrow, default)]
     filter: Option<&'a str>,
@@ -193,13 +174,13 @@ struct KeysBody<'a> {
 }
 
 #[derive(Deserialize)]
-struct StatusBody<'a> {
+struct StatusFields<'a> {
     #[serde(borrow, default)]
     bucket: Option<&'a str>,
 }
 
 #[derive(Deserialize)]
-struct WatchBody<'a> {
+struct WatchFields<'a> {
     bucket: &'a str,
     #[serde(borrow, default)]
     filter: Option<&'a str>,
@@ -207,7 +188,7 @@ struct WatchBody<'a> {
 }
 
 #[derive(Deserialize)]
-struct UnwatchBody {
+struct UnwatchFields {
     watch: u64,
 }
 
@@ -368,7 +349,7 @@ pub fn parse(frame: &[u8]) -> Result<(u64, Request<'_>), ParseError> {
     let request = match op {
         "ping" => Request::Ping,
         "get" => {
-            let b: GetBody = body(frame, id, op)?;
+            let b: GetFields = body(frame, id, op)?;
             Request::Get {
                 bucket: b.bucket,
                 key: b.key,
@@ -381,7 +362,7 @@ pub fn parse(frame: &[u8]) -> Result<(u64, Request<'_>), ParseError> {
             }
         }
         "mget" => {
-            let b: MgetBody = body(frame, id, op)?;
+            let b: MgetFields = body(frame, id, op)?;
             let read: Read = body(frame, id, op)?;
             Request::Mget {
                 bucket: b.bucket,
@@ -390,7 +371,7 @@ pub fn parse(frame: &[u8]) -> Result<(u64, Request<'_>), ParseError> {
             }
         }
         "put" => {
-            let b: PutBody = body(frame, id, op)?;
+            let b: PutFields = body(frame, id, op)?;
             let write: Write = body(frame, id, op)?;
             Request::Put {
                 bucket: b.bucket,
@@ -400,7 +381,7 @@ pub fn parse(frame: &[u8]) -> Result<(u64, Request<'_>), ParseError> {
             }
         }
         "delete" | "purge" => {
-            let b: KeyBody = body(frame, id, op)?;
+            let b: KeyFields = body(frame, id, op)?;
             let write: WriteOptions = body::<Write>(frame, id, op)?.into();
             if write.ttl_ms.is_some() {
                 return Err(bad_request(
@@ -423,7 +404,7 @@ pub fn parse(frame: &[u8]) -> Result<(u64, Request<'_>), ParseError> {
             }
         }
         "keys" => {
-            let b: KeysBody = body(frame, id, op)?;
+            let b: KeysFields = body(frame, id, op)?;
             Request::Keys {
                 bucket: b.bucket,
                 filter: b.filter,
@@ -431,11 +412,11 @@ pub fn parse(frame: &[u8]) -> Result<(u64, Request<'_>), ParseError> {
             }
         }
         "status" => {
-            let b: StatusBody = body(frame, id, op)?;
+            let b: StatusFields = body(frame, id, op)?;
             Request::Status { bucket: b.bucket }
         }
         "watch" => {
-            let b: WatchBody = body(frame, id, op)?;
+            let b: WatchFields = body(frame, id, op)?;
             Request::Watch {
                 bucket: b.bucket,
                 filter: b.filter,
@@ -443,7 +424,7 @@ pub fn parse(frame: &[u8]) -> Result<(u64, Request<'_>), ParseError> {
             }
         }
         "unwatch" => {
-            let b: UnwatchBody = body(frame, id, op)?;
+            let b: UnwatchFields = body(frame, id, op)?;
             Request::Unwatch { watch: b.watch }
         }
         other => {

@@ -443,7 +443,11 @@ fn every_response_decodes_as_the_client_reads_it() {
     assert_eq!(got.buckets, status);
 
     let mut buf = Vec::new();
-    encode_error(&mut buf, 5, &Error::wrong_revision("k", 1, 2));
+    encode_error(
+        &mut buf,
+        5,
+        &crate::cache::Error::wrong_revision("k", 1, 2).into(),
+    );
     let head: Head = rmp_serde::from_slice(body_of(&buf)).unwrap();
     assert_eq!((head.id, head.ok), (5, Some(false)));
     let error = head.error.unwrap();

@@ -134,3 +134,23 @@ pub struct BucketStatus {
     /// Times the mirror was reloaded from a fresh snapshot after its initial sync.
     pub rebuilds: u64,
 }
+
+/// Conditions and deadline of a `put`, `delete` or `purge`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteOptions {
+    /// 0: the key must be absent or deleted; N: the key's latest revision must be N.
+    pub expect_revision: Option<u64>,
+    pub timeout_ms: Option<u64>,
+    /// `put` only: the value expires this long after it is stored (at least 1000 ms).
+    pub ttl_ms: Option<u64>,
+}
+
+impl WriteOptions {
+    /// A write with this condition and the server's default deadline.
+    pub fn expecting(expect_revision: Option<u64>) -> Self {
+        WriteOptions {
+            expect_revision,
+            ..WriteOptions::default()
+        }
+    }
+}

@@ -14,8 +14,8 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::context::Context;
 use super::v1::{self, V1Reply};
-use super::Context;
 use crate::cache::WatchItem;
 use crate::cmd::{Command, Op, Outcome, Reply, Route};
 use crate::error::{Error, ErrorCode};
@@ -82,10 +82,12 @@ impl Connection {
         connection.tasks.close();
         drop(connection);
         if open {
-            let mut open = write(&mut socket, &mut batch, &mut queued, &limits, &ctx).await;
+            let mut open =
+                send_to_client(&mut socket, &mut batch, &mut queued, &limits, &ctx).await;
             while let Some(mut pending) = queued.recv().await {
                 if open {
-                    open = write(&mut socket, &mut pending, &mut queued, &limits, &ctx).await;
+                    open =
+                        send_to_client(&mut socket, &mut pending, &mut queued, &limits, &ctx).await;
                 }
             }
             if open {
@@ -122,7 +124,7 @@ impl Connection {
                 biased;
                 _ = &mut cancelled => return true,
                 Some(mut pending) = queued.recv() => {
-                    if !write(socket, &mut pending, queued, &self.limits, &self.ctx).await {
+                    if !send_to_client(socket, &mut pending, queued, &self.limits, &self.ctx).await {
                         return false;
                     }
                     continue;
@@ -171,7 +173,7 @@ impl Connection {
             // Answer a pipelined burst in one write: flush only when no whole frame is waiting.
             if !frames.has_buffered_frame()
                 && !batch.is_empty()
-                && !write(socket, batch, queued, &self.limits, &self.ctx).await
+                && !send_to_client(socket, batch, queued, &self.limits, &self.ctx).await
             {
                 return false;
             }
@@ -210,7 +212,7 @@ impl Connection {
                             self.limits.max_in_flight
                         ),
                     );
-                    let outcome = Outcome::failed(&error, &mut reply);
+                    let outcome = Outcome::failed(error, &mut reply);
                     self.ctx
                         .count(self.ctx.bucket_label(&command), op, started, outcome);
                     return;
@@ -251,7 +253,7 @@ impl Connection {
                             self.limits.max_watches
                         ),
                     );
-                    return Outcome::failed(&error, reply);
+                    return Outcome::failed(error, reply);
                 }
                 if self.watches.contains_key(&id) {
                     let error = Error::new(
@@ -260,11 +262,11 @@ impl Connection {
                             "watch id {id} is already in use on this connection; choose another id"
                         ),
                     );
-                    return Outcome::failed(&error, reply);
+                    return Outcome::failed(error, reply);
                 }
                 let started = match watch.start(&self.ctx.cache) {
                     Ok(started) => started,
-                    Err(err) => return Outcome::failed(&err, reply),
+                    Err(err) => return Outcome::failed(err, reply),
                 };
                 reply.done();
                 let token = self.shutdown.child_token();
@@ -295,7 +297,7 @@ impl Connection {
                             unwatch.watch
                         ),
                     );
-                    Outcome::failed(&error, reply)
+                    Outcome::failed(error, reply)
                 }
             },
             other => other.answer_now(&self.ctx.cache, reply),
@@ -363,7 +365,7 @@ async fn run_watch(
     metrics.watches.dec();
     metrics.watch_dropped(&bucket, watch.missed());
     // Ended by the server, not by the client's unwatch: the client must learn why.
-    let end = end.or_else(|| {
+    let end = end.map(Error::from).or_else(|| {
         server_shutdown.is_cancelled().then(|| {
             Error::new(
                 ErrorCode::Unavailable,
@@ -380,7 +382,7 @@ async fn run_watch(
 /// Writes `buf` and whatever else is queued (up to `MAX_WRITE`) in one write, then clears `buf`.
 /// Returns false when the client is gone, or did not read for `write_timeout`: such a client
 /// must not pin this task, the responses queued for it, or the server's shutdown.
-async fn write(
+async fn send_to_client(
     socket: &mut OwnedWriteHalf,
     buf: &mut Vec<u8>,
     queued: &mut mpsc::Receiver<Vec<u8>>,

@@ -1,6 +1,7 @@
 //! The Unix-socket server: binds the socket, accepts connections, and shuts down cleanly.
 
 mod connection;
+mod context;
 mod v1;
 
 use std::os::unix::fs::PermissionsExt;
@@ -18,42 +19,7 @@ use crate::config::SocketConfig;
 use crate::error::{Error, ErrorCode};
 use crate::protocol::response::encode_error;
 use connection::{Connection, Limits};
-
-/// What the server shares with every connection.
-pub struct Context {
-    pub cache: Arc<crate::cache::Cache>,
-    pub metrics: Arc<crate::metrics::Metrics>,
-}
-
-impl Context {
-    /// The `bucket` label for a command: its bucket when configured, else "" so that clients
-    /// cannot create label values at will.
-    fn bucket_label(&self, command: &crate::cmd::Command) -> &str {
-        match command.bucket() {
-            Some(name) => self
-                .cache
-                .bucket(name)
-                .map_or("", crate::cache::Bucket::name),
-            None => "",
-        }
-    }
-
-    /// Counts a command that took from `started` until now.
-    fn count(
-        &self,
-        bucket: &str,
-        op: crate::cmd::Op,
-        started: std::time::Instant,
-        outcome: crate::cmd::Outcome,
-    ) {
-        let (hits, misses) = outcome.lookups;
-        if hits + misses > 0 {
-            self.metrics.lookups(bucket, hits, misses);
-        }
-        self.metrics
-            .request(bucket, op, started.elapsed().as_secs_f64(), outcome.error);
-    }
-}
+pub use context::Context;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BindError {

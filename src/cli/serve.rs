@@ -1,0 +1,103 @@
+//! `nearkv serve`: builds the configuration (the file, then the flags on top), sets up logging
+//! and signals, and runs [`nearkv::serve`].
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use tokio_util::sync::CancellationToken;
+
+use super::args::ServeArgs;
+use super::EXIT_ERROR;
+use nearkv::config::{BucketConfig, Config, LogFormat};
+
+/// Builds the sidecar's configuration: the file, then the flags on top.
+fn serve_config(
+    args: &ServeArgs,
+    socket: Option<PathBuf>,
+) -> Result<Config, nearkv::config::ConfigError> {
+    let mut config = match &args.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    if let Some(urls) = &args.nats_url {
+        config.nats.servers = urls.split(',').map(|u| u.trim().to_string()).collect();
+    }
+    if let Some(socket) = socket {
+        config.socket.path = socket;
+    }
+    if let Some(listen) = &args.http_listen {
+        config.http.listen = listen.clone();
+    }
+    if let Some(level) = &args.log_level {
+        config.log.level = level.clone();
+    }
+    if let Some(format) = args.log_format {
+        config.log.format = format;
+    }
+    for name in &args.buckets {
+        if !config.buckets.iter().any(|b| &b.name == name) {
+            config.buckets.push(BucketConfig::named(name));
+        }
+    }
+    if args.create_buckets {
+        for bucket in &mut config.buckets {
+            bucket.create = true;
+        }
+    }
+    // Validated once, by `nearkv::serve`, which embedders call too.
+    Ok(config)
+}
+
+pub(super) async fn serve(args: ServeArgs, socket: Option<PathBuf>) -> ExitCode {
+    let config = match serve_config(&args, socket) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("nearkv: {err}");
+            return ExitCode::from(EXIT_ERROR);
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log.level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only for a terminal: logs sent to a file or a collector stay plain text.
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().with_current_span(true).init(),
+    }
+    let shutdown = CancellationToken::new();
+    let signal_shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down: no new connections; finishing in-flight requests");
+        signal_shutdown.cancel();
+    });
+    match nearkv::serve(config, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("nearkv: {err}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
