@@ -116,6 +116,39 @@ def redis(env, clients, pipeline):
     return median_run(once)
 
 
+MGET10 = ["mget"] + ["key:__rand_int__"] * 10
+
+
+def redis_benchmark(sock, label, args):
+    """One redis-benchmark run, as the same command drives nearkv's Redis face and Redis."""
+    def once():
+        out = subprocess.run(["redis-benchmark", "-s", sock, "-r", "10000", "-d", "100", "--csv", *args],
+                             check=True, capture_output=True, text=True).stdout.strip().splitlines()
+        fields = [f.strip('"') for f in out[-1].split(",")]
+        return {"target": label, "workload": args[-1], "ops_per_sec": float(fields[1]),
+                "p50_us": float(fields[4]) * 1000, "p99_us": float(fields[6]) * 1000, "p999_us": None}
+    return median_run(once)
+
+
+def redis_face(env, results):
+    """The same redis-benchmark commands against nearkv's Redis face and a local redis-server."""
+    # redis-benchmark's keys are `key:<n>`: nearkv serves them from a bucket named `key`.
+    resp, _ = env.sidecar("resp", "key")
+    n = "100000" if QUICK else "400000"
+    for target, sock in [("redis-server", env.redis_sock), ("nearkv resp", resp)]:
+        subprocess.run(["redis-benchmark", "-s", sock, "-t", "set", "-n", "20000", "-r", "10000", "-d", "100",
+                        "-c", "50", "-q"], check=True, capture_output=True)
+    shapes = [
+        ("GET c50", ["-c", "50", "-n", n, "-t", "get"]),
+        ("GET c50 P16", ["-c", "50", "-P", "16", "-n", str(int(n) * 4), "-t", "get"]),
+        ("MGET 10 keys c50", ["-c", "50", "-n", n, *MGET10]),
+        ("SET c50", ["-c", "50", "-n", "20000", "-t", "set"]),
+    ]
+    for shape, args in shapes:
+        for target, sock in [("redis-server", env.redis_sock), ("nearkv resp", resp)]:
+            results[f"{target} {shape}"] = redis_benchmark(sock, target, args)
+
+
 def main():
     env = Env()
     results = {}
@@ -137,6 +170,7 @@ def main():
             R(f"nearkv {w} c16 p1", a, "--workload", w, "--connections", "16")
             R(f"nats {w} c1 p16", a, "--workload", w, "--against", "nats", "--pipeline", "16")
             R(f"nats {w} c16 p1", a, "--workload", w, "--against", "nats", "--connections", "16")
+        redis_face(env, results)
         R("nats watch (NATS put -> NATS watcher)", a, "--workload", "watch", "--against", "nats", "--rate", "1000")
         R("nearkv watch (NATS put -> nearkv watcher)", a, "--workload", "watch", "--rate", "1000")
         R("nearkv watch (put via sidecar A -> watcher on sidecar B)", b, "--workload", "watch", "--rate", "1000",
@@ -215,6 +249,13 @@ def write_report(r):
         (f"RSS at {r['nearkv ready big']['keys']:,} keys of 100 bytes ≤ 2× raw key+value bytes (ratio shown, lower is better)",
          r["nearkv ready big"]["rss_kib"] * 1024 / raw_bytes, None),
     ]
+    resp_ratio = lambda shape: g(f"nearkv resp {shape}") / g(f"redis-server {shape}")
+    targets += [
+        ("Redis face: redis-benchmark GET, 50 clients ≥ 1.0× the same against redis-server", resp_ratio("GET c50"), 1.0),
+        ("Redis face: GET, 50 clients pipelined 16 ≥ 1.0× redis-server", resp_ratio("GET c50 P16"), 1.0),
+        ("Redis face: MGET of 10 keys, 50 clients ≥ 1.0× redis-server", resp_ratio("MGET 10 keys c50"), 1.0),
+        ("Redis face: SET, 50 clients (a NATS write each; shown, no target)", resp_ratio("SET c50"), 0.0),
+    ]
     limits = {3: 1.1, 4: 1.0, 5: 1.0, 8: 1.5, 9: 1.25, 10: 2.0}
     trows = []
     for i, (what, ratio, minimum) in enumerate(targets):
@@ -240,6 +281,9 @@ compare these figures with another machine's; compare the ratios.
 - **nats**: direct async-nats KV calls (`get` is a direct get) to the local nats-server;
   `c` clients × `p` concurrent calls each.
 - **redis**: `redis-benchmark -t get -d 100 -c C -P P` over a Unix socket.
+- **redis-server / nearkv resp**: the same `redis-benchmark` command (100-byte values, 10,000 keys,
+  `-r 10000`) against a local redis-server's Unix socket and against nearkv's Redis face on its
+  socket (docs/RESP.md; redis-benchmark's `key:<n>` keys are served from a bucket named `key`).
 
 ## Targets
 

@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Runs every test: unit tests, and integration tests against real nats-server processes that the
-# tests start themselves on free loopback ports. Installs nats-server and nats-py into .tools/.
+# tests start themselves on free loopback ports. Installs nats-server, nats-py and redis-py into
+# .tools/, the Node Redis client into tests/peers/node (npm ci, from the lock file), and Debian's
+# redis-tools (redis-cli, redis-benchmark) when they are missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/tools.sh
 ensure_nats_server
 ensure_nats_py
+ensure_redis_tools
+ensure_node_peer
 export NEARKV_NATS_SERVER="$NATS_SERVER"
-export NEARKV_PYTHONPATH
+export NEARKV_PYTHONPATH NEARKV_NODE_PEER
 # Unit tests, and benches/ once each in criterion's test mode, so they keep working.
 cargo test --locked --lib --bins --benches
 # Integration tests; then the history checker (tests/integration/history/) on its own, so that

@@ -30,13 +30,13 @@ ensure_nats_server() {
   export NATS_SERVER
 }
 
-# Sets NEARKV_PYTHONPATH to a folder holding the nats-py client and msgpack (for the interop
-# tests and the Python protocol client).
+# Sets NEARKV_PYTHONPATH to a folder holding the nats-py client, msgpack (for the interop tests
+# and the Python protocol client) and redis-py (for the Redis-protocol tests).
 ensure_nats_py() {
   local dir="$TOOLS/python"
-  if ! PYTHONPATH="$dir" python3 -c 'import nats.js.kv, msgpack' 2>/dev/null; then
-    echo "installing nats-py and msgpack into .tools/python (PyPI)" >&2
-    pip_install "$dir" "nats-py==2.16.0" "msgpack==1.1.2"
+  if ! PYTHONPATH="$dir" python3 -c 'import nats.js.kv, msgpack, redis; assert redis.__version__ == "8.1.0"' 2>/dev/null; then
+    echo "installing nats-py, msgpack and redis-py into .tools/python (PyPI)" >&2
+    pip_install "$dir" "nats-py==2.16.0" "msgpack==1.1.2" "redis==8.1.0"
   fi
   NEARKV_PYTHONPATH="$dir"
   export NEARKV_PYTHONPATH
@@ -52,4 +52,30 @@ ensure_deploy_checkers() {
   fi
   DEPLOY_CHECKERS="$dir"
   export DEPLOY_CHECKERS
+}
+
+# Sets REDIS_TOOLS to a folder holding redis-cli, redis-benchmark and redis-server (Debian's
+# redis-tools and redis-server), for the Redis-protocol tests and the benchmarks.
+ensure_redis_tools() {
+  if ! command -v redis-cli >/dev/null || ! command -v redis-benchmark >/dev/null \
+      || ! command -v redis-server >/dev/null; then
+    echo "installing redis-server and redis-tools (Debian)" >&2
+    (apt-get install -y -qq redis-server redis-tools || (apt-get update -qq \
+      && apt-get install -y -qq redis-server redis-tools)) >&2 \
+      || { echo "cannot install redis-tools: install redis-cli, redis-benchmark and redis-server" >&2; return 1; }
+  fi
+  REDIS_TOOLS="$(dirname "$(command -v redis-cli)")"
+  export REDIS_TOOLS
+}
+
+# Installs the Node Redis client (tests/peers/node, from its lock file) and sets NEARKV_NODE_PEER
+# to that folder.
+ensure_node_peer() {
+  local dir="$NEARKV_ROOT/tests/peers/node"
+  if [ ! -d "$dir/node_modules/redis" ]; then
+    echo "installing the Node Redis client into tests/peers/node (npm ci)" >&2
+    (cd "$dir" && npm ci --silent --no-audit --no-fund) >&2
+  fi
+  NEARKV_NODE_PEER="$dir"
+  export NEARKV_NODE_PEER
 }

@@ -27,6 +27,12 @@ pub use client::Client;
 pub use error::{Error, ErrorCode};
 pub use server::BindError;
 
+/// Entry points for the fuzz targets (fuzz/): not part of the API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::server::parse_resp_stream;
+}
+
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]

@@ -8,7 +8,7 @@ use async_nats::jetstream::kv;
 use bytes::Bytes;
 
 use super::actor::Actor;
-use super::mirror::Mirror;
+use super::mirror::{unix_nanos, Mirror};
 use super::state::{Origin, State};
 use super::watch::Watch;
 use super::writes;
@@ -138,6 +138,17 @@ impl Bucket {
         self.check_readable_key(key)?;
         self.freshness(false)?;
         Ok(self.state.mirror().get(key))
+    }
+
+    /// How long the key's value lives on, from the mirror now: `None` when the key has no value,
+    /// `Some(None)` when it never expires.
+    pub fn time_to_live(&self, key: &str) -> Result<Option<Option<Duration>>> {
+        self.check_readable_key(key)?;
+        self.freshness(false)?;
+        Ok(self.state.mirror().expiry(key).map(|expires| {
+            (expires != 0)
+                .then(|| Duration::from_nanos(expires.saturating_sub(unix_nanos()).max(0) as u64))
+        }))
     }
 
     /// The checks of a read from the mirror without waiting: valid keys inside the filter, a

@@ -240,6 +240,14 @@ impl Mirror {
         value.is_live().then(|| value.entry(key))
     }
 
+    /// When the key's live value expires, in Unix nanoseconds (0: never); `None` when the key has
+    /// no live value.
+    pub fn expiry(&self, key: &str) -> Option<i64> {
+        let table = self.table.load();
+        let value = table.get(key)?;
+        value.is_live().then_some(value.expires)
+    }
+
     /// Calls `f` with the key's live entry, borrowed from the table (no copy, no allocation); the
     /// key's shard stays read-locked while `f` runs, so `f` must be quick.
     pub fn read<R>(&self, key: &str, f: impl FnOnce(Option<EntryRef<'_>>) -> R) -> R {

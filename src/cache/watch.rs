@@ -17,13 +17,16 @@ use tokio::sync::broadcast::{self, error::RecvError};
 use super::mirror::{Mirror, MirrorEvent};
 use crate::cache::error::{Error, ErrorKind};
 use crate::keys::filter_matches;
-use crate::protocol::Entry;
+use crate::protocol::{Entry, Operation};
 
 /// What a watch yields.
 #[derive(Debug, Clone)]
 pub enum WatchItem {
     /// A live entry of the initial snapshot, or a put, delete or purge applied later.
     Event(Arc<Entry>),
+    /// A value that expired (its TTL or the bucket's `max_age`), as a `purge` entry at the
+    /// value's own revision.
+    Expired(Arc<Entry>),
     /// The initial snapshot is complete.
     Synced,
 }
@@ -120,6 +123,9 @@ impl Watch {
                     continue;
                 }
                 self.ahead.remove(&entry.key);
+            }
+            if removed && entry.operation == Operation::Purge {
+                return Ok(WatchItem::Expired(entry));
             }
             return Ok(WatchItem::Event(entry));
         }

@@ -52,8 +52,10 @@ pub struct Connection {
 }
 
 impl Connection {
+    /// Serves one protocol v1 connection whose first bytes, already read, are `input`.
     pub async fn run(
         stream: UnixStream,
+        input: bytes::BytesMut,
         ctx: Arc<Context>,
         limits: Limits,
         shutdown: CancellationToken,
@@ -70,7 +72,7 @@ impl Connection {
             limits,
             in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
         };
-        let mut frames = FrameReader::new(read_half, limits.max_frame_size);
+        let mut frames = FrameReader::with_input(read_half, limits.max_frame_size, input);
         let mut batch = Vec::new();
         let open = connection
             .serve(&mut frames, &mut socket, &mut queued, &mut batch)
@@ -313,7 +315,7 @@ impl Connection {
     }
 }
 
-async fn tick(checks: &mut Option<tokio::time::Interval>) {
+pub(super) async fn tick(checks: &mut Option<tokio::time::Interval>) {
     match checks {
         Some(checks) => {
             checks.tick().await;
@@ -345,7 +347,7 @@ async fn run_watch(
         };
         let mut frame = Vec::new();
         match item {
-            Ok(WatchItem::Event(entry)) => {
+            Ok(WatchItem::Event(entry) | WatchItem::Expired(entry)) => {
                 encode_watch(&mut frame, id, WatchMessage::Event(&entry))
             }
             Ok(WatchItem::Synced) => encode_watch(&mut frame, id, WatchMessage::Synced),

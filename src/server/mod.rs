@@ -2,6 +2,7 @@
 
 mod connection;
 mod context;
+mod resp;
 mod v1;
 
 use std::os::unix::fs::PermissionsExt;
@@ -9,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use tokio::io::AsyncWriteExt;
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -20,6 +22,7 @@ use crate::error::{Error, ErrorCode};
 use crate::protocol::response::encode_error;
 use connection::{Connection, Limits};
 pub use context::Context;
+pub use resp::parse_stream as parse_resp_stream;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BindError {
@@ -130,8 +133,13 @@ impl Server {
                     active.fetch_add(1, Ordering::Relaxed);
                     next_connection += 1;
                     let span = tracing::info_span!("connection", id = next_connection);
-                    let connection =
-                        Connection::run(stream, ctx.clone(), self.limits, shutdown.clone());
+                    let connection = serve_connection(
+                        stream,
+                        ctx.clone(),
+                        self.limits,
+                        shutdown.clone(),
+                        next_connection,
+                    );
                     let active = active.clone();
                     let closed = closed.clone();
                     connections.spawn(tracing::Instrument::instrument(
@@ -219,12 +227,93 @@ impl Server {
     }
 }
 
-/// Tells a connection why it is not served, then closes it.
+/// Which protocol a connection speaks, from its first byte: a protocol v1 frame begins with 0x00
+/// (its length prefix; every frame is shorter than 16 MiB), anything else is RESP.
+fn speaks_v1(first: u8) -> bool {
+    first == 0
+}
+
+/// A connection's first bytes, which tell its protocol.
+enum First {
+    Bytes(BytesMut),
+    /// The peer closed the connection (or it failed) before sending anything.
+    Closed,
+    /// Nothing arrived in the time allowed.
+    Silent,
+}
+
+/// Reads a connection's first bytes, waiting at most `wait` (`Duration::ZERO`: as long as it
+/// takes).
+async fn first_bytes(stream: &mut UnixStream, wait: std::time::Duration) -> First {
+    let mut input = BytesMut::with_capacity(16 * 1024);
+    let read = stream.read_buf(&mut input);
+    let read = if wait.is_zero() {
+        read.await
+    } else {
+        match tokio::time::timeout(wait, read).await {
+            Ok(read) => read,
+            Err(_) => return First::Silent,
+        }
+    };
+    match read {
+        Ok(n) if n > 0 => First::Bytes(input),
+        _ => First::Closed,
+    }
+}
+
+/// Serves a connection in the protocol its first bytes show.
+async fn serve_connection(
+    mut stream: UnixStream,
+    ctx: Arc<Context>,
+    limits: Limits,
+    shutdown: CancellationToken,
+    id: u64,
+) {
+    let first = tokio::select! {
+        _ = shutdown.cancelled() => return,
+        first = first_bytes(&mut stream, limits.idle_timeout) => first,
+    };
+    let input = match first {
+        First::Bytes(input) => input,
+        First::Closed => return,
+        // Nothing sent for socket.idle_timeout: told so as any idle v1 connection is.
+        First::Silent => {
+            let error = Error::new(
+                ErrorCode::IdleTimeout,
+                "no request for socket.idle_timeout; the connection is closed: reconnect when needed",
+            );
+            ctx.metrics.connection_refused(error.code);
+            let mut frame = Vec::new();
+            encode_error(&mut frame, 0, &error);
+            let _ = tokio::time::timeout(limits.write_timeout, stream.write_all(&frame)).await;
+            return;
+        }
+    };
+    if speaks_v1(input[0]) {
+        Connection::run(stream, input, ctx, limits, shutdown).await;
+    } else {
+        resp::run(stream, input, ctx, limits, shutdown, id).await;
+    }
+}
+
+/// How long a refused connection may take to show its protocol before it is told in v1's.
+const REFUSAL_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Tells a connection why it is not served, in the protocol it speaks, then closes it. The
+/// protocol shows in its first request, so the refusal follows that request (a client that sends
+/// nothing within `REFUSAL_WAIT` is told in protocol v1's, as before there was a second face).
 async fn refuse(mut stream: UnixStream, error: Error) {
-    let mut frame = Vec::new();
-    encode_error(&mut frame, 0, &error);
+    let first = first_bytes(&mut stream, REFUSAL_WAIT).await;
+    let reply = match first {
+        First::Bytes(input) if !speaks_v1(input[0]) => resp::refusal(&error),
+        _ => {
+            let mut frame = Vec::new();
+            encode_error(&mut frame, 0, &error);
+            frame
+        }
+    };
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
-        let _ = stream.write_all(&frame).await;
+        let _ = stream.write_all(&reply).await;
         let _ = stream.shutdown().await;
     })
     .await;

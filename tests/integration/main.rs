@@ -21,3 +21,4 @@ mod operability;
 mod ops;
 mod outage;
 mod raw_socket;
+mod resp;

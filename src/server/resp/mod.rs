@@ -1,0 +1,226 @@
+//! The Redis face: RESP2 and RESP3 on the same socket as protocol v1 (docs/RESP.md), so that
+//! an application's existing Redis client reads its NATS KV buckets.
+//!
+//! Unlike protocol v1, whose responses carry the request's id, RESP answers in order and its
+//! clients expect each command to see the ones before it. So a connection runs its commands one
+//! after the other: reads answered from memory at once, a write awaited (with the same
+//! read-your-writes wait as v1) before the next command runs. Pipelined replies are sent in one
+//! write, as for v1.
+
+mod encode;
+mod glob;
+mod info;
+mod nearkv;
+mod parse;
+mod pubsub;
+mod reply;
+mod session;
+mod strings;
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::net::UnixStream;
+use tokio_util::sync::CancellationToken;
+
+use super::connection::Limits;
+use super::context::Context;
+use crate::error::{Error, ErrorCode};
+use encode::{Out, Version};
+use parse::Check;
+use session::Session;
+
+/// Replies are sent once this much is pending, even in the middle of a pipelined burst.
+const MAX_BATCH: usize = 256 * 1024;
+
+/// Serves one RESP connection whose first bytes, already read, are `input`.
+pub async fn run(
+    stream: UnixStream,
+    input: BytesMut,
+    ctx: Arc<Context>,
+    limits: Limits,
+    shutdown: CancellationToken,
+    id: u64,
+) {
+    ctx.metrics.connections.inc();
+    let (reader, writer) = stream.into_split();
+    let mut connection = Connection {
+        session: Session::new(ctx.clone(), id),
+        reader,
+        writer,
+        input,
+        batch: Vec::with_capacity(16 * 1024),
+        limits,
+    };
+    connection.serve(shutdown).await;
+    ctx.metrics.connections.dec();
+}
+
+struct Connection {
+    session: Session,
+    reader: tokio::net::unix::OwnedReadHalf,
+    writer: OwnedWriteHalf,
+    input: BytesMut,
+    batch: Vec<u8>,
+    limits: Limits,
+}
+
+impl Connection {
+    async fn serve(&mut self, shutdown: CancellationToken) {
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(cancelled);
+        let idle = self.limits.idle_timeout;
+        let mut idle_checks = (!idle.is_zero())
+            .then(|| tokio::time::interval_at(tokio::time::Instant::now() + idle, idle));
+        let mut commands_since_check = 0u64;
+        loop {
+            match self.answer_buffered().await {
+                Ok(answered) => commands_since_check += answered,
+                Err(()) => return,
+            }
+            if !self.flush().await {
+                return;
+            }
+            tokio::select! {
+                biased;
+                _ = &mut cancelled => return,
+                delivery = self.session.pubsub.next() => match delivery {
+                    Some(Ok(notification)) => {
+                        let mut out = Out { buf: &mut self.batch, version: self.session.version };
+                        self.session.pubsub.deliver(&notification, &mut out);
+                    }
+                    Some(Err(err)) => {
+                        tracing::warn!(error = %err, "keyspace subscriber fell behind; closing its connection");
+                        return;
+                    }
+                    None => {}
+                },
+                read = self.reader.read_buf(&mut self.input) => match read {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                },
+                _ = super::connection::tick(&mut idle_checks) => {
+                    if commands_since_check == 0 && !self.session.pubsub.is_active() {
+                        let error = Error::new(
+                            ErrorCode::IdleTimeout,
+                            format!(
+                                "no command for {} (socket.idle_timeout); the connection is closed: \
+                                 reconnect when needed",
+                                humantime::format_duration(idle)
+                            ),
+                        );
+                        let mut out = Out { buf: &mut self.batch, version: self.session.version };
+                        reply::error(&mut out, &error);
+                        self.session.ctx.metrics.connection_refused(error.code);
+                        self.flush().await;
+                        return;
+                    }
+                    commands_since_check = 0;
+                }
+            }
+        }
+    }
+
+    /// Runs every whole command in the input, in order. `Err` when the connection must close:
+    /// `QUIT`, a protocol error (answered first), or a client that does not read its replies.
+    async fn answer_buffered(&mut self) -> Result<u64, ()> {
+        let mut answered = 0;
+        loop {
+            let max = self.limits.max_frame_size as usize;
+            match parse::check(&self.input, max) {
+                Ok(Check::Incomplete) => return Ok(answered),
+                Ok(Check::Empty { len }) => parse::skip(&mut self.input, len),
+                Ok(Check::Complete { len }) => {
+                    let args = parse::take(&mut self.input, len);
+                    answered += 1;
+                    let mut out = Out {
+                        buf: &mut self.batch,
+                        version: self.session.version,
+                    };
+                    self.session.execute(args, &mut out).await;
+                    if self.session.quit {
+                        self.flush().await;
+                        return Err(());
+                    }
+                    if self.batch.len() >= MAX_BATCH && !self.flush().await {
+                        return Err(());
+                    }
+                }
+                Err(err) => {
+                    let mut out = Out {
+                        buf: &mut self.batch,
+                        version: self.session.version,
+                    };
+                    out.error("ERR", &err.to_string());
+                    self.session
+                        .ctx
+                        .metrics
+                        .connection_refused(ErrorCode::BadRequest);
+                    self.flush().await;
+                    return Err(());
+                }
+            }
+        }
+    }
+
+    /// Sends the pending replies. False when the client is gone or did not read them within
+    /// `socket.write_timeout`.
+    async fn flush(&mut self) -> bool {
+        if self.batch.is_empty() {
+            return true;
+        }
+        let written = tokio::time::timeout(
+            self.limits.write_timeout,
+            self.writer.write_all(&self.batch),
+        )
+        .await;
+        let pending = self.batch.len();
+        self.batch.clear();
+        if self.batch.capacity() > 4 * MAX_BATCH {
+            self.batch.shrink_to(16 * 1024);
+        }
+        match written {
+            Ok(Ok(())) => true,
+            Ok(Err(_)) => false,
+            Err(_) => {
+                tracing::warn!(
+                    pending_bytes = pending,
+                    write_timeout = ?self.limits.write_timeout,
+                    "Redis client did not read its replies within socket.write_timeout; closing the connection"
+                );
+                self.session.ctx.metrics.slow_clients.inc();
+                false
+            }
+        }
+    }
+}
+
+/// A connection refused before it is served, told why in RESP: `-FORBIDDEN ...`,
+/// `-TOO_MANY_CONNECTIONS ...`.
+pub fn refusal(error: &Error) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let mut out = Out {
+        buf: &mut buf,
+        version: Version::Resp2,
+    };
+    out.error(&error.code.as_str().to_ascii_uppercase(), &error.message);
+    buf
+}
+
+/// Splits `input` into RESP commands as a connection does, with a limit of `max_bytes` per
+/// command: the arguments of each whole command, and the protocol error that stopped it, if
+/// any. For the fuzz target.
+pub fn parse_stream(input: &[u8], max_bytes: usize) -> (Vec<Vec<bytes::Bytes>>, Option<String>) {
+    let mut buf = BytesMut::from(input);
+    let mut commands = Vec::new();
+    loop {
+        match parse::check(&buf, max_bytes) {
+            Ok(Check::Incomplete) => return (commands, None),
+            Ok(Check::Empty { len }) => parse::skip(&mut buf, len),
+            Ok(Check::Complete { len }) => commands.push(parse::take(&mut buf, len)),
+            Err(err) => return (commands, Some(err.to_string())),
+        }
+    }
+}

@@ -1,0 +1,515 @@
+//! Redis's string commands, mapped onto a bucket: reads answered from the mirror, writes sent
+//! to NATS with protocol v1's read-your-writes wait. Values are the exact bytes given.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::encode::Out;
+use super::glob;
+use super::reply::{RespReply, Style};
+use super::session::{arity, bad, integer, is, Handled, Session};
+use crate::cache::{Bucket, ErrorKind};
+use crate::cmd::{self, Command, Op, Outcome};
+use crate::error::{Error, ErrorCode};
+use crate::protocol::{ReadOptions, WriteOptions};
+
+/// Attempts of a read-then-compare-and-set (`SET ... XX`, `SET ... GET`, `GETDEL`) before a
+/// key written that often by others meanwhile fails `WRONG_REVISION`.
+const CAS_ATTEMPTS: usize = 16;
+
+pub async fn execute(
+    session: &mut Session,
+    name: &str,
+    args: &[Bytes],
+    out: &mut Out<'_>,
+) -> Handled {
+    let started = Instant::now();
+    match name {
+        "GET" => get(session, args, out, started),
+        "MGET" => mget(session, args, out, started),
+        "SET" => set(session, args, out).await,
+        "SETNX" if args.len() == 3 => {
+            let options = SetOptions {
+                condition: Condition::Absent,
+                ..SetOptions::default()
+            };
+            match store(session, &args[1], args[2].clone(), options).await {
+                Ok(Stored::Done(_)) => {
+                    out.int(1);
+                    Ok(())
+                }
+                Ok(Stored::NotDone) => {
+                    out.int(0);
+                    Ok(())
+                }
+                Err(err) => Err(err),
+            }
+        }
+        "SETEX" | "PSETEX" if args.len() == 4 => {
+            let amount = integer(&args[2])?;
+            if amount <= 0 {
+                return Err(bad(format!(
+                    "invalid expire time in '{}' command",
+                    name.to_ascii_lowercase()
+                )));
+            }
+            let ms = if name == "SETEX" {
+                amount.saturating_mul(1000)
+            } else {
+                amount
+            };
+            let options = SetOptions {
+                ttl_ms: Some(ms as u64),
+                ..SetOptions::default()
+            };
+            store(session, &args[1], args[3].clone(), options)
+                .await
+                .map(|_| out.ok())
+        }
+        "MSET" if args.len() >= 3 && args.len() % 2 == 1 => mset(session, args, out).await,
+        "DEL" | "UNLINK" if args.len() >= 2 => del(session, args, out).await,
+        "GETDEL" if args.len() == 2 => getdel(session, args, out).await,
+        "EXISTS" if args.len() >= 2 => {
+            let mut found = 0;
+            for arg in &args[1..] {
+                let (bucket, key) = session.locate(arg)?;
+                found += i64::from(bucket.get_cached(key).map_err(Error::from)?.is_some());
+            }
+            out.int(found);
+            Ok(())
+        }
+        "STRLEN" if args.len() == 2 => {
+            let (bucket, key) = session.locate(&args[1])?;
+            let len = bucket
+                .get_cached(key)
+                .map_err(Error::from)?
+                .map_or(0, |e| e.value.len());
+            out.int(len as i64);
+            Ok(())
+        }
+        "TYPE" if args.len() == 2 => {
+            let (bucket, key) = session.locate(&args[1])?;
+            let found = bucket.get_cached(key).map_err(Error::from)?.is_some();
+            out.simple(if found { "string" } else { "none" });
+            Ok(())
+        }
+        "TTL" | "PTTL" if args.len() == 2 => {
+            let (bucket, key) = session.locate(&args[1])?;
+            let reply = match bucket.time_to_live(key).map_err(Error::from)? {
+                None => -2,
+                Some(None) => -1,
+                Some(Some(left)) if name == "TTL" => ((left.as_millis() + 500) / 1000) as i64,
+                Some(Some(left)) => left.as_millis() as i64,
+            };
+            out.int(reply);
+            Ok(())
+        }
+        "KEYS" if args.len() == 2 => keys(session, &args[1], out),
+        "SCAN" if args.len() >= 2 => scan(session, args, out),
+        "DBSIZE" if args.len() == 1 => {
+            out.int(session.selected()?.status().keys as i64);
+            Ok(())
+        }
+        _ => Err(arity(name)),
+    }
+}
+
+fn count(session: &Session, bucket: &str, op: Op, started: Instant, outcome: Outcome) {
+    session.ctx.count(bucket, op, started, outcome);
+}
+
+fn get(session: &Session, args: &[Bytes], out: &mut Out<'_>, started: Instant) -> Handled {
+    if args.len() != 2 {
+        return Err(arity("get"));
+    }
+    let (bucket, key) = session.locate(&args[1])?;
+    let command = Command::Get(cmd::Get::new(bucket.name(), key, ReadOptions::default()));
+    let mut reply = RespReply {
+        out,
+        style: Style::Redis,
+    };
+    let outcome = command.answer_now(&session.ctx.cache, &mut reply);
+    count(session, bucket.name(), Op::Get, started, outcome);
+    Ok(())
+}
+
+fn mget(session: &Session, args: &[Bytes], out: &mut Out<'_>, started: Instant) -> Handled {
+    if args.len() < 2 {
+        return Err(arity("mget"));
+    }
+    let located = args[1..]
+        .iter()
+        .map(|arg| session.locate(arg))
+        .collect::<Result<Vec<_>, _>>()?;
+    let first = located[0].0.name().to_string();
+    if located.iter().all(|(bucket, _)| bucket.name() == first) {
+        let keys: Vec<&str> = located.iter().map(|(_, key)| *key).collect();
+        let command = Command::Mget(cmd::Mget::new(&first, &keys, ReadOptions::default()));
+        let mut reply = RespReply {
+            out,
+            style: Style::Redis,
+        };
+        let outcome = command.answer_now(&session.ctx.cache, &mut reply);
+        count(session, &first, Op::Mget, started, outcome);
+        return Ok(());
+    }
+    // Keys of several buckets: each read from its own mirror.
+    let mut values = Vec::with_capacity(located.len());
+    for (bucket, key) in &located {
+        values.push(bucket.get_cached(key).map_err(Error::from)?);
+    }
+    out.array(values.len());
+    for value in values {
+        match value {
+            Some(entry) => out.bulk(&entry.value),
+            None => out.null(),
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum Condition {
+    #[default]
+    Always,
+    /// `NX`: only when the key has no value.
+    Absent,
+    /// `XX`: only when the key has a value.
+    Present,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct SetOptions {
+    condition: Condition,
+    ttl_ms: Option<u64>,
+    /// `GET`: answer the value the key had.
+    get: bool,
+}
+
+enum Stored {
+    /// Stored, replacing this value (read only when asked for).
+    Done(Option<Bytes>),
+    /// Not stored: the condition did not hold.
+    NotDone,
+}
+
+fn parse_set(args: &[Bytes]) -> Result<SetOptions, Error> {
+    let mut options = SetOptions::default();
+    let mut i = 3;
+    let syntax = || bad("syntax error");
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64)
+    };
+    while i < args.len() {
+        let option = &args[i];
+        let mut ttl = |scale: i64, absolute: bool| -> Result<(), Error> {
+            if options.ttl_ms.is_some() {
+                return Err(syntax());
+            }
+            let value = integer(args.get(i + 1).ok_or_else(syntax)?)?;
+            let ms = value.saturating_mul(scale) - if absolute { now_ms() } else { 0 };
+            if value <= 0 || ms <= 0 {
+                return Err(bad("invalid expire time in 'set' command"));
+            }
+            options.ttl_ms = Some(ms as u64);
+            i += 1;
+            Ok(())
+        };
+        if is(option, "NX") || is(option, "XX") {
+            if options.condition != Condition::Always {
+                return Err(syntax());
+            }
+            options.condition = if is(option, "NX") {
+                Condition::Absent
+            } else {
+                Condition::Present
+            };
+        } else if is(option, "EX") {
+            ttl(1000, false)?;
+        } else if is(option, "PX") {
+            ttl(1, false)?;
+        } else if is(option, "EXAT") {
+            ttl(1000, true)?;
+        } else if is(option, "PXAT") {
+            ttl(1, true)?;
+        } else if is(option, "GET") {
+            options.get = true;
+        } else if is(option, "KEEPTTL") {
+            return Err(bad(
+                "KEEPTTL is not supported: each NATS KV value carries its own TTL, so a new value \
+                 cannot keep the old one's; pass EX or PX with the time left (see TTL)",
+            ));
+        } else {
+            return Err(syntax());
+        }
+        i += 1;
+    }
+    Ok(options)
+}
+
+async fn set(session: &mut Session, args: &[Bytes], out: &mut Out<'_>) -> Handled {
+    if args.len() < 3 {
+        return Err(arity("set"));
+    }
+    let options = parse_set(args)?;
+    match store(session, &args[1], args[2].clone(), options).await? {
+        Stored::Done(old) if options.get => match old {
+            Some(value) => out.bulk(&value),
+            None => out.null(),
+        },
+        Stored::Done(_) => out.ok(),
+        Stored::NotDone if options.get => {
+            // With GET, Redis answers the current value even when the condition failed.
+            let (bucket, key) = session.locate(&args[1])?;
+            match bucket.get_cached(key).map_err(Error::from)? {
+                Some(entry) => out.bulk(&entry.value),
+                None => out.null(),
+            }
+        }
+        Stored::NotDone => out.null(),
+    }
+    Ok(())
+}
+
+/// Stores `value` under the key as `options` say. A plain `SET` is one put; a condition on the
+/// current value (`NX` is a create, `XX` and `GET` read first) is a compare-and-set, retried
+/// when another writer got in between.
+async fn store(
+    session: &Session,
+    arg: &Bytes,
+    value: Bytes,
+    options: SetOptions,
+) -> Result<Stored, Error> {
+    let started = Instant::now();
+    let (bucket, key) = session.locate(arg)?;
+    let result = store_in(&bucket, key, value, options).await;
+    let outcome = Outcome {
+        error: result.as_ref().err().map(|e| e.code),
+        ..Outcome::OK
+    };
+    count(session, bucket.name(), Op::Put, started, outcome);
+    result
+}
+
+async fn store_in(
+    bucket: &Bucket,
+    key: &str,
+    value: Bytes,
+    options: SetOptions,
+) -> Result<Stored, Error> {
+    let write = |expect_revision| WriteOptions {
+        expect_revision,
+        ttl_ms: options.ttl_ms,
+        timeout_ms: None,
+    };
+    if options.condition == Condition::Always && !options.get {
+        bucket.put(key, value, write(None)).await?;
+        return Ok(Stored::Done(None));
+    }
+    if options.condition == Condition::Absent && !options.get {
+        return match bucket.put(key, value, write(Some(0))).await {
+            Ok(_) => Ok(Stored::Done(None)),
+            Err(err) if err.kind == ErrorKind::WrongRevision => Ok(Stored::NotDone),
+            Err(err) => Err(err.into()),
+        };
+    }
+    for _ in 0..CAS_ATTEMPTS {
+        let current = bucket.get_cached(key)?;
+        let holds = match options.condition {
+            Condition::Always => true,
+            Condition::Absent => current.is_none(),
+            Condition::Present => current.is_some(),
+        };
+        if !holds {
+            return Ok(Stored::NotDone);
+        }
+        let expect = current.as_ref().map_or(0, |e| e.revision);
+        match bucket.put(key, value.clone(), write(Some(expect))).await {
+            Ok(_) => return Ok(Stored::Done(current.map(|e| e.value))),
+            Err(err) if err.kind == ErrorKind::WrongRevision => continue,
+            Err(err) => return Err(err.into()),
+        }
+    }
+    Err(contended(key))
+}
+
+fn contended(key: &str) -> Error {
+    Error::new(
+        ErrorCode::WrongRevision,
+        format!(
+            "key `{key}` changed {CAS_ATTEMPTS} times while this command tried to change it; retry"
+        ),
+    )
+}
+
+async fn mset(session: &Session, args: &[Bytes], out: &mut Out<'_>) -> Handled {
+    // Not atomic: each pair is its own put, in order; a failure leaves the earlier ones stored.
+    for pair in args[1..].chunks(2) {
+        store(session, &pair[0], pair[1].clone(), SetOptions::default()).await?;
+    }
+    out.ok();
+    Ok(())
+}
+
+async fn del(session: &Session, args: &[Bytes], out: &mut Out<'_>) -> Handled {
+    let mut removed = 0;
+    for arg in &args[1..] {
+        let started = Instant::now();
+        let (bucket, key) = session.locate(arg)?;
+        // Redis answers how many keys existed; a key without a value is not written to.
+        if bucket.get_cached(key).map_err(Error::from)?.is_none() {
+            continue;
+        }
+        let result = bucket.delete(key, WriteOptions::default()).await;
+        let outcome = Outcome {
+            error: result.as_ref().err().map(|e| ErrorCode::from(e.kind)),
+            ..Outcome::OK
+        };
+        count(session, bucket.name(), Op::Delete, started, outcome);
+        result?;
+        removed += 1;
+    }
+    out.int(removed);
+    Ok(())
+}
+
+async fn getdel(session: &Session, args: &[Bytes], out: &mut Out<'_>) -> Handled {
+    let (bucket, key) = session.locate(&args[1])?;
+    for _ in 0..CAS_ATTEMPTS {
+        let Some(current) = bucket.get_cached(key)? else {
+            out.null();
+            return Ok(());
+        };
+        match bucket
+            .delete(key, WriteOptions::expecting(Some(current.revision)))
+            .await
+        {
+            Ok(_) => {
+                out.bulk(&current.value);
+                return Ok(());
+            }
+            Err(err) if err.kind == ErrorKind::WrongRevision => continue,
+            Err(err) => return Err(err.into()),
+        }
+    }
+    Err(contended(key))
+}
+
+/// The bucket a `KEYS`/`SCAN` pattern lists, and the pattern within it: `bucket:pattern` when
+/// the part before `:` names a configured bucket, else the selected database. Keys of another
+/// bucket than the selected one are answered as `bucket:key`, so that `GET` takes them as they are.
+fn pattern_target<'p>(
+    session: &Session,
+    pattern: &'p [u8],
+) -> Result<(Bucket, &'p [u8], bool), Error> {
+    if let Some(at) = pattern.iter().position(|&b| b == b':') {
+        if let Ok(name) = std::str::from_utf8(&pattern[..at]) {
+            if let Ok(bucket) = session.ctx.cache.bucket(name) {
+                return Ok((bucket.clone(), &pattern[at + 1..], true));
+            }
+        }
+    }
+    Ok((session.selected()?, pattern, false))
+}
+
+fn keys(session: &Session, pattern: &Bytes, out: &mut Out<'_>) -> Handled {
+    let (bucket, pattern, qualified) = pattern_target(session, pattern)?;
+    let keys = bucket.keys(None, false).map_err(Error::from)?;
+    let matching: Vec<&String> = keys
+        .iter()
+        .filter(|key| glob::matches(pattern, key.as_bytes()))
+        .collect();
+    out.array(matching.len());
+    for key in matching {
+        write_key(out, &bucket, key, qualified);
+    }
+    Ok(())
+}
+
+fn write_key(out: &mut Out<'_>, bucket: &Bucket, key: &str, qualified: bool) {
+    if qualified {
+        out.bulk(format!("{}:{key}", bucket.name()).as_bytes());
+    } else {
+        out.bulk(key.as_bytes());
+    }
+}
+
+/// A key's place in a `SCAN`: a fixed hash below 2^63, so that a key present for a whole
+/// iteration is returned whatever is added or removed meanwhile (a cursor that counted
+/// positions would skip keys after a removal).
+fn scan_position(key: &str) -> u64 {
+    let hasher = ahash::RandomState::with_seeds(0x6e65, 0x6172, 0x6b76, 0x7363);
+    hasher.hash_one(key) >> 1
+}
+
+fn scan(session: &Session, args: &[Bytes], out: &mut Out<'_>) -> Handled {
+    let cursor = std::str::from_utf8(&args[1])
+        .ok()
+        .and_then(|c| c.parse::<u64>().ok())
+        .ok_or_else(|| bad("invalid cursor"))?;
+    let mut pattern: Option<&[u8]> = None;
+    let mut page = 10usize;
+    let mut strings = true;
+    let mut i = 2;
+    while i < args.len() {
+        let value = args.get(i + 1).ok_or_else(|| bad("syntax error"))?;
+        if is(&args[i], "MATCH") {
+            pattern = Some(value);
+        } else if is(&args[i], "COUNT") {
+            let n = integer(value)?;
+            if n < 1 {
+                return Err(bad("syntax error"));
+            }
+            page = n.min(1_000_000) as usize;
+        } else if is(&args[i], "TYPE") {
+            strings = value.eq_ignore_ascii_case(b"string");
+        } else {
+            return Err(bad("syntax error"));
+        }
+        i += 2;
+    }
+    let (bucket, pattern, qualified) = match pattern {
+        Some(p) => {
+            let (bucket, p, qualified) = pattern_target(session, p)?;
+            (bucket, Some(p), qualified)
+        }
+        None => (session.selected()?, None, false),
+    };
+    let mut positioned: Vec<(u64, String)> = if strings {
+        bucket
+            .keys(None, false)
+            .map_err(Error::from)?
+            .into_iter()
+            .map(|key| (scan_position(&key), key))
+            .filter(|(at, _)| *at >= cursor)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    positioned.sort_unstable();
+    // Never split keys of one position over two pages: the cursor could not tell them apart.
+    let mut end = positioned.len().min(page);
+    while end > 0 && end < positioned.len() && positioned[end].0 == positioned[end - 1].0 {
+        end += 1;
+    }
+    let next = if end < positioned.len() {
+        positioned[end - 1].0 + 1
+    } else {
+        0
+    };
+    let listed: Vec<&String> = positioned[..end]
+        .iter()
+        .map(|(_, key)| key)
+        .filter(|key| pattern.is_none_or(|p| glob::matches(p, key.as_bytes())))
+        .collect();
+    out.array(2);
+    out.bulk(next.to_string().as_bytes());
+    out.array(listed.len());
+    for key in listed {
+        write_key(out, &bucket, key, qualified);
+    }
+    Ok(())
+}

@@ -1,0 +1,316 @@
+//! The Redis face: real Redis clients, unmodified, over the sidecar's Unix socket (the same
+//! socket protocol v1 clients use). ./scripts/test.sh installs redis-py into .tools/python, the
+//! Node client into tests/peers/node (from its lock file) and Debian's redis-tools.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use nearkv::config::BucketConfig;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::harness::{bucket, NatsServer, Sidecar};
+
+/// `main` (database 0, limit markers so that TTLs work), `second` (database 1), and the
+/// read-only `frozen`.
+fn buckets() -> Vec<BucketConfig> {
+    let mut main = bucket("main");
+    main.limit_markers = Duration::from_secs(1);
+    let mut frozen = bucket("frozen");
+    frozen.read_only = true;
+    vec![main, bucket("second"), frozen]
+}
+
+fn tool(name: &str) -> String {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .output()
+        .ok()
+        .filter(|o| o.status.success());
+    match found {
+        Some(output) => String::from_utf8_lossy(&output.stdout).trim().to_string(),
+        None => panic!(
+            "{name} is not installed: run ./scripts/test.sh, which installs Debian's redis-tools \
+             (or apt-get install redis-tools redis-server)"
+        ),
+    }
+}
+
+fn run(program: &str, args: &[&str], env: &[(&str, String)], what: &str) -> String {
+    let output = Command::new(program)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .unwrap_or_else(|err| panic!("{what}: cannot run {program}: {err}"));
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(
+        output.status.success(),
+        "{what} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+fn pythonpath() -> String {
+    std::env::var("NEARKV_PYTHONPATH")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/.tools/python").to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_py_sync_and_asyncio_in_resp2_and_resp3() {
+    let nats = NatsServer::start().await;
+    let sidecar = Sidecar::start(&nats.url(), buckets()).await;
+    sidecar.synced_client().await;
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/peers/redis_py_client.py"
+    );
+    let socket = sidecar.socket.to_str().unwrap().to_string();
+    for (mode, protocol) in [("sync", "2"), ("sync", "3"), ("async", "2"), ("async", "3")] {
+        let nats_url = nats.url();
+        let args = [script, &socket, &nats_url, mode, protocol];
+        let out = tokio::task::spawn_blocking({
+            let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+            move || {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                run(
+                    "python3",
+                    &args,
+                    &[("PYTHONPATH", pythonpath())],
+                    "redis-py peer (run ./scripts/test.sh, which installs redis-py into .tools/python)",
+                )
+            }
+        })
+        .await
+        .unwrap();
+        let last = out.lines().last().unwrap_or_default().to_string();
+        println!("redis-py {mode} RESP{protocol}: {last}");
+        assert!(last.starts_with("ok "), "{out}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_redis_in_resp2_and_resp3() {
+    let nats = NatsServer::start().await;
+    let sidecar = Sidecar::start(&nats.url(), buckets()).await;
+    sidecar.synced_client().await;
+    let dir = std::env::var("NEARKV_NODE_PEER")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/node").to_string());
+    assert!(
+        std::path::Path::new(&dir)
+            .join("node_modules/redis")
+            .exists(),
+        "the Node Redis client is not installed in {dir}: run ./scripts/test.sh (npm ci there)"
+    );
+    let script = format!("{dir}/client.mjs");
+    let socket = sidecar.socket.to_str().unwrap().to_string();
+    for resp in ["2", "3"] {
+        let (script, socket) = (script.clone(), socket.clone());
+        let out = tokio::task::spawn_blocking(move || {
+            run("node", &[&script, &socket, resp], &[], "node-redis peer")
+        })
+        .await
+        .unwrap();
+        println!("node-redis RESP{resp}: {}", out.trim());
+        assert!(out.trim().starts_with("ok "), "{out}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cli_commands_and_pipe() {
+    let nats = NatsServer::start().await;
+    let sidecar = Sidecar::start(&nats.url(), buckets()).await;
+    let client = sidecar.synced_client().await;
+    let cli = tool("redis-cli");
+    let socket = sidecar.socket.to_str().unwrap().to_string();
+    let socket_for = socket.clone();
+    let cli_for = cli.clone();
+    let say = move |args: &[&str]| {
+        let mut all = vec!["-s", socket_for.as_str()];
+        all.extend_from_slice(args);
+        run(&cli_for, &all, &[], "redis-cli").trim().to_string()
+    };
+    let say = std::sync::Arc::new(say);
+    let blocking = |args: Vec<&'static str>| {
+        let say = say.clone();
+        tokio::task::spawn_blocking(move || say(&args))
+    };
+    assert_eq!(blocking(vec!["PING"]).await.unwrap(), "PONG");
+    assert_eq!(
+        blocking(vec!["SET", "cli.k", "hello world"]).await.unwrap(),
+        "OK"
+    );
+    assert_eq!(
+        blocking(vec!["GET", "main:cli.k"]).await.unwrap(),
+        "hello world"
+    );
+    assert_eq!(
+        blocking(vec!["-n", "1", "SET", "cli.k", "one"])
+            .await
+            .unwrap(),
+        "OK"
+    );
+    assert_eq!(blocking(vec!["GET", "second:cli.k"]).await.unwrap(), "one");
+    let error = blocking(vec!["GET", "nosuch:x"]).await.unwrap();
+    assert!(error.starts_with("UNKNOWN_BUCKET"), "{error}");
+    // The value is what a protocol v1 client (and so every NATS client) reads.
+    let entry = client.get("main", "cli.k").await.unwrap().unwrap();
+    assert_eq!(&entry.value[..], b"hello world");
+
+    // Mass insertion with --pipe: raw RESP on stdin, as Redis documents it.
+    let mut input = Vec::new();
+    for i in 0..1000 {
+        let (key, value) = (format!("pipe.{i}"), format!("v{i}"));
+        write!(
+            input,
+            "*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${}\r\n{value}\r\n",
+            key.len(),
+            value.len()
+        )
+        .unwrap();
+    }
+    let (cli_pipe, socket_pipe) = (cli.clone(), socket.clone());
+    let output = tokio::task::spawn_blocking(move || {
+        let mut child = Command::new(cli_pipe)
+            .args(["-s", &socket_pipe, "--pipe"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("redis-cli --pipe starts");
+        child.stdin.take().unwrap().write_all(&input).unwrap();
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    let report = String::from_utf8_lossy(&output.stdout).to_string();
+    println!("redis-cli --pipe: {}", report.trim().replace('\n', " | "));
+    assert!(output.status.success(), "{report}");
+    assert!(report.contains("errors: 0, replies: 1000"), "{report}");
+    let keys = client.keys("main", Some("pipe.*"), false).await.unwrap();
+    assert_eq!(keys.len(), 1000);
+    assert_eq!(
+        &client.get("main", "pipe.999").await.unwrap().unwrap().value[..],
+        b"v999"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_benchmark_drives_nearkv() {
+    let nats = NatsServer::start().await;
+    // redis-benchmark's keys are `key:<n>`: the bucket named `key`.
+    let sidecar = Sidecar::start(&nats.url(), vec![bucket("key")]).await;
+    let client = sidecar.synced_client().await;
+    let benchmark = tool("redis-benchmark");
+    let socket = sidecar.socket.to_str().unwrap().to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        run(
+            &benchmark,
+            &[
+                "-s",
+                &socket,
+                "-t",
+                "set,get,mset",
+                "-n",
+                "2000",
+                "-r",
+                "500",
+                "-c",
+                "10",
+                "-d",
+                "100",
+                "--csv",
+            ],
+            &[],
+            "redis-benchmark",
+        )
+    })
+    .await
+    .unwrap();
+    println!("redis-benchmark:\n{out}");
+    for test in ["\"SET\"", "\"GET\"", "\"MSET (10 keys)\""] {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(test))
+            .unwrap_or_else(|| panic!("no {test} row in {out}"));
+        let rps: f64 = line
+            .split(',')
+            .nth(1)
+            .unwrap()
+            .trim_matches('"')
+            .parse()
+            .unwrap();
+        assert!(rps > 0.0, "{line}");
+    }
+    // What it wrote is in the bucket, 100-byte values.
+    let keys = client.keys("key", None, false).await.unwrap();
+    assert!(!keys.is_empty() && keys.len() <= 500, "{} keys", keys.len());
+    let entry = client.get("key", &keys[0]).await.unwrap().unwrap();
+    assert_eq!(entry.value.len(), 100);
+}
+
+async fn exchange(socket: &std::path::Path, send: &[u8]) -> Vec<u8> {
+    let mut stream = tokio::net::UnixStream::connect(socket).await.unwrap();
+    stream.write_all(send).await.unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut got)).await;
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_protocols_share_the_socket_and_bad_resp_is_refused_without_harm() {
+    let nats = NatsServer::start().await;
+    let sidecar = Sidecar::start_with(&nats.url(), vec![bucket("main")], |config| {
+        config.socket.max_frame_size = 64 * 1024;
+    })
+    .await;
+    let client = sidecar.synced_client().await;
+    client.put("main", "k", b"v").await.unwrap();
+    // An inline command (as telnet sends), then QUIT.
+    let got = exchange(&sidecar.socket, b"GET k\r\nQUIT\r\n").await;
+    assert_eq!(got, b"$1\r\nv\r\n+OK\r\n");
+    // Malformed input: answered with a protocol error, the connection closed.
+    for bad in [
+        &b"*x\r\n"[..],
+        b"*1\r\n:5\r\n",
+        b"*1\r\n$-7\r\n",
+        b"GET \"open\r\n",
+    ] {
+        let got = String::from_utf8(exchange(&sidecar.socket, bad).await).unwrap();
+        assert!(got.starts_with("-ERR Protocol error"), "{bad:?} -> {got}");
+    }
+    // A bulk string longer than socket.max_frame_size is refused from its header alone.
+    let got = String::from_utf8(
+        exchange(
+            &sidecar.socket,
+            b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$100000000\r\n",
+        )
+        .await,
+    )
+    .unwrap();
+    assert!(
+        got.starts_with("-ERR Protocol error: a command of more than 65536 bytes"),
+        "{got}"
+    );
+    // Nothing of that reached the data or the other clients.
+    assert_eq!(
+        &client.get("main", "k").await.unwrap().unwrap().value[..],
+        b"v"
+    );
+    assert!(client.ping().await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_redis_client_is_told_in_resp() {
+    let nats = NatsServer::start().await;
+    let sidecar = Sidecar::start_with(&nats.url(), vec![bucket("main")], |config| {
+        config.socket.max_connections = 1;
+    })
+    .await;
+    let _held = tokio::net::UnixStream::connect(&sidecar.socket)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let got = String::from_utf8(exchange(&sidecar.socket, b"*1\r\n$4\r\nPING\r\n").await).unwrap();
+    assert!(got.starts_with("-TOO_MANY_CONNECTIONS "), "{got}");
+}
