@@ -29,12 +29,25 @@ impl Get {
 
     /// The hot path: the entry is encoded straight from the mirror into the reply.
     pub fn answer_now(&self, cache: &Cache, reply: &mut impl Reply) -> Outcome {
-        let read = cache.bucket(&self.bucket).and_then(|bucket| {
-            let fresh = bucket.check_cached_reads(&[&self.key], self.read.allow_stale)?;
-            Ok(bucket.mirror().read(&self.key, |entry| {
+        match cache.bucket(&self.bucket) {
+            Ok(bucket) => Get::read_now(bucket, &self.key, self.read.allow_stale, reply),
+            Err(err) => Outcome::failed(err, reply),
+        }
+    }
+
+    /// A `get` from the mirror of a bucket the face has already found: what every face's
+    /// cached `get` does.
+    pub fn read_now(
+        bucket: &Bucket,
+        key: &str,
+        allow_stale: bool,
+        reply: &mut impl Reply,
+    ) -> Outcome {
+        let read = bucket.check_cached_reads(&[key], allow_stale).map(|fresh| {
+            bucket.mirror().read(key, |entry| {
                 reply.entry(entry, fresh);
                 entry.is_some()
-            }))
+            })
         });
         match read {
             Ok(hit) => Outcome::lookups(u64::from(hit), u64::from(!hit)),

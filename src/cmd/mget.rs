@@ -32,14 +32,21 @@ impl Mget {
 
     /// Like `get`'s: each entry encoded straight from one table of the mirror, no owned copies.
     pub fn answer_now(&self, cache: &Cache, reply: &mut impl Reply) -> Outcome {
-        let keys = self.keys();
-        let checked = cache.bucket(&self.bucket).and_then(|bucket| {
-            bucket
-                .check_cached_reads(&keys, self.read.allow_stale)
-                .map(|fresh| (bucket, fresh))
-        });
-        let (bucket, fresh) = match checked {
-            Ok(checked) => checked,
+        match cache.bucket(&self.bucket) {
+            Ok(bucket) => Mget::read_now(bucket, &self.keys(), self.read.allow_stale, reply),
+            Err(err) => Outcome::failed(err, reply),
+        }
+    }
+
+    /// An `mget` from the mirror of a bucket the face has already found.
+    pub fn read_now(
+        bucket: &Bucket,
+        keys: &[&str],
+        allow_stale: bool,
+        reply: &mut impl Reply,
+    ) -> Outcome {
+        let fresh = match bucket.check_cached_reads(keys, allow_stale) {
+            Ok(fresh) => fresh,
             Err(err) => return Outcome::failed(err, reply),
         };
         let mut hits = 0;

@@ -118,9 +118,7 @@ impl Connection {
         // Checked every `idle_timeout`: a period without a frame, a request in flight or a watch
         // closes the connection. Counting frames keeps the clock off the request path.
         let idle = self.limits.idle_timeout;
-        let mut idle_checks = (!idle.is_zero())
-            .then(|| tokio::time::interval_at(tokio::time::Instant::now() + idle, idle));
-        let mut frames_since_check = 0u64;
+        let mut clock = IdleClock::new(idle);
         loop {
             let next = tokio::select! {
                 biased;
@@ -132,8 +130,8 @@ impl Connection {
                     continue;
                 }
                 next = frames.next_frame() => next,
-                _ = tick(&mut idle_checks) => {
-                    if frames_since_check == 0 && self.is_idle() {
+                quiet = clock.check() => {
+                    if quiet && self.is_idle() {
                         let error = Error::new(
                             ErrorCode::IdleTimeout,
                             format!(
@@ -146,11 +144,10 @@ impl Connection {
                         self.ctx.metrics.connection_refused(error.code);
                         return true;
                     }
-                    frames_since_check = 0;
                     continue;
                 }
             };
-            frames_since_check += 1;
+            clock.seen += 1;
             let frame = match next {
                 Ok(Some(frame)) => frame,
                 Ok(None) => return true,
@@ -315,12 +312,32 @@ impl Connection {
     }
 }
 
-pub(super) async fn tick(checks: &mut Option<tokio::time::Interval>) {
-    match checks {
-        Some(checks) => {
-            checks.tick().await;
+/// When a connection has been idle for `socket.idle_timeout`: checked once per period, quiet
+/// when no request arrived since the previous check. Counting requests keeps the clock off the
+/// request path.
+pub(super) struct IdleClock {
+    /// `None` when connections never time out.
+    checks: Option<tokio::time::Interval>,
+    /// Requests since the last check.
+    pub seen: u64,
+}
+
+impl IdleClock {
+    pub(super) fn new(period: Duration) -> IdleClock {
+        let checks = (!period.is_zero())
+            .then(|| tokio::time::interval_at(tokio::time::Instant::now() + period, period));
+        IdleClock { checks, seen: 0 }
+    }
+
+    /// Resolves at the next check (never, without a timeout): whether the period was quiet.
+    pub(super) async fn check(&mut self) -> bool {
+        match &mut self.checks {
+            Some(checks) => {
+                checks.tick().await;
+            }
+            None => std::future::pending().await,
         }
-        None => std::future::pending().await,
+        std::mem::take(&mut self.seen) == 0
     }
 }
 

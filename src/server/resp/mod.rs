@@ -25,7 +25,7 @@ use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixStream;
 use tokio_util::sync::CancellationToken;
 
-use super::connection::Limits;
+use super::connection::{IdleClock, Limits};
 use super::context::Context;
 use crate::error::{Error, ErrorCode};
 use encode::{Out, Version};
@@ -51,6 +51,7 @@ pub async fn run(
         reader,
         writer,
         input,
+        args: Vec::new(),
         batch: Vec::with_capacity(16 * 1024),
         limits,
     };
@@ -63,6 +64,8 @@ struct Connection {
     reader: tokio::net::unix::OwnedReadHalf,
     writer: OwnedWriteHalf,
     input: BytesMut,
+    /// The arguments of the command being run, reused from one command to the next.
+    args: Vec<bytes::Bytes>,
     batch: Vec<u8>,
     limits: Limits,
 }
@@ -72,12 +75,10 @@ impl Connection {
         let cancelled = shutdown.cancelled();
         tokio::pin!(cancelled);
         let idle = self.limits.idle_timeout;
-        let mut idle_checks = (!idle.is_zero())
-            .then(|| tokio::time::interval_at(tokio::time::Instant::now() + idle, idle));
-        let mut commands_since_check = 0u64;
+        let mut clock = IdleClock::new(idle);
         loop {
             match self.answer_buffered().await {
-                Ok(answered) => commands_since_check += answered,
+                Ok(answered) => clock.seen += answered,
                 Err(()) => return,
             }
             if !self.flush().await {
@@ -101,8 +102,8 @@ impl Connection {
                     Ok(0) | Err(_) => return,
                     Ok(_) => {}
                 },
-                _ = super::connection::tick(&mut idle_checks) => {
-                    if commands_since_check == 0 && !self.session.pubsub.is_active() {
+                quiet = clock.check() => {
+                    if quiet && !self.session.pubsub.is_active() {
                         let error = Error::new(
                             ErrorCode::IdleTimeout,
                             format!(
@@ -117,7 +118,6 @@ impl Connection {
                         self.flush().await;
                         return;
                     }
-                    commands_since_check = 0;
                 }
             }
         }
@@ -133,13 +133,15 @@ impl Connection {
                 Ok(Check::Incomplete) => return Ok(answered),
                 Ok(Check::Empty { len }) => parse::skip(&mut self.input, len),
                 Ok(Check::Complete { len }) => {
-                    let args = parse::take(&mut self.input, len);
+                    parse::take(&mut self.input, len, &mut self.args);
                     answered += 1;
                     let mut out = Out {
                         buf: &mut self.batch,
                         version: self.session.version,
                     };
-                    self.session.execute(args, &mut out).await;
+                    if !self.session.answer_read(&self.args, &mut out) {
+                        self.session.execute(&self.args, &mut out).await;
+                    }
                     if self.session.quit {
                         self.flush().await;
                         return Err(());
@@ -219,7 +221,11 @@ pub fn parse_stream(input: &[u8], max_bytes: usize) -> (Vec<Vec<bytes::Bytes>>, 
         match parse::check(&buf, max_bytes) {
             Ok(Check::Incomplete) => return (commands, None),
             Ok(Check::Empty { len }) => parse::skip(&mut buf, len),
-            Ok(Check::Complete { len }) => commands.push(parse::take(&mut buf, len)),
+            Ok(Check::Complete { len }) => {
+                let mut args = Vec::new();
+                parse::take(&mut buf, len, &mut args);
+                commands.push(args);
+            }
             Err(err) => return (commands, Some(err.to_string())),
         }
     }

@@ -143,22 +143,24 @@ pub fn check(buf: &[u8], max_bytes: usize) -> Result<Check, ProtocolError> {
     Ok(Check::Complete { len: at })
 }
 
-/// The arguments of the whole command that [`check`] found in the first `len` bytes of `buf`,
-/// which are consumed.
-pub fn take(buf: &mut BytesMut, len: usize) -> Vec<Bytes> {
+/// Puts the arguments of the whole command that [`check`] found in the first `len` bytes of
+/// `buf` into `args` (emptied first; reused, so a command costs no allocation), and consumes them.
+pub fn take(buf: &mut BytesMut, len: usize, args: &mut Vec<Bytes>) {
+    args.clear();
     let frame = buf.split_to(len).freeze();
     if frame.first() != Some(&b'*') {
         let end = line_end(&frame, 0).unwrap_or(frame.len());
-        return split_inline(&frame[..end])
-            .unwrap_or_default()
-            .into_iter()
-            .map(Bytes::from)
-            .collect();
+        args.extend(
+            split_inline(&frame[..end])
+                .unwrap_or_default()
+                .into_iter()
+                .map(Bytes::from),
+        );
+        return;
     }
-    let mut args = Vec::new();
     let mut at = 0;
     let Some(end) = line_end(&frame, 0) else {
-        return args;
+        return;
     };
     let count = number(&frame[1..end]).unwrap_or(0).max(0) as usize;
     at = after_line(&frame, end).max(at);
@@ -172,7 +174,6 @@ pub fn take(buf: &mut BytesMut, len: usize) -> Vec<Bytes> {
         args.push(frame.slice(body..body + len));
         at = body + len + 2;
     }
-    args
 }
 
 /// Splits an inline command as Redis does: words separated by spaces, "double quotes" with
@@ -223,9 +224,7 @@ pub fn split_inline(line: &[u8]) -> Result<Vec<Vec<u8>>, ProtocolError> {
                         other => word.push(other),
                     }
                 }
-                if line.get(i).is_some_and(|c| !c.is_ascii_whitespace()) {
-                    return Err(ProtocolError::UnbalancedQuotes);
-                }
+                closed_quote_ends_word(line, i)?;
             }
             b'\'' => {
                 i += 1;
@@ -243,9 +242,7 @@ pub fn split_inline(line: &[u8]) -> Result<Vec<Vec<u8>>, ProtocolError> {
                         other => word.push(other),
                     }
                 }
-                if line.get(i).is_some_and(|c| !c.is_ascii_whitespace()) {
-                    return Err(ProtocolError::UnbalancedQuotes);
-                }
+                closed_quote_ends_word(line, i)?;
             }
             _ => {
                 while i < line.len() && !line[i].is_ascii_whitespace() {
@@ -257,6 +254,14 @@ pub fn split_inline(line: &[u8]) -> Result<Vec<Vec<u8>>, ProtocolError> {
         words.push(word);
     }
     Ok(words)
+}
+
+/// A closing quote must end its word, as in Redis (`"a"b` is an error).
+fn closed_quote_ends_word(line: &[u8], after: usize) -> Result<(), ProtocolError> {
+    match line.get(after) {
+        Some(c) if !c.is_ascii_whitespace() => Err(ProtocolError::UnbalancedQuotes),
+        _ => Ok(()),
+    }
 }
 
 /// Drops `len` bytes of the buffer (an empty command).
@@ -275,7 +280,11 @@ mod tests {
             match check(&buf, 1 << 20)? {
                 Check::Incomplete => return Ok(commands),
                 Check::Empty { len } => skip(&mut buf, len),
-                Check::Complete { len } => commands.push(take(&mut buf, len)),
+                Check::Complete { len } => {
+                    let mut args = Vec::new();
+                    take(&mut buf, len, &mut args);
+                    commands.push(args);
+                }
             }
         }
     }

@@ -78,33 +78,50 @@ impl Session {
     }
 
     /// The bucket of the selected database.
-    pub fn selected(&self) -> Result<Bucket, Error> {
-        self.ctx
-            .cache
-            .buckets()
-            .nth(self.db)
-            .cloned()
-            .ok_or_else(|| {
-                bad("no bucket is configured: add one to the config's [[buckets]]".to_string())
-            })
+    pub fn selected(&self) -> Result<&Bucket, Error> {
+        self.ctx.cache.buckets().nth(self.db).ok_or_else(|| {
+            bad("no bucket is configured: add one to the config's [[buckets]]".to_string())
+        })
     }
 
     /// The bucket and key a key argument names: `bucket:key` in any configured bucket, or a key
     /// of the selected database. NATS KV keys and bucket names cannot hold `:`, so this is never
     /// ambiguous.
-    pub fn locate<'k>(&self, arg: &'k Bytes) -> Result<(Bucket, &'k str), Error> {
+    pub fn locate<'k>(&self, arg: &'k Bytes) -> Result<(&Bucket, &'k str), Error> {
         let name = text(arg)?;
         match name.split_once(':') {
             Some((bucket, key)) => match self.ctx.cache.bucket(bucket) {
-                Ok(bucket) => Ok((bucket.clone(), key)),
+                Ok(bucket) => Ok((bucket, key)),
                 Err(err) => Err(err.into()),
             },
             None => Ok((self.selected()?, name)),
         }
     }
 
+    /// Answers a read from memory at once (`GET`, `MGET`), without the machinery of a command
+    /// that may wait; `false` for any other command, which goes to [`Session::execute`].
+    pub fn answer_read(&mut self, args: &[Bytes], out: &mut Out<'_>) -> bool {
+        let Some(first) = args.first() else {
+            return false;
+        };
+        if self.pubsub.is_active() && self.version == Version::Resp2 {
+            return false;
+        }
+        let handled = if args.len() == 2 && is(first, "GET") {
+            strings::get(self, args, out)
+        } else if args.len() >= 2 && is(first, "MGET") {
+            strings::mget(self, args, out)
+        } else {
+            return false;
+        };
+        if let Err(err) = handled {
+            reply::error(out, &err);
+        }
+        true
+    }
+
     /// Runs one command and appends its reply to `out`.
-    pub async fn execute(&mut self, args: Vec<Bytes>, out: &mut Out<'_>) {
+    pub async fn execute(&mut self, args: &[Bytes], out: &mut Out<'_>) {
         let Some(first) = args.first() else {
             return;
         };
@@ -131,13 +148,13 @@ impl Session {
         let handled = match name {
             "GET" | "MGET" | "SET" | "SETNX" | "SETEX" | "PSETEX" | "MSET" | "DEL" | "UNLINK"
             | "GETDEL" | "EXISTS" | "STRLEN" | "TYPE" | "TTL" | "PTTL" | "KEYS" | "SCAN"
-            | "DBSIZE" => strings::execute(self, name, &args, out).await,
+            | "DBSIZE" => strings::execute(self, name, args, out).await,
             "NEARKV.GET" | "NEARKV.SET" | "NEARKV.DEL" | "NEARKV.PURGE" | "NEARKV.KEYS"
-            | "NEARKV.STATUS" => nearkv::execute(self, name, &args, out).await,
+            | "NEARKV.STATUS" => nearkv::execute(self, name, args, out).await,
             "SUBSCRIBE" | "PSUBSCRIBE" | "UNSUBSCRIBE" | "PUNSUBSCRIBE" => {
-                self.pubsub(name, &args, out)
+                self.pubsub(name, args, out)
             }
-            "PING" => self.ping(&args, out),
+            "PING" => self.ping(args, out),
             "ECHO" => match args.len() {
                 2 => {
                     out.bulk(&args[1]);
@@ -156,20 +173,20 @@ impl Session {
                 out.simple("RESET");
                 Ok(())
             }
-            "HELLO" => self.hello(&args, out),
+            "HELLO" => self.hello(args, out),
             "AUTH" => Err(bad(
                 "nearkv has no passwords: access to the socket is granted by the peer's user or \
                  group (socket.allow_uids / allow_gids); connect without a password or username",
             )),
-            "SELECT" => self.select(&args, out),
-            "CLIENT" => self.client(&args, out),
-            "COMMAND" => command_info(&args, out),
+            "SELECT" => self.select(args, out),
+            "CLIENT" => self.client(args, out),
+            "COMMAND" => command_info(args, out),
             "INFO" => {
                 out.text(&super::info::text(self, args.get(1)));
                 Ok(())
             }
-            "CONFIG" => config(&args, out),
-            _ => Err(unknown(first, &args)),
+            "CONFIG" => config(args, out),
+            _ => Err(unknown(first, args)),
         };
         if let Err(err) = handled {
             reply::error(out, &err);

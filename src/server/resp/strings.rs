@@ -10,9 +10,9 @@ use super::glob;
 use super::reply::{RespReply, Style};
 use super::session::{arity, bad, integer, is, Handled, Session};
 use crate::cache::{Bucket, ErrorKind};
-use crate::cmd::{self, Command, Op, Outcome};
+use crate::cmd::{self, Op, Outcome};
 use crate::error::{Error, ErrorCode};
-use crate::protocol::{ReadOptions, WriteOptions};
+use crate::protocol::WriteOptions;
 
 /// Attempts of a read-then-compare-and-set (`SET ... XX`, `SET ... GET`, `GETDEL`) before a
 /// key written that often by others meanwhile fails `WRONG_REVISION`.
@@ -24,10 +24,9 @@ pub async fn execute(
     args: &[Bytes],
     out: &mut Out<'_>,
 ) -> Handled {
-    let started = Instant::now();
     match name {
-        "GET" => get(session, args, out, started),
-        "MGET" => mget(session, args, out, started),
+        "GET" => get(session, args, out),
+        "MGET" => mget(session, args, out),
         "SET" => set(session, args, out).await,
         "SETNX" if args.len() == 3 => {
             let options = SetOptions {
@@ -119,22 +118,23 @@ fn count(session: &Session, bucket: &str, op: Op, started: Instant, outcome: Out
     session.ctx.count(bucket, op, started, outcome);
 }
 
-fn get(session: &Session, args: &[Bytes], out: &mut Out<'_>, started: Instant) -> Handled {
+pub fn get(session: &Session, args: &[Bytes], out: &mut Out<'_>) -> Handled {
+    let started = Instant::now();
     if args.len() != 2 {
         return Err(arity("get"));
     }
     let (bucket, key) = session.locate(&args[1])?;
-    let command = Command::Get(cmd::Get::new(bucket.name(), key, ReadOptions::default()));
     let mut reply = RespReply {
         out,
         style: Style::Redis,
     };
-    let outcome = command.answer_now(&session.ctx.cache, &mut reply);
+    let outcome = cmd::Get::read_now(bucket, key, false, &mut reply);
     count(session, bucket.name(), Op::Get, started, outcome);
     Ok(())
 }
 
-fn mget(session: &Session, args: &[Bytes], out: &mut Out<'_>, started: Instant) -> Handled {
+pub fn mget(session: &Session, args: &[Bytes], out: &mut Out<'_>) -> Handled {
+    let started = Instant::now();
     if args.len() < 2 {
         return Err(arity("mget"));
     }
@@ -142,16 +142,18 @@ fn mget(session: &Session, args: &[Bytes], out: &mut Out<'_>, started: Instant) 
         .iter()
         .map(|arg| session.locate(arg))
         .collect::<Result<Vec<_>, _>>()?;
-    let first = located[0].0.name().to_string();
-    if located.iter().all(|(bucket, _)| bucket.name() == first) {
+    let first = located[0].0;
+    if located
+        .iter()
+        .all(|(bucket, _)| bucket.name() == first.name())
+    {
         let keys: Vec<&str> = located.iter().map(|(_, key)| *key).collect();
-        let command = Command::Mget(cmd::Mget::new(&first, &keys, ReadOptions::default()));
         let mut reply = RespReply {
             out,
             style: Style::Redis,
         };
-        let outcome = command.answer_now(&session.ctx.cache, &mut reply);
-        count(session, &first, Op::Mget, started, outcome);
+        let outcome = cmd::Mget::read_now(first, &keys, false, &mut reply);
+        count(session, first.name(), Op::Mget, started, outcome);
         return Ok(());
     }
     // Keys of several buckets: each read from its own mirror.
@@ -285,7 +287,7 @@ async fn store(
 ) -> Result<Stored, Error> {
     let started = Instant::now();
     let (bucket, key) = session.locate(arg)?;
-    let result = store_in(&bucket, key, value, options).await;
+    let result = store_in(bucket, key, value, options).await;
     let outcome = Outcome {
         error: result.as_ref().err().map(|e| e.code),
         ..Outcome::OK
@@ -401,14 +403,14 @@ async fn getdel(session: &Session, args: &[Bytes], out: &mut Out<'_>) -> Handled
 /// The bucket a `KEYS`/`SCAN` pattern lists, and the pattern within it: `bucket:pattern` when
 /// the part before `:` names a configured bucket, else the selected database. Keys of another
 /// bucket than the selected one are answered as `bucket:key`, so that `GET` takes them as they are.
-fn pattern_target<'p>(
-    session: &Session,
+fn pattern_target<'s, 'p>(
+    session: &'s Session,
     pattern: &'p [u8],
-) -> Result<(Bucket, &'p [u8], bool), Error> {
+) -> Result<(&'s Bucket, &'p [u8], bool), Error> {
     if let Some(at) = pattern.iter().position(|&b| b == b':') {
         if let Ok(name) = std::str::from_utf8(&pattern[..at]) {
             if let Ok(bucket) = session.ctx.cache.bucket(name) {
-                return Ok((bucket.clone(), &pattern[at + 1..], true));
+                return Ok((bucket, &pattern[at + 1..], true));
             }
         }
     }
@@ -424,7 +426,7 @@ fn keys(session: &Session, pattern: &Bytes, out: &mut Out<'_>) -> Handled {
         .collect();
     out.array(matching.len());
     for key in matching {
-        write_key(out, &bucket, key, qualified);
+        write_key(out, bucket, key, qualified);
     }
     Ok(())
 }
@@ -509,7 +511,7 @@ fn scan(session: &Session, args: &[Bytes], out: &mut Out<'_>) -> Handled {
     out.bulk(next.to_string().as_bytes());
     out.array(listed.len());
     for key in listed {
-        write_key(out, &bucket, key, qualified);
+        write_key(out, bucket, key, qualified);
     }
     Ok(())
 }
