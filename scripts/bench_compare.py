@@ -321,6 +321,14 @@ after {big['seconds']:.2f} s, process start and NATS connection included, with a
   costs more per request than redis-benchmark's. Server-side, DashMap's shard read locks (atomic
   read counts bouncing between the two cores) and copying each value into the response buffer
   are the largest items left in `perf`.
+- **The Redis face vs redis-server.** The same `redis-benchmark` commands, interleaved run by run:
+  unpipelined GET is at parity within this machine's noise (runs swing by ±20% from one minute to
+  the next; the table shows the median of five). Pipelined GET and MGET are behind: redis-server
+  answers from one thread next to a one-thread client on two cores, and `perf record -g` on nearkv
+  under `redis-benchmark -P 16` shows the DashMap lookup (the key comparison touching the table
+  slot, a cache miss: 10%), scheduler wake-ups (10%) and three clock reads per GET (mirror age,
+  request duration: 5%) as the largest items. Closing that gap is part of the footprint work
+  (pipelined reads), not done here.
 - **Put/CAS throughput at 16 connections.** Every nearkv write costs nats-server a consumer
   delivery to the sidecar's watcher on top of the store and ack (that is how read-your-writes is
   kept), and costs the sidecar that event's decoding; with the generator on the same two cores the

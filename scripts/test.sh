@@ -12,6 +12,9 @@ ensure_redis_tools
 ensure_node_peer
 export NEARKV_NATS_SERVER="$NATS_SERVER"
 export NEARKV_PYTHONPATH NEARKV_NODE_PEER
+# The layering README's Layout section promises: no import cycles, the cache and the client
+# within their bounds.
+python3 scripts/check-layering.py
 # Unit tests, and benches/ once each in criterion's test mode, so they keep working.
 cargo test --locked --lib --bins --benches
 # Integration tests; then the history checker (tests/integration/history/) on its own, so that

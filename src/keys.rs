@@ -38,10 +38,20 @@ pub fn quote(input: &str) -> std::borrow::Cow<'_, str> {
 
 /// A key is one or more `.`-separated tokens of `[-/_=a-zA-Z0-9]`.
 pub fn validate_key(key: &str) -> Result<()> {
-    let ok = !key.is_empty()
-        && key.bytes().all(is_key_char)
-        && key.split('.').all(|token| !token.is_empty());
-    if ok {
+    // One pass: every byte a key character, and no empty token (no leading, trailing or
+    // doubled `.`). Every read checks its key, so this is on the hot path.
+    let mut after_dot = true;
+    let mut ok = !key.is_empty();
+    for &c in key.as_bytes() {
+        if c == b'.' {
+            ok &= !after_dot;
+            after_dot = true;
+        } else {
+            ok &= is_key_char(c);
+            after_dot = false;
+        }
+    }
+    if ok && !after_dot {
         Ok(())
     } else {
         Err(Error::new(

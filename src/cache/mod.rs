@@ -41,7 +41,8 @@ use crate::nats::{connect, ConnectError};
 
 pub struct Cache {
     buckets: HashMap<String, Bucket, ahash::RandomState>,
-    order: Vec<String>,
+    /// The same handles, in configuration order.
+    order: Vec<Bucket>,
     client: async_nats::Client,
     shutdown: CancellationToken,
     /// Every background task of every bucket: actors, stream checkers, strong-read fetches.
@@ -91,7 +92,7 @@ impl Cache {
                 tasks: tasks.clone(),
                 shutdown: shutdown.child_token(),
             });
-            order.push(name.clone());
+            order.push(bucket.clone());
             map.insert(name, bucket);
         }
         Cache {
@@ -111,7 +112,7 @@ impl Cache {
 
     /// The buckets in configuration order.
     pub fn buckets(&self) -> impl Iterator<Item = &Bucket> {
-        self.order.iter().filter_map(|name| self.buckets.get(name))
+        self.order.iter()
     }
 
     pub fn nats_client(&self) -> &async_nats::Client {

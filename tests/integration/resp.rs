@@ -153,6 +153,34 @@ async fn redis_cli_commands_and_pipe() {
     assert_eq!(blocking(vec!["GET", "second:cli.k"]).await.unwrap(), "one");
     let error = blocking(vec!["GET", "nosuch:x"]).await.unwrap();
     assert!(error.starts_with("UNKNOWN_BUCKET"), "{error}");
+    // Compare-and-set with a conflict, TTL and SCAN, as the other clients run them.
+    let revision = blocking(vec!["NEARKV.SET", "cli.cas", "a"]).await.unwrap();
+    let revision: u64 = revision.parse().expect("NEARKV.SET answers the revision");
+    let conflict = blocking(vec!["NEARKV.SET", "cli.cas", "b", "IFREV", "1"])
+        .await
+        .unwrap();
+    assert!(
+        conflict.starts_with(&format!("WRONG_REVISION current_revision={revision} ")),
+        "{conflict}"
+    );
+    assert_eq!(
+        blocking(vec!["SET", "cli.ttl", "v", "EX", "60"])
+            .await
+            .unwrap(),
+        "OK"
+    );
+    let ttl: i64 = blocking(vec!["TTL", "cli.ttl"])
+        .await
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&ttl), "{ttl}");
+    let scan = blocking(vec!["--scan", "--pattern", "cli.*"])
+        .await
+        .unwrap();
+    let mut scanned: Vec<&str> = scan.lines().collect();
+    scanned.sort();
+    assert_eq!(scanned, ["cli.cas", "cli.k", "cli.ttl"]);
     // The value is what a protocol v1 client (and so every NATS client) reads.
     let entry = client.get("main", "cli.k").await.unwrap().unwrap();
     assert_eq!(&entry.value[..], b"hello world");

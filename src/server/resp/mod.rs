@@ -7,6 +7,7 @@
 //! read-your-writes wait as v1) before the next command runs. Pipelined replies are sent in one
 //! write, as for v1.
 
+mod dispatch;
 mod encode;
 mod glob;
 mod info;
