@@ -37,7 +37,7 @@ run() { # BINARY LABEL
                   "mget --mget-keys 10 --pipeline 8 --connections 2"; do
     # shellcheck disable=SC2086
     printf '%-7s %s\n' "$2" "$("$B_BIN" bench --socket "$work/s.sock" --nats-url "$url" --bucket bench \
-      --no-seed --keys 10000 --duration 5s --warmup 1s --workload $workload | tail -1)"
+      --quiet --no-seed --keys 10000 --duration 5s --warmup 1s --workload $workload | tail -1)"
   done
   kill "$sidecar"; wait "$sidecar" 2>/dev/null || true; rm -f "$work/s.sock"
 }

@@ -153,9 +153,13 @@ impl Bucket {
 
     /// The checks of a read from the mirror without waiting: valid keys inside the filter, a
     /// synced mirror, fresh enough. After they pass, [`Mirror::read`] answers each key.
-    pub fn check_cached_reads(&self, keys: &[&str], allow_stale: bool) -> Result<Freshness> {
+    pub fn check_cached_reads<K: AsRef<str>>(
+        &self,
+        keys: &[K],
+        allow_stale: bool,
+    ) -> Result<Freshness> {
         for key in keys {
-            self.check_readable_key(key)?;
+            self.check_readable_key(key.as_ref())?;
         }
         self.freshness(allow_stale)
     }

@@ -33,15 +33,15 @@ impl Mget {
     /// Like `get`'s: each entry encoded straight from one table of the mirror, no owned copies.
     pub fn answer_now(&self, cache: &Cache, reply: &mut impl Reply) -> Outcome {
         match cache.bucket(&self.bucket) {
-            Ok(bucket) => Mget::read_now(bucket, &self.keys(), self.read.allow_stale, reply),
+            Ok(bucket) => Mget::read_now(bucket, &self.keys, self.read.allow_stale, reply),
             Err(err) => Outcome::failed(err, reply),
         }
     }
 
     /// An `mget` from the mirror of a bucket the face has already found.
-    pub fn read_now(
+    pub fn read_now<K: AsRef<str>>(
         bucket: &Bucket,
-        keys: &[&str],
+        keys: &[K],
         allow_stale: bool,
         reply: &mut impl Reply,
     ) -> Outcome {
@@ -52,7 +52,7 @@ impl Mget {
         let mut hits = 0;
         bucket.mirror().with_table(|table| {
             reply.entries(keys.len(), fresh, |i, write| {
-                table.read(keys[i], |entry| {
+                table.read(keys[i].as_ref(), |entry| {
                     hits += u64::from(entry.is_some());
                     write(entry)
                 })
