@@ -1,7 +1,7 @@
 //! `delete` and `purge`: remove a key in NATS (a purge also drops its history), optionally only
 //! at an expected revision, and answer once this sidecar's mirror shows it.
 
-use compact_str::CompactString;
+use super::Text;
 
 use super::{Outcome, Reply};
 use crate::cache::Cache;
@@ -10,20 +10,20 @@ use crate::protocol::WriteOptions;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delete {
-    pub bucket: CompactString,
-    pub key: CompactString,
+    pub bucket: Text,
+    pub key: Text,
     pub write: WriteOptions,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Purge {
-    pub bucket: CompactString,
-    pub key: CompactString,
+    pub bucket: Text,
+    pub key: Text,
     pub write: WriteOptions,
 }
 
 impl Delete {
-    pub fn new(bucket: &str, key: &str, write: WriteOptions) -> Delete {
+    pub fn new(bucket: impl Into<Text>, key: impl Into<Text>, write: WriteOptions) -> Delete {
         Delete {
             bucket: bucket.into(),
             key: key.into(),
@@ -41,7 +41,7 @@ impl Delete {
 }
 
 impl Purge {
-    pub fn new(bucket: &str, key: &str, write: WriteOptions) -> Purge {
+    pub fn new(bucket: impl Into<Text>, key: impl Into<Text>, write: WriteOptions) -> Purge {
         Purge {
             bucket: bucket.into(),
             key: key.into(),

@@ -1,7 +1,7 @@
 //! `get`: one key's entry. Answered now from the mirror unless it asks to wait for a revision
 //! or for a strong read.
 
-use compact_str::CompactString;
+use super::Text;
 
 use super::{Outcome, Reply};
 use crate::cache::{Bucket, Cache};
@@ -9,13 +9,13 @@ use crate::protocol::{Entry, ReadOptions};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Get {
-    pub bucket: CompactString,
-    pub key: CompactString,
+    pub bucket: Text,
+    pub key: Text,
     pub read: ReadOptions,
 }
 
 impl Get {
-    pub fn new(bucket: &str, key: &str, read: ReadOptions) -> Get {
+    pub fn new(bucket: impl Into<Text>, key: impl Into<Text>, read: ReadOptions) -> Get {
         Get {
             bucket: bucket.into(),
             key: key.into(),

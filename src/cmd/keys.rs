@@ -1,14 +1,14 @@
 //! `keys`: the live keys of a bucket's mirror that match a filter, sorted.
 
-use compact_str::CompactString;
+use super::Text;
 
 use super::{Outcome, Reply};
 use crate::cache::Cache;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keys {
-    pub bucket: CompactString,
-    pub filter: Option<CompactString>,
+    pub bucket: Text,
+    pub filter: Option<Text>,
     pub allow_stale: bool,
 }
 
@@ -16,7 +16,7 @@ impl Keys {
     pub fn new(bucket: &str, filter: Option<&str>, allow_stale: bool) -> Keys {
         Keys {
             bucket: bucket.into(),
-            filter: filter.map(CompactString::from),
+            filter: filter.map(Text::from),
             allow_stale,
         }
     }

@@ -1,6 +1,6 @@
 //! `mget`: several keys' entries, all read at one moment of the mirror.
 
-use compact_str::CompactString;
+use super::Text;
 
 use super::{Outcome, Reply};
 use crate::cache::{Bucket, Cache};
@@ -8,26 +8,18 @@ use crate::protocol::{Entry, ReadOptions};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mget {
-    pub bucket: CompactString,
-    pub keys: Vec<CompactString>,
+    pub bucket: Text,
+    pub keys: Vec<Text>,
     pub read: ReadOptions,
 }
 
 impl Mget {
-    pub fn new(bucket: &str, keys: &[&str], read: ReadOptions) -> Mget {
-        Mget {
-            bucket: bucket.into(),
-            keys: keys.iter().map(|&key| key.into()).collect(),
-            read,
-        }
-    }
-
     pub fn is_immediate(&self) -> bool {
         Bucket::is_immediate(&self.read)
     }
 
     fn keys(&self) -> Vec<&str> {
-        self.keys.iter().map(CompactString::as_str).collect()
+        self.keys.iter().map(Text::as_str).collect()
     }
 
     /// Like `get`'s: each entry encoded straight from one table of the mirror, no owned copies.

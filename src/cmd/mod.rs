@@ -16,6 +16,7 @@ mod ping;
 mod put;
 mod reply;
 mod status;
+mod text;
 mod watch;
 
 pub use delete::{Delete, Purge};
@@ -26,6 +27,7 @@ pub use ping::Ping;
 pub use put::Put;
 pub use reply::{Outcome, Reply};
 pub use status::Status;
+pub use text::Text;
 pub use watch::{Unwatch, Watch};
 
 use bytes::Bytes;
@@ -106,31 +108,56 @@ impl Command {
     /// The command a protocol v1 request asks for. `frame` is the frame the request was parsed
     /// from: a put's value is kept as a slice of it, not copied.
     pub fn from_request(request: Request<'_>, frame: &Bytes) -> Command {
+        // Keys, names and values become slices of the frame: owned, yet not copied.
+        let text = |part: &str| Text::shared(frame, part);
         match request {
             Request::Ping => Command::Ping(Ping),
-            Request::Get { bucket, key, read } => Command::Get(Get::new(bucket, key, read)),
-            Request::Mget { bucket, keys, read } => Command::Mget(Mget::new(bucket, &keys, read)),
+            Request::Get { bucket, key, read } => {
+                Command::Get(Get::new(text(bucket), text(key), read))
+            }
+            Request::Mget { bucket, keys, read } => Command::Mget(Mget {
+                bucket: text(bucket),
+                keys: keys.iter().map(|key| text(key)).collect(),
+                read,
+            }),
             Request::Put {
                 bucket,
                 key,
                 value,
                 write,
-            } => Command::Put(Put::new(bucket, key, share(frame, value), write)),
+            } => Command::Put(Put::new(
+                text(bucket),
+                text(key),
+                text::share(frame, value),
+                write,
+            )),
             Request::Delete { bucket, key, write } => {
-                Command::Delete(Delete::new(bucket, key, write))
+                Command::Delete(Delete::new(text(bucket), text(key), write))
             }
-            Request::Purge { bucket, key, write } => Command::Purge(Purge::new(bucket, key, write)),
+            Request::Purge { bucket, key, write } => {
+                Command::Purge(Purge::new(text(bucket), text(key), write))
+            }
             Request::Keys {
                 bucket,
                 filter,
                 allow_stale,
-            } => Command::Keys(Keys::new(bucket, filter, allow_stale)),
-            Request::Status { bucket } => Command::Status(Status::new(bucket)),
+            } => Command::Keys(Keys {
+                bucket: text(bucket),
+                filter: filter.map(text),
+                allow_stale,
+            }),
+            Request::Status { bucket } => Command::Status(Status {
+                bucket: bucket.map(text),
+            }),
             Request::Watch {
                 bucket,
                 filter,
                 initial,
-            } => Command::Watch(Watch::new(bucket, filter, initial)),
+            } => Command::Watch(Watch {
+                bucket: text(bucket),
+                filter: filter.map(text),
+                initial,
+            }),
             Request::Unwatch { watch } => Command::Unwatch(Unwatch { watch }),
         }
     }
@@ -148,14 +175,14 @@ impl Command {
     /// The bucket the command names, if any.
     pub fn bucket(&self) -> Option<&str> {
         match self {
-            Command::Get(c) => Some(&c.bucket),
-            Command::Mget(c) => Some(&c.bucket),
-            Command::Put(c) => Some(&c.bucket),
-            Command::Delete(c) => Some(&c.bucket),
-            Command::Purge(c) => Some(&c.bucket),
-            Command::Keys(c) => Some(&c.bucket),
+            Command::Get(c) => Some(c.bucket.as_str()),
+            Command::Mget(c) => Some(c.bucket.as_str()),
+            Command::Put(c) => Some(c.bucket.as_str()),
+            Command::Delete(c) => Some(c.bucket.as_str()),
+            Command::Purge(c) => Some(c.bucket.as_str()),
+            Command::Keys(c) => Some(c.bucket.as_str()),
             Command::Status(c) => c.bucket.as_deref(),
-            Command::Watch(c) => Some(&c.bucket),
+            Command::Watch(c) => Some(c.bucket.as_str()),
             Command::Ping(_) | Command::Unwatch(_) => None,
         }
     }
@@ -186,17 +213,5 @@ impl Command {
             Command::Purge(c) => c.answer(cache, reply).await,
             other => other.answer_now(cache, reply),
         }
-    }
-}
-
-/// The part of `frame` that `part` points at, shared rather than copied; a copy if `part` is not
-/// inside `frame` (it always is when it was decoded from it).
-fn share(frame: &Bytes, part: &[u8]) -> Bytes {
-    let start = frame.as_ptr() as usize;
-    let at = part.as_ptr() as usize;
-    if part.is_empty() || at < start || at + part.len() > start + frame.len() {
-        Bytes::copy_from_slice(part)
-    } else {
-        frame.slice_ref(part)
     }
 }

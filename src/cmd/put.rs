@@ -1,8 +1,8 @@
 //! `put`: stores a value in NATS, optionally only at an expected revision, and answers once this
 //! sidecar's mirror shows it.
 
+use super::Text;
 use bytes::Bytes;
-use compact_str::CompactString;
 
 use super::{Outcome, Reply};
 use crate::cache::Cache;
@@ -10,14 +10,19 @@ use crate::protocol::WriteOptions;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Put {
-    pub bucket: CompactString,
-    pub key: CompactString,
+    pub bucket: Text,
+    pub key: Text,
     pub value: Bytes,
     pub write: WriteOptions,
 }
 
 impl Put {
-    pub fn new(bucket: &str, key: &str, value: Bytes, write: WriteOptions) -> Put {
+    pub fn new(
+        bucket: impl Into<Text>,
+        key: impl Into<Text>,
+        value: Bytes,
+        write: WriteOptions,
+    ) -> Put {
         Put {
             bucket: bucket.into(),
             key: key.into(),

@@ -1,6 +1,6 @@
 //! `status`: each mirrored bucket's state (or one bucket's), as `nearkv status` shows it.
 
-use compact_str::CompactString;
+use super::Text;
 
 use super::{Outcome, Reply};
 use crate::cache::{Bucket, Cache};
@@ -8,13 +8,13 @@ use crate::cache::{Bucket, Cache};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Status {
     /// `None`: every bucket, in configuration order.
-    pub bucket: Option<CompactString>,
+    pub bucket: Option<Text>,
 }
 
 impl Status {
     pub fn new(bucket: Option<&str>) -> Status {
         Status {
-            bucket: bucket.map(CompactString::from),
+            bucket: bucket.map(Text::from),
         }
     }
 

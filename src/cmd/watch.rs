@@ -1,15 +1,15 @@
 //! `watch` and `unwatch`: a stream of a bucket's changes pushed to the connection that asked.
 //! The connection keeps its watches (and their limit); this module starts one.
 
-use compact_str::CompactString;
+use super::Text;
 
 use crate::cache::Result;
 use crate::cache::{self, Cache};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Watch {
-    pub bucket: CompactString,
-    pub filter: Option<CompactString>,
+    pub bucket: Text,
+    pub filter: Option<Text>,
     /// Send every live entry first, then a `synced` marker.
     pub initial: bool,
 }
@@ -21,14 +21,6 @@ pub struct Unwatch {
 }
 
 impl Watch {
-    pub fn new(bucket: &str, filter: Option<&str>, initial: bool) -> Watch {
-        Watch {
-            bucket: bucket.into(),
-            filter: filter.map(CompactString::from),
-            initial,
-        }
-    }
-
     pub fn start(&self, cache: &Cache) -> Result<cache::Watch> {
         cache
             .bucket(&self.bucket)
