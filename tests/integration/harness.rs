@@ -32,11 +32,22 @@ fn nats_server_bin() -> PathBuf {
     );
 }
 
+/// A loopback port nobody listens on, never one handed out before in this test process: the
+/// tests run concurrently, and a port freed by one test's probe could otherwise go to two tests
+/// (one test's sidecar would then talk to another test's nats-server, which that test kills).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free loopback port");
+        let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+        if !handed_out.contains(&port) {
+            handed_out.push(port);
+            return port;
+        }
+    }
 }
 
 /// A `nats-server -js` on loopback, killed when dropped.
