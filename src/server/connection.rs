@@ -132,14 +132,7 @@ impl Connection {
                 next = frames.next_frame() => next,
                 quiet = clock.check() => {
                     if quiet && self.is_idle() {
-                        let error = Error::new(
-                            ErrorCode::IdleTimeout,
-                            format!(
-                                "no request for {} (socket.idle_timeout); the connection is closed: \
-                                 reconnect when needed",
-                                humantime::format_duration(idle)
-                            ),
-                        );
+                        let error = idle_timeout(idle);
                         encode_error(batch, 0, &error);
                         self.ctx.metrics.connection_refused(error.code);
                         return true;
@@ -310,6 +303,17 @@ impl Connection {
         self.watches.retain(|_, token| !token.is_cancelled());
         self.watches.is_empty() && self.in_flight.available_permits() == self.limits.max_in_flight
     }
+}
+
+/// What a connection closed for idling is told, in either protocol.
+pub(super) fn idle_timeout(idle: Duration) -> Error {
+    Error::new(
+        ErrorCode::IdleTimeout,
+        format!(
+            "no request for {} (socket.idle_timeout); the connection is closed: reconnect when needed",
+            humantime::format_duration(idle)
+        ),
+    )
 }
 
 /// When a connection has been idle for `socket.idle_timeout`: checked once per period, quiet

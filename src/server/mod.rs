@@ -278,10 +278,7 @@ async fn serve_connection(
         First::Closed => return,
         // Nothing sent for socket.idle_timeout: told so as any idle v1 connection is.
         First::Silent => {
-            let error = Error::new(
-                ErrorCode::IdleTimeout,
-                "no request for socket.idle_timeout; the connection is closed: reconnect when needed",
-            );
+            let error = connection::idle_timeout(limits.idle_timeout);
             ctx.metrics.connection_refused(error.code);
             let mut frame = Vec::new();
             encode_error(&mut frame, 0, &error);

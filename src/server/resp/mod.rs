@@ -105,14 +105,7 @@ impl Connection {
                 },
                 quiet = clock.check() => {
                     if quiet && !self.session.pubsub.is_active() {
-                        let error = Error::new(
-                            ErrorCode::IdleTimeout,
-                            format!(
-                                "no command for {} (socket.idle_timeout); the connection is closed: \
-                                 reconnect when needed",
-                                humantime::format_duration(idle)
-                            ),
-                        );
+                        let error = super::connection::idle_timeout(idle);
                         let mut out = Out { buf: &mut self.batch, version: self.session.version };
                         reply::error(&mut out, &error);
                         self.session.ctx.metrics.connection_refused(error.code);
