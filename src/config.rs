@@ -60,7 +60,30 @@ pub struct Config {
     pub socket: SocketConfig,
     pub http: HttpConfig,
     pub log: LogConfig,
+    pub cache: CacheConfig,
     pub buckets: Vec<BucketConfig>,
+}
+
+/// Where the mirrors are saved for a warm start, and how often.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// A directory (in Kubernetes, the pod's emptyDir) where each bucket's mirror is saved on
+    /// shutdown and every `save_interval`, and loaded at start instead of a full snapshot when
+    /// the stream still holds every revision after it. Unset: every start is a cold snapshot.
+    pub state_dir: Option<PathBuf>,
+    /// How often a changed mirror is saved while running.
+    #[serde(with = "humantime_serde")]
+    pub save_interval: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            state_dir: None,
+            save_interval: Duration::from_secs(60),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -422,6 +445,20 @@ impl Config {
             if value < Duration::from_millis(100) {
                 return Err(invalid(field, "must be at least 100ms"));
             }
+        }
+        if self.cache.save_interval < Duration::from_millis(10) {
+            return Err(invalid("cache.save_interval", "must be at least 10ms"));
+        }
+        if self
+            .cache
+            .state_dir
+            .as_ref()
+            .is_some_and(|d| d.as_os_str().is_empty())
+        {
+            return Err(invalid(
+                "cache.state_dir",
+                "is empty: give a directory, or leave it out for cold starts only",
+            ));
         }
         if self.socket.max_frame_size < 1024 {
             return Err(invalid(

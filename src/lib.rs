@@ -74,6 +74,7 @@ pub async fn serve(config: config::Config, shutdown: CancellationToken) -> Resul
     let cache = Arc::new(Cache::start(
         client,
         config.buckets.clone(),
+        &config.cache,
         config.nats.request_timeout,
         config.socket.request_timeout,
     ));

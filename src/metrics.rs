@@ -277,6 +277,10 @@ struct Gauges {
     rebuilds: IntCounterVec,
     skipped: IntCounterVec,
     strong_read_fetches: IntCounterVec,
+    saves: IntCounterVec,
+    save_failures: IntCounterVec,
+    warm_starts: IntCounterVec,
+    saved_rejected: IntCounterVec,
     age: GaugeVec,
     stale: IntGaugeVec,
     nats_connected: IntGauge,
@@ -326,6 +330,22 @@ impl CacheCollector {
                 "nearkv_strong_read_fetches_total",
                 "NATS requests made for strong reads; strong reads that arrive together share one.",
             ),
+            saves: counter(
+                "nearkv_mirror_saves_total",
+                "Times the mirror was saved to cache.state_dir for a warm start.",
+            ),
+            save_failures: counter(
+                "nearkv_mirror_save_failures_total",
+                "Saves of the mirror to cache.state_dir that failed (see the log).",
+            ),
+            warm_starts: counter(
+                "nearkv_mirror_warm_starts_total",
+                "Starts that restored the saved mirror and caught up from its revision instead of a full snapshot.",
+            ),
+            saved_rejected: counter(
+                "nearkv_mirror_saved_rejected_total",
+                "Saved mirrors not used (damaged, foreign, from a recreated bucket, older than the stream's history): a cold start instead.",
+            ),
             age: GaugeVec::new(
                 Opts::new(
                     "nearkv_mirror_age_seconds",
@@ -354,7 +374,7 @@ impl CacheCollector {
 }
 
 impl Gauges {
-    fn collectors(&self) -> [&dyn Collector; 14] {
+    fn collectors(&self) -> [&dyn Collector; 18] {
         [
             &self.keys,
             &self.bytes,
@@ -367,6 +387,10 @@ impl Gauges {
             &self.rebuilds,
             &self.skipped,
             &self.strong_read_fetches,
+            &self.saves,
+            &self.save_failures,
+            &self.warm_starts,
+            &self.saved_rejected,
             &self.age,
             &self.stale,
             &self.nats_connected,
@@ -386,6 +410,7 @@ impl Collector for CacheCollector {
         for bucket in self.cache.buckets() {
             let s = bucket.status();
             let name = [s.bucket.as_str()];
+            let saved = bucket.save_stats();
             let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
             g.keys.with_label_values(&name).set(clamp(s.keys));
             g.bytes.with_label_values(&name).set(clamp(s.bytes));
@@ -403,6 +428,10 @@ impl Collector for CacheCollector {
                 (&g.rebuilds, s.rebuilds),
                 (&g.skipped, bucket.skipped_revisions()),
                 (&g.strong_read_fetches, bucket.strong_read_fetches()),
+                (&g.saves, saved.saves),
+                (&g.save_failures, saved.save_failures),
+                (&g.warm_starts, saved.warm_starts),
+                (&g.saved_rejected, saved.rejected),
             ];
             for (counter, total) in counters {
                 let counter = counter.with_label_values(&name);

@@ -5,6 +5,7 @@
 //! Beside it runs the stream checker (`checker.rs`).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,7 @@ use super::recovery::{
     catch_up, poll_replacement, replacement_feed, request_limit, stream_info, FeedEnd,
     NoReplacement, Replacement,
 };
+use super::saved::{self, SavedError};
 use super::state::State;
 use crate::backoff::Backoff;
 use crate::nats::open_bucket;
@@ -45,6 +47,9 @@ pub(super) struct Actor {
     feed_started: bool,
     /// Attempts to recreate the feed that failed in a row (see `request_limit`).
     failed_attempts: u32,
+    /// The mirror holds a saved one, restored at start and not yet caught up (a warm start);
+    /// when the restore began.
+    restored: Option<Instant>,
 }
 
 /// Tracks the expiry of a value just applied, and forgets the one of the value it replaced.
@@ -73,6 +78,7 @@ impl Actor {
             resync: None,
             feed_started: false,
             failed_attempts: 0,
+            restored: None,
         }
     }
 
@@ -114,6 +120,15 @@ impl Actor {
             store.clone(),
             self.shutdown.clone(),
         ));
+        if let Some(dir) = self.state.saving().state_dir.clone() {
+            self.restore(&dir).await;
+            self.state.tasks().spawn(saved::keep_saved(
+                self.state.clone(),
+                dir,
+                self.state.saving().save_interval,
+                self.shutdown.clone(),
+            ));
+        }
         loop {
             match self.run_feed(&store).await {
                 FeedEnd::Shutdown => return,
@@ -151,6 +166,72 @@ impl Actor {
         }
     }
 
+    /// Restores the mirror saved in `dir`, if there is a usable one: the feed then resumes from
+    /// its next revision (after the stream checks of any resumed feed) instead of a snapshot.
+    async fn restore(&mut self, dir: &std::path::Path) {
+        let started = Instant::now();
+        let (dir, name, filter) = (
+            dir.to_path_buf(),
+            self.state.name().to_string(),
+            self.state.config().filter.clone(),
+        );
+        let file = saved::path(&dir, &name);
+        let read = tokio::task::spawn_blocking(move || saved::read(&dir, &name, &filter)).await;
+        let saved = match read {
+            Ok(Ok(saved)) => saved,
+            Ok(Err(SavedError::Missing)) => {
+                tracing::info!(file = %file.display(), "no saved mirror: a cold start");
+                return;
+            }
+            Ok(Err(err)) => {
+                self.state
+                    .save_counters()
+                    .rejected
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %err, file = %file.display(), "saved mirror ignored: a cold start");
+                return;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "the saved mirror's read task failed: a cold start");
+                return;
+            }
+        };
+        let revision = saved.position.applied;
+        self.state.mirror().restore(saved.staging);
+        self.expiring = saved.expiring.into_iter().collect();
+        self.restored = Some(started);
+        self.set_problem(Some(format!(
+            "catching up from the saved mirror at revision {revision}"
+        )));
+        tracing::info!(
+            values = saved.values,
+            revision,
+            took_ms = started.elapsed().as_millis() as u64,
+            "saved mirror loaded; catching up from its next revision"
+        );
+    }
+
+    /// The restored mirror has caught up with the stream: it serves from now on.
+    fn finish_restore(&mut self) {
+        let Some(started) = self.restored.take() else {
+            return;
+        };
+        let mirror = self.state.mirror();
+        mirror.mark_synced();
+        mirror.confirm(Instant::now());
+        self.set_problem(None);
+        self.state
+            .save_counters()
+            .warm_starts
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            keys = mirror.len(),
+            revision = mirror.applied(),
+            took_ms = started.elapsed().as_millis() as u64,
+            "mirror synced by a warm start"
+        );
+    }
+
     /// How long a request that recreates the feed may take. A request sent while the cluster
     /// elects a stream or meta leader is never answered, so waiting out NATS's whole request timeout
     /// would add seconds to every recovery: the first attempts give up early and retry (250 ms,
@@ -166,11 +247,12 @@ impl Actor {
             Ok(info) => info,
             Err(end) => return end,
         };
-        if self.resync.is_none() {
+        let resumable = self.state.mirror().is_synced() || self.restored.is_some();
+        if self.resync.is_none() && resumable {
             self.resync = self.state.history_lost(&info).await;
         }
         let filter = self.state.config().filter.as_str();
-        let start = if self.resync.is_some() || !self.state.mirror().is_synced() {
+        let start = if self.resync.is_some() || !resumable {
             Start::Snapshot
         } else {
             Start::From(self.state.mirror().applied() + 1)
@@ -203,6 +285,8 @@ impl Actor {
             if let Some(end) = loaded {
                 return end;
             }
+        } else if feed.caught_up() {
+            self.finish_restore();
         }
         self.follow(&mut feed, &mut link, connects).await
     }
@@ -218,7 +302,7 @@ impl Actor {
     ) -> Option<FeedEnd> {
         let target = info.state.last_sequence;
         let filtered = self.state.config().filter != ">";
-        let mut staging = Staging::default();
+        let mut staging = Staging::of_stream(info.created.unix_timestamp_nanos());
         let mut expiring = BTreeMap::new();
         let mut errors = 0;
         let mut progress_logged = tokio::time::Instant::now();
@@ -260,15 +344,22 @@ impl Actor {
         }
         staging.advance(target);
         let keys = staging.len();
-        self.state
-            .set_stream_created(info.created.unix_timestamp_nanos());
         self.state.mirror().install(staging);
         self.state.mirror().confirm(Instant::now());
         self.expiring = expiring;
         let revision = self.state.mirror().applied();
-        match self.resync.take() {
-            Some(reason) => tracing::warn!(keys, revision, %reason, "mirror rebuilt"),
-            None => tracing::info!(keys, revision, "mirror synced"),
+        let reason = self.resync.take();
+        match (self.restored.take(), reason) {
+            (Some(_), Some(reason)) => {
+                self.state
+                    .save_counters()
+                    .rejected
+                    .fetch_add(1, Ordering::Relaxed);
+                self.set_problem(None);
+                tracing::warn!(keys, revision, %reason, "the saved mirror could not resume; synced by a cold snapshot instead")
+            }
+            (None, Some(reason)) => tracing::warn!(keys, revision, %reason, "mirror rebuilt"),
+            (_, None) => tracing::info!(keys, revision, "mirror synced"),
         }
         None
     }
@@ -379,6 +470,7 @@ impl Actor {
             track_expiry(&mut self.expiring, applied, tracked);
             if caught_up {
                 mirror.confirm(Instant::now());
+                self.finish_restore();
             }
         }
     }

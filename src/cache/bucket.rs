@@ -299,6 +299,20 @@ impl Bucket {
         }
     }
 
+    /// What saving the mirror for warm starts has done so far.
+    pub fn save_stats(&self) -> SaveStats {
+        let counters = self.state.save_counters();
+        let load = |counter: &std::sync::atomic::AtomicU64| {
+            counter.load(std::sync::atomic::Ordering::Relaxed)
+        };
+        SaveStats {
+            saves: load(&counters.saves),
+            save_failures: load(&counters.save_failures),
+            warm_starts: load(&counters.warm_starts),
+            rejected: load(&counters.rejected),
+        }
+    }
+
     /// Times the bucket's KV watcher was recreated after a loss.
     pub fn watcher_restarts(&self) -> u64 {
         self.state.watcher_restarts()
@@ -481,4 +495,18 @@ impl Bucket {
             initial,
         ))
     }
+}
+
+/// Counts of the mirror's saves and warm starts (`[cache] state_dir`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SaveStats {
+    /// Files written.
+    pub saves: u64,
+    /// Saves that failed (the directory is not writable, the disk is full, ...).
+    pub save_failures: u64,
+    /// Starts that restored the saved mirror and caught up from it.
+    pub warm_starts: u64,
+    /// Saved mirrors not used: damaged, foreign, from a recreated bucket or older than the
+    /// stream's history.
+    pub rejected: u64,
 }

@@ -97,6 +97,15 @@ impl TableView<'_> {
     }
 }
 
+/// Where a walked table stood (see [`Mirror::walk`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SavedPosition {
+    /// Every revision up to this one is in the table.
+    pub applied: u64,
+    pub last_update: i64,
+    pub stream_created: Option<i128>,
+}
+
 /// What a mirror tells its watches.
 #[derive(Debug, Clone)]
 pub enum MirrorEvent {
@@ -150,6 +159,8 @@ pub struct Staging {
     bytes: i64,
     applied: u64,
     last_update: i64,
+    /// When the stream the snapshot comes from was created (Unix ns), to notice a new one.
+    stream_created: Option<i128>,
 }
 
 impl Default for Staging {
@@ -159,11 +170,35 @@ impl Default for Staging {
             bytes: 0,
             applied: 0,
             last_update: 0,
+            stream_created: None,
         }
     }
 }
 
 impl Staging {
+    /// An empty snapshot of the stream created at `stream_created` (Unix ns).
+    pub fn of_stream(stream_created: i128) -> Staging {
+        Staging {
+            stream_created: Some(stream_created),
+            ..Staging::default()
+        }
+    }
+
+    /// Puts a saved value as it was (see `saved.rs`): saved values come in no revision order.
+    pub(super) fn put_saved(&mut self, key: &str, value: MirrorValue) {
+        self.bytes += (key.len() + value.value.len()) as i64;
+        if let Some(old) = self.table.insert(CompactString::from(key), value) {
+            self.bytes -= (key.len() + old.value.len()) as i64;
+        }
+    }
+
+    /// Records where a saved mirror stood.
+    pub(super) fn set_saved_position(&mut self, position: SavedPosition) {
+        self.applied = position.applied;
+        self.last_update = position.last_update;
+        self.stream_created = position.stream_created;
+    }
+
     pub fn apply(&mut self, entry: Entry, expires: i64) -> Applied {
         if entry.revision <= self.applied {
             return Applied::Again;
@@ -197,6 +232,11 @@ pub struct Mirror {
     /// 0: never.
     confirmed: AtomicU64,
     rebuilds: AtomicU64,
+    /// Bumped before and after a table is swapped in (odd meanwhile), so that a walk of the
+    /// table can tell that it read one table's revision and stream throughout.
+    generation: AtomicU64,
+    /// When the stream the table comes from was created (Unix ns); `None` before the first load.
+    stream_created: Mutex<Option<i128>>,
     /// Tasks waiting for a revision, by revision. Only the waiters whose revision an update
     /// reaches are woken (a watch channel would wake every waiter on every update).
     waiters: Mutex<BTreeMap<u64, Vec<oneshot::Sender<()>>>>,
@@ -228,6 +268,8 @@ impl Mirror {
             clock: Instant::now(),
             confirmed: AtomicU64::new(0),
             rebuilds: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
+            stream_created: Mutex::new(None),
             waiters: Mutex::new(BTreeMap::new()),
             waiting: AtomicUsize::new(0),
             events: broadcast::Sender::new(event_buffer),
@@ -283,6 +325,11 @@ impl Mirror {
                 value.is_live().then(|| value.entry(key))
             })
             .collect()
+    }
+
+    /// The lowest revision of a value in the table, expired or not; `None` when it is empty.
+    pub(super) fn lowest_revision(&self) -> Option<u64> {
+        self.table.load().iter().map(|e| e.revision).min()
     }
 
     /// Every live entry matching `matches`, in no particular order.
@@ -403,21 +450,8 @@ impl Mirror {
     /// synced. When it replaces a served table (a rebuild), watches are told so, then get a
     /// `delete` for each key that vanished and a `put` for each key whose value changed.
     pub(super) fn install(&self, staging: Staging) {
-        let Staging {
-            table,
-            bytes,
-            applied,
-            last_update,
-        } = staging;
         let rebuild = self.is_synced();
-        let old = self.table.swap(Arc::new(table));
-        self.bytes.store(bytes.max(0) as u64, Ordering::Relaxed);
-        self.last_update.store(last_update, Ordering::Relaxed);
-        // A recreated bucket starts again at revision 1, so this may move backwards.
-        self.applied.store(applied, Ordering::SeqCst);
-        if self.waiting.load(Ordering::SeqCst) > 0 {
-            self.wake(applied);
-        }
+        let (old, applied, last_update) = self.swap_in(staging);
         self.mark_synced();
         if !rebuild {
             return;
@@ -448,6 +482,69 @@ impl Mirror {
                 )));
             }
         }
+    }
+
+    /// Puts a saved mirror in place of an empty one, not yet synced: the actor marks it synced
+    /// once the feed from its next revision has caught up (a warm start).
+    pub(super) fn restore(&self, staging: Staging) {
+        self.swap_in(staging);
+    }
+
+    /// Swaps `staging`'s table in; returns the old table, and the revision and stream time of
+    /// the new one.
+    fn swap_in(&self, staging: Staging) -> (Arc<Table>, u64, i64) {
+        let Staging {
+            table,
+            bytes,
+            applied,
+            last_update,
+            stream_created,
+        } = staging;
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        let old = self.table.swap(Arc::new(table));
+        if let Ok(mut slot) = self.stream_created.lock() {
+            *slot = stream_created;
+        }
+        self.bytes.store(bytes.max(0) as u64, Ordering::Relaxed);
+        self.last_update.store(last_update, Ordering::Relaxed);
+        // A recreated bucket starts again at revision 1, so this may move backwards.
+        self.applied.store(applied, Ordering::SeqCst);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.wake(applied);
+        }
+        (old, applied, last_update)
+    }
+
+    /// When the stream the table was loaded from was created (Unix ns).
+    pub(super) fn stream_created(&self) -> Option<i128> {
+        self.stream_created.lock().ok().and_then(|c| *c)
+    }
+
+    /// Calls `save` with every value of the table, expired or not, for saving the mirror. The
+    /// values are read while the actor goes on applying updates, so some may be newer than the
+    /// returned position; replaying the stream from that position's next revision gives the same
+    /// mirror, because every value up to it is in the table and later ones are applied again.
+    /// `Ok(None)`: a new table was swapped in meanwhile, so what `save` saw is not one mirror.
+    pub(super) fn walk<E>(
+        &self,
+        mut save: impl FnMut(&str, &MirrorValue) -> Result<(), E>,
+    ) -> Result<Option<SavedPosition>, E> {
+        let generation = self.generation.load(Ordering::SeqCst);
+        if generation % 2 == 1 {
+            return Ok(None);
+        }
+        let table = self.table.load_full();
+        let position = SavedPosition {
+            applied: self.applied(),
+            last_update: self.last_update(),
+            stream_created: self.stream_created(),
+        };
+        for entry in table.iter() {
+            save(entry.key(), entry.value())?;
+        }
+        let unchanged = self.generation.load(Ordering::SeqCst) == generation;
+        Ok(unchanged.then_some(position))
     }
 
     /// Records that every revision up to `revision` has been applied, and wakes its waiters.

@@ -20,6 +20,7 @@ mod feed;
 mod link;
 mod mirror;
 mod recovery;
+mod saved;
 mod state;
 mod strong;
 mod watch;
@@ -31,12 +32,12 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use bucket::Bucket;
+pub use bucket::{Bucket, SaveStats};
 pub use error::{Error, ErrorKind, Result};
 pub use mirror::Mirror;
 pub use watch::{Watch, WatchItem};
 
-use crate::config::{BucketConfig, NatsConfig};
+use crate::config::{BucketConfig, CacheConfig, NatsConfig};
 use crate::nats::{connect, ConnectError};
 
 pub struct Cache {
@@ -60,16 +61,19 @@ impl Cache {
         Ok(Cache::start(
             client,
             buckets,
+            &CacheConfig::default(),
             nats.request_timeout,
             nats.request_timeout,
         ))
     }
 
-    /// Starts mirroring `buckets` over an existing NATS connection. `nats_timeout` bounds each
-    /// NATS request; `default_timeout` bounds reads and writes that do not carry their own.
+    /// Starts mirroring `buckets` over an existing NATS connection, saving the mirrors for warm
+    /// starts as `saving` says. `nats_timeout` bounds each NATS request; `default_timeout` bounds
+    /// reads and writes that do not carry their own.
     pub fn start(
         client: async_nats::Client,
         buckets: Vec<BucketConfig>,
+        saving: &CacheConfig,
         nats_timeout: Duration,
         default_timeout: Duration,
     ) -> Cache {
@@ -88,6 +92,7 @@ impl Cache {
                 client: client.clone(),
                 js: js.clone(),
                 default_timeout,
+                saving: saving.clone(),
                 link: link_receiver.clone(),
                 tasks: tasks.clone(),
                 shutdown: shutdown.child_token(),
@@ -119,7 +124,8 @@ impl Cache {
         &self.client
     }
 
-    /// Stops every bucket's actor, stream checker and strong-read fetches, and waits for them.
+    /// Stops every bucket's actor, stream checker and strong-read fetches, saves the mirrors
+    /// (with a `state_dir`), and waits for all of it.
     pub async fn shutdown(&self) {
         self.shutdown.cancel();
         self.tasks.close();

@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 use super::link::Link;
 use super::mirror::Mirror;
 use super::strong::StrongReads;
-use crate::config::BucketConfig;
+use crate::config::{BucketConfig, CacheConfig};
 
 /// Room for updates a watch may fall behind by before it is ended with `slow_consumer`.
 const WATCH_BUFFER: usize = 16 * 1024;
@@ -38,19 +38,29 @@ pub(super) struct State {
     skipped_revisions: AtomicU64,
     /// The bucket's `max_age` in nanoseconds as last read from its stream; 0: none.
     max_age: AtomicU64,
-    /// When the stream the mirror was loaded from was created (Unix ns), to notice a new one.
-    stream_created: Mutex<Option<i128>>,
     /// The actor is loading a snapshot; the checker holds its findings meanwhile.
     resyncing: AtomicBool,
     /// Why the mirror must be reloaded, set by the checker for the actor.
     resync_reason: Mutex<Option<String>>,
     resync_requested: Notify,
     strong: Arc<StrongReads>,
+    /// Where the mirror is saved for a warm start, if anywhere, and how often.
+    saving: CacheConfig,
+    save_counters: SaveCounters,
     /// The NATS connection: up or not, and how often it has been established.
     link: watch::Receiver<Link>,
     /// The cache's tracker of background tasks, and the token that stops them.
     tasks: TaskTracker,
     shutdown: CancellationToken,
+}
+
+/// What saving the mirror and warm starts did, for the metrics.
+#[derive(Debug, Default)]
+pub(super) struct SaveCounters {
+    pub saves: AtomicU64,
+    pub save_failures: AtomicU64,
+    pub warm_starts: AtomicU64,
+    pub rejected: AtomicU64,
 }
 
 /// Where a bucket's state comes from: its config and the cache's connection and tasks.
@@ -59,6 +69,7 @@ pub(super) struct Origin {
     pub client: async_nats::Client,
     pub js: jetstream::Context,
     pub default_timeout: Duration,
+    pub saving: CacheConfig,
     pub link: watch::Receiver<Link>,
     pub tasks: TaskTracker,
     pub shutdown: CancellationToken,
@@ -78,11 +89,12 @@ impl State {
             watcher_restarts: AtomicU64::new(0),
             skipped_revisions: AtomicU64::new(0),
             max_age: AtomicU64::new(0),
-            stream_created: Mutex::new(None),
             resyncing: AtomicBool::new(false),
             resync_reason: Mutex::new(None),
             resync_requested: Notify::new(),
             strong: Arc::new(StrongReads::default()),
+            saving: origin.saving,
+            save_counters: SaveCounters::default(),
             link: origin.link,
             tasks: origin.tasks,
             shutdown: origin.shutdown,
@@ -180,14 +192,9 @@ impl State {
         );
     }
 
+    /// When the stream the mirror was loaded from was created (Unix ns), to notice a new one.
     pub(super) fn stream_created(&self) -> Option<i128> {
-        self.stream_created.lock().ok().and_then(|c| *c)
-    }
-
-    pub(super) fn set_stream_created(&self, created: i128) {
-        if let Ok(mut slot) = self.stream_created.lock() {
-            *slot = Some(created);
-        }
+        self.mirror.stream_created()
     }
 
     pub(super) fn is_resyncing(&self) -> bool {
@@ -212,6 +219,15 @@ impl State {
     /// Resolves when the checker asks for a resync.
     pub(super) async fn resync_requested(&self) {
         self.resync_requested.notified().await
+    }
+
+    /// Where the mirror is saved for a warm start, if anywhere, and how often.
+    pub(super) fn saving(&self) -> &CacheConfig {
+        &self.saving
+    }
+
+    pub(super) fn save_counters(&self) -> &SaveCounters {
+        &self.save_counters
     }
 
     pub(super) fn strong(&self) -> &Arc<StrongReads> {
@@ -240,12 +256,10 @@ impl State {
         }
     }
 
-    /// Why the mirror cannot resume from its last applied revision, if it cannot.
+    /// Why the mirror (synced, or restored from a saved one) cannot resume from its last applied
+    /// revision, if it cannot.
     pub(crate) async fn history_lost(&self, info: &jetstream::stream::Info) -> Option<String> {
         let mirror = &self.mirror;
-        if !mirror.is_synced() {
-            return None;
-        }
         let applied = mirror.applied();
         let state = &info.state;
         if self.stream_created() != Some(info.created.unix_timestamp_nanos()) {
@@ -257,10 +271,11 @@ impl State {
                 state.last_sequence
             ));
         }
-        if state.first_sequence > applied + 1 {
-            // Messages the mirror never saw are gone. Harmless when each was superseded by a
-            // later message of its key, which the feed still delivers; not when a key the mirror
-            // holds has no message left at all (a purge, or a limit the mirror did not see).
+        let oldest = mirror.lowest_revision();
+        if oldest.is_some_and(|oldest| state.first_sequence > oldest) {
+            // Messages of values the mirror holds are gone. Harmless when each was superseded by
+            // a later message of its key, which the feed still delivers; not when a key the
+            // mirror holds has no message left at all (a purge, or a limit the mirror did not see).
             return self.keys_without_messages().await;
         }
         None

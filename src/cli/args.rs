@@ -146,4 +146,10 @@ pub struct ServeArgs {
     /// Log format; replaces log.format.
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Directory to save the mirrors in for a warm start; replaces cache.state_dir.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// How often a changed mirror is saved, e.g. `60s`; replaces cache.save_interval.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub save_interval: Option<std::time::Duration>,
 }

@@ -34,6 +34,12 @@ fn serve_config(
     if let Some(format) = args.log_format {
         config.log.format = format;
     }
+    if let Some(dir) = &args.state_dir {
+        config.cache.state_dir = Some(dir.clone());
+    }
+    if let Some(every) = args.save_interval {
+        config.cache.save_interval = every;
+    }
     for name in &args.buckets {
         if !config.buckets.iter().any(|b| &b.name == name) {
             config.buckets.push(BucketConfig::named(name));

@@ -282,6 +282,8 @@ where
 pub struct SidecarProcess {
     child: Option<Child>,
     pub socket: PathBuf,
+    /// host:port of the HTTP endpoint of the running process.
+    pub http: String,
     args: Vec<String>,
     _dir: TempDir,
 }
@@ -303,6 +305,7 @@ impl SidecarProcess {
         let mut process = SidecarProcess {
             child: None,
             socket,
+            http: String::new(),
             args,
             _dir: dir,
         };
@@ -312,6 +315,7 @@ impl SidecarProcess {
 
     async fn spawn(&mut self) {
         let http = format!("127.0.0.1:{}", free_port());
+        self.http = http.clone();
         let child = Command::new(env!("CARGO_BIN_EXE_nearkv"))
             .args(&self.args)
             .args(["--socket"])
@@ -347,6 +351,16 @@ impl SidecarProcess {
             .await
             .expect("wait task")
             .is_ok_and(|status| status.success())
+    }
+
+    /// Kills it with SIGKILL, as the OOM killer or a node failure would, and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // The socket file stays behind; without it, `restart` waits for the new one.
+        let _ = std::fs::remove_file(&self.socket);
     }
 
     /// Starts it again with the same socket and flags.

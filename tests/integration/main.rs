@@ -22,3 +22,4 @@ mod ops;
 mod outage;
 mod raw_socket;
 mod resp;
+mod warm;
