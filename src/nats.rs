@@ -12,6 +12,13 @@ use crate::config::{BucketConfig, NatsConfig, Storage};
 /// after a loss, so the sidecar can start before NATS and outlive an outage.
 ///
 /// `reconnects` counts every connection after the first.
+/// Messages a subscription may hold before async-nats drops them as a slow consumer. A feed's
+/// snapshot arrives as fast as the server sends it, in flow-control windows bigger than async-nats'
+/// default of 65,536 messages: with that default a million-key snapshot dropped thousands of
+/// messages, each drop making the ordered consumer start over from the gap. The queue grows
+/// only as far as it is used, and the memory goes back after the load (`cache/memory.rs`).
+const SUBSCRIPTION_CAPACITY: usize = 1 << 20;
+
 pub async fn connect(
     config: &NatsConfig,
     reconnects: Option<prometheus::IntCounter>,
@@ -54,6 +61,7 @@ pub async fn connect(
     options = options
         .name(&config.connection_name)
         .request_timeout(Some(config.request_timeout))
+        .subscription_capacity(SUBSCRIPTION_CAPACITY)
         .retry_on_initial_connect()
         .max_reconnects(None)
         .event_callback(move |event| {

@@ -47,9 +47,16 @@ pub(super) struct Actor {
     feed_started: bool,
     /// Attempts to recreate the feed that failed in a row (see `request_limit`).
     failed_attempts: u32,
-    /// The mirror holds a saved one, restored at start and not yet caught up (a warm start);
-    /// when the restore began.
-    restored: Option<Instant>,
+    /// The mirror holds a saved one, restored at start and not yet caught up (a warm start).
+    restored: Option<Restored>,
+}
+
+/// A warm start under way.
+struct Restored {
+    started: Instant,
+    /// The lowest revision of a value in the saved mirror, found as it was read (the
+    /// history check needs it, and a walk of a big table to find it would slow the start).
+    lowest_revision: Option<u64>,
 }
 
 /// Tracks the expiry of a value just applied, and forgets the one of the value it replaced.
@@ -199,7 +206,10 @@ impl Actor {
         let revision = saved.position.applied;
         self.state.mirror().restore(saved.staging);
         self.expiring = saved.expiring.into_iter().collect();
-        self.restored = Some(started);
+        self.restored = Some(Restored {
+            started,
+            lowest_revision: saved.lowest_revision,
+        });
         self.set_problem(Some(format!(
             "catching up from the saved mirror at revision {revision}"
         )));
@@ -213,12 +223,13 @@ impl Actor {
 
     /// The restored mirror has caught up with the stream: it serves from now on.
     fn finish_restore(&mut self) {
-        let Some(started) = self.restored.take() else {
+        let Some(Restored { started, .. }) = self.restored.take() else {
             return;
         };
         let mirror = self.state.mirror();
         mirror.mark_synced();
         mirror.confirm(Instant::now());
+        super::memory::release_free_memory();
         self.set_problem(None);
         self.state
             .save_counters()
@@ -249,7 +260,13 @@ impl Actor {
         };
         let resumable = self.state.mirror().is_synced() || self.restored.is_some();
         if self.resync.is_none() && resumable {
-            self.resync = self.state.history_lost(&info).await;
+            self.resync = match &self.restored {
+                Some(restored) => {
+                    let oldest = restored.lowest_revision;
+                    self.state.history_lost_below(&info, oldest).await
+                }
+                None => self.state.history_lost(&info).await,
+            };
         }
         let filter = self.state.config().filter.as_str();
         let start = if self.resync.is_some() || !resumable {
@@ -302,7 +319,14 @@ impl Actor {
     ) -> Option<FeedEnd> {
         let target = info.state.last_sequence;
         let filtered = self.state.config().filter != ">";
-        let mut staging = Staging::of_stream(info.created.unix_timestamp_nanos());
+        // Sized for the stream's keys, so the table never rehashes while the snapshot loads (a
+        // filtered mirror holds an unknown part of them).
+        let keys = if filtered {
+            0
+        } else {
+            usize::try_from(info.state.subjects_count).unwrap_or(0)
+        };
+        let mut staging = Staging::of_stream(info.created.unix_timestamp_nanos(), keys);
         let mut expiring = BTreeMap::new();
         let mut errors = 0;
         let mut progress_logged = tokio::time::Instant::now();
@@ -346,6 +370,7 @@ impl Actor {
         let keys = staging.len();
         self.state.mirror().install(staging);
         self.state.mirror().confirm(Instant::now());
+        super::memory::release_free_memory();
         self.expiring = expiring;
         let revision = self.state.mirror().applied();
         let reason = self.resync.take();

@@ -134,7 +134,7 @@ impl Feed {
         let mut update = Update::decode(
             key,
             message.headers.as_ref(),
-            &message.payload,
+            message.payload.clone(),
             info.stream_sequence,
             info.published,
         );
@@ -150,7 +150,7 @@ impl Update {
     fn decode(
         key: &str,
         headers: Option<&HeaderMap>,
-        payload: &[u8],
+        payload: Bytes,
         revision: u64,
         stored: time::OffsetDateTime,
     ) -> Update {
@@ -166,8 +166,9 @@ impl Update {
         };
         Update {
             key: key.to_string(),
-            // A copy, so the mirror does not pin the connection's larger read buffer.
-            value: Bytes::copy_from_slice(payload),
+            // Not copied here: the mirror copies the value into its slot (and a watch event gets
+            // its own copy), so no update pins the connection's larger read buffer for long.
+            value: payload,
             revision,
             created: stored.unix_timestamp_nanos().clamp(0, i64::MAX as i128) as i64,
             operation,
@@ -200,7 +201,7 @@ pub async fn read_from(
             let mut update = Update::decode(
                 key,
                 Some(&message.headers),
-                &message.payload,
+                message.payload.clone(),
                 message.sequence,
                 message.time,
             );

@@ -18,55 +18,37 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use compact_str::CompactString;
 use dashmap::DashMap;
 use tokio::sync::{broadcast, oneshot};
 
+use super::slot::Slot;
 use crate::cache::error::{Error, ErrorKind, Result};
 use crate::protocol::types::EntryRef;
 use crate::protocol::{Entry, Operation};
 
-/// Keys up to 24 bytes are stored inline in the table, so a lookup compares them without
-/// following a pointer (a cache miss per read with boxed keys). aHash: several times faster than
-/// SipHash on short keys, and still seeded per process against chosen collisions.
-type Table = DashMap<CompactString, MirrorValue, ahash::RandomState>;
+/// The mirror's table: a set of slots, each a key with its value (see `slot.rs`), looked up by
+/// key bytes. aHash: several times faster than SipHash on short keys, and still seeded per
+/// process against chosen collisions.
+type Table = DashMap<Slot, (), ahash::RandomState>;
 
-fn new_table() -> Table {
-    DashMap::with_hasher(ahash::RandomState::new())
+/// A table with room for `capacity` slots: a snapshot of known size never rehashes while it loads.
+fn new_table(capacity: usize) -> Table {
+    DashMap::with_capacity_and_hasher(capacity, ahash::RandomState::new())
 }
 
-/// A live value in the mirror. The key is the table's key.
-#[derive(Debug, Clone)]
-pub struct MirrorValue {
-    pub value: Bytes,
-    pub revision: u64,
-    pub created: i64,
-    /// When the value expires (bucket `max_age` or the put's TTL), in Unix nanoseconds; 0: never.
-    pub expires: i64,
-}
-
-impl MirrorValue {
+impl Slot {
     /// Whether the value has not expired. The clock is read only for values that can expire.
     fn is_live(&self) -> bool {
-        self.expires == 0 || self.expires > unix_nanos()
+        let expires = self.expires();
+        expires == 0 || expires > unix_nanos()
     }
 
-    fn entry_ref<'a>(&'a self, key: &'a str) -> EntryRef<'a> {
-        EntryRef {
-            key,
-            value: &self.value,
-            revision: self.revision,
-            created: self.created,
-            operation: Operation::Put,
-        }
-    }
-
-    fn entry(&self, key: &str) -> Entry {
+    fn entry(&self) -> Entry {
         Entry {
-            key: key.to_string(),
-            value: self.value.clone(),
-            revision: self.revision,
-            created: self.created,
+            key: self.key().to_string(),
+            value: Bytes::copy_from_slice(self.value()),
+            revision: self.revision(),
+            created: self.created(),
             operation: Operation::Put,
         }
     }
@@ -80,8 +62,8 @@ pub fn unix_nanos() -> i64 {
 }
 
 fn read_table<R>(table: &Table, key: &str, f: impl FnOnce(Option<EntryRef<'_>>) -> R) -> R {
-    let result = match table.get(key) {
-        Some(v) if v.is_live() => f(Some(v.entry_ref(key))),
+    let result = match table.get(key.as_bytes()) {
+        Some(slot) if slot.key().is_live() => f(Some(slot.key().entry_ref(key))),
         _ => f(None),
     };
     result
@@ -134,23 +116,38 @@ pub enum Applied {
 /// Puts or removes the entry's key in `table` (a live table or a staged snapshot); returns how
 /// many bytes of keys and values that added, and the expiry of the value it replaced.
 fn write_table(table: &Table, entry: &Entry, expires: i64) -> (i64, Option<ExpiryKey>) {
-    let key = entry.key.as_str();
-    let value = MirrorValue {
-        value: entry.value.clone(),
-        revision: entry.revision,
-        created: entry.created,
-        expires,
-    };
-    let size = |value: &MirrorValue| (key.len() + value.value.len()) as i64;
     let (added, old) = match entry.operation {
-        Operation::Put => (size(&value), table.insert(CompactString::from(key), value)),
-        Operation::Delete | Operation::Purge => (0, table.remove(key).map(|(_, old)| old)),
+        Operation::Put => {
+            let slot = Slot::new(
+                &entry.key,
+                &entry.value,
+                entry.revision,
+                entry.created,
+                expires,
+            );
+            (slot.size() as i64, put_slot(table, slot))
+        }
+        Operation::Delete | Operation::Purge => {
+            (0, table.remove(entry.key.as_bytes()).map(|(old, ())| old))
+        }
     };
-    let removed = old.as_ref().map_or(0, size);
+    let removed = old.as_ref().map_or(0, |old| old.size() as i64);
     let replaced = old
-        .filter(|old| old.expires != 0)
-        .map(|old| (old.expires, old.revision));
+        .filter(|old| old.expires() != 0)
+        .map(|old| (old.expires(), old.revision()));
     (added - removed, replaced)
+}
+
+/// Puts `slot` in place of its key's slot, in one step under the shard's lock (a reader never
+/// finds the key missing meanwhile); returns the slot it replaced.
+fn put_slot(table: &Table, slot: Slot) -> Option<Slot> {
+    match table.entry(slot) {
+        dashmap::Entry::Occupied(occupied) => Some(occupied.replace_entry(()).0),
+        dashmap::Entry::Vacant(vacant) => {
+            vacant.insert(());
+            None
+        }
+    }
 }
 
 /// A snapshot being loaded while the mirror keeps serving its current table.
@@ -166,7 +163,7 @@ pub struct Staging {
 impl Default for Staging {
     fn default() -> Self {
         Staging {
-            table: new_table(),
+            table: new_table(0),
             bytes: 0,
             applied: 0,
             last_update: 0,
@@ -176,27 +173,29 @@ impl Default for Staging {
 }
 
 impl Staging {
-    /// An empty snapshot of the stream created at `stream_created` (Unix ns).
-    pub fn of_stream(stream_created: i128) -> Staging {
+    /// An empty snapshot of the stream created at `stream_created` (Unix ns), with room for
+    /// `keys` values.
+    pub fn of_stream(stream_created: i128, keys: usize) -> Staging {
         Staging {
+            table: new_table(keys),
             stream_created: Some(stream_created),
             ..Staging::default()
         }
     }
 
-    /// Puts a saved value as it was (see `saved.rs`): saved values come in no revision order.
-    pub(super) fn put_saved(&mut self, key: &str, value: MirrorValue) {
-        self.bytes += (key.len() + value.value.len()) as i64;
-        if let Some(old) = self.table.insert(CompactString::from(key), value) {
-            self.bytes -= (key.len() + old.value.len()) as i64;
-        }
+    /// Puts a saved slot as it was (see `saved.rs`; saved slots come in no revision order, and
+    /// several threads may put at once); returns the bytes it added.
+    pub(super) fn put_saved(&self, slot: Slot) -> i64 {
+        let added = slot.size() as i64;
+        added - put_slot(&self.table, slot).map_or(0, |old| old.size() as i64)
     }
 
-    /// Records where a saved mirror stood.
-    pub(super) fn set_saved_position(&mut self, position: SavedPosition) {
+    /// Records where a saved mirror stood, and the bytes its slots hold.
+    pub(super) fn set_saved_position(&mut self, position: SavedPosition, bytes: i64) {
         self.applied = position.applied;
         self.last_update = position.last_update;
         self.stream_created = position.stream_created;
+        self.bytes = bytes;
     }
 
     pub fn apply(&mut self, entry: Entry, expires: i64) -> Applied {
@@ -260,7 +259,7 @@ impl Mirror {
 
     pub(super) fn new(event_buffer: usize) -> Self {
         Mirror {
-            table: ArcSwap::from_pointee(new_table()),
+            table: ArcSwap::from_pointee(new_table(0)),
             applied: AtomicU64::new(0),
             synced: AtomicBool::new(false),
             bytes: AtomicU64::new(0),
@@ -278,16 +277,16 @@ impl Mirror {
 
     pub fn get(&self, key: &str) -> Option<Entry> {
         let table = self.table.load();
-        let value = table.get(key)?;
-        value.is_live().then(|| value.entry(key))
+        let slot = table.get(key.as_bytes())?;
+        slot.key().is_live().then(|| slot.key().entry())
     }
 
     /// When the key's live value expires, in Unix nanoseconds (0: never); `None` when the key has
     /// no live value.
     pub fn expiry(&self, key: &str) -> Option<i64> {
         let table = self.table.load();
-        let value = table.get(key)?;
-        value.is_live().then_some(value.expires)
+        let slot = table.get(key.as_bytes())?;
+        slot.key().is_live().then(|| slot.key().expires())
     }
 
     /// Calls `f` with the key's live entry, borrowed from the table (no copy, no allocation); the
@@ -309,8 +308,8 @@ impl Mirror {
             .table
             .load()
             .iter()
-            .filter(|e| e.is_live() && matches(e.key()))
-            .map(|e| e.key().to_string())
+            .filter(|e| e.key().is_live() && matches(e.key().key()))
+            .map(|e| e.key().key().to_string())
             .collect();
         keys.sort_unstable();
         keys
@@ -321,15 +320,15 @@ impl Mirror {
         let table = self.table.load();
         keys.iter()
             .map(|&key| {
-                let value = table.get(key)?;
-                value.is_live().then(|| value.entry(key))
+                let slot = table.get(key.as_bytes())?;
+                slot.key().is_live().then(|| slot.key().entry())
             })
             .collect()
     }
 
     /// The lowest revision of a value in the table, expired or not; `None` when it is empty.
     pub(super) fn lowest_revision(&self) -> Option<u64> {
-        self.table.load().iter().map(|e| e.revision).min()
+        self.table.load().iter().map(|e| e.key().revision()).min()
     }
 
     /// Every live entry matching `matches`, in no particular order.
@@ -337,8 +336,8 @@ impl Mirror {
         self.table
             .load()
             .iter()
-            .filter(|e| e.is_live() && matches(e.key()))
-            .map(|e| e.value().entry(e.key()))
+            .filter(|e| e.key().is_live() && matches(e.key().key()))
+            .map(|e| e.key().entry())
             .collect()
     }
 
@@ -413,8 +412,13 @@ impl Mirror {
         self.last_update.store(entry.created, Ordering::Relaxed);
         self.advance(entry.revision);
         // Only after `advance`: a watch that subscribes later reads an `applied` that covers this
-        // update.
-        self.publish(|| MirrorEvent::Applied(Arc::new(entry)));
+        // update. The event owns a copy of the value: the feed's is a slice of NATS's read
+        // buffer, which an event waiting in the buffer for a slow watch would otherwise pin.
+        self.publish(|| {
+            let mut entry = entry;
+            entry.value = Bytes::copy_from_slice(&entry.value);
+            MirrorEvent::Applied(Arc::new(entry))
+        });
         Applied::Done { replaced }
     }
 
@@ -430,16 +434,18 @@ impl Mirror {
     /// Removes `key` if it still holds the value of `revision`, which has expired; tells watches.
     pub(super) fn expire(&self, key: &str, revision: u64) -> bool {
         let table = self.table.load();
-        let Some((key, old)) = table.remove_if(key, |_, v| v.revision == revision) else {
+        let Some((old, ())) =
+            table.remove_if(key.as_bytes(), |slot, ()| slot.revision() == revision)
+        else {
             return false;
         };
-        self.add_bytes(-((key.len() + old.value.len()) as i64));
+        self.add_bytes(-(old.size() as i64));
         self.publish(|| {
             MirrorEvent::Removed(Arc::new(Entry {
                 key: key.to_string(),
                 value: Bytes::new(),
                 revision,
-                created: old.expires,
+                created: old.expires(),
                 operation: Operation::Purge,
             }))
         });
@@ -462,24 +468,28 @@ impl Mirror {
         }
         let new = self.table.load();
         let _ = self.events.send(MirrorEvent::Rebuilt);
-        for gone in old.iter().filter(|e| !new.contains_key(e.key())) {
+        for gone in old
+            .iter()
+            .filter(|e| !new.contains_key(e.key().key_bytes()))
+        {
             let _ = self.events.send(MirrorEvent::Removed(Arc::new(Entry {
-                key: gone.key().to_string(),
+                key: gone.key().key().to_string(),
                 value: Bytes::new(),
                 revision: applied,
                 created: last_update,
                 operation: Operation::Delete,
             })));
         }
-        for entry in new.iter() {
-            let unchanged = old
-                .get(entry.key())
-                .is_some_and(|o| o.revision == entry.revision && o.value == entry.value);
+        for slot in new.iter() {
+            let slot = slot.key();
+            let unchanged = old.get(slot.key_bytes()).is_some_and(|o| {
+                o.key().revision() == slot.revision() && o.key().value() == slot.value()
+            });
             // An expired value is no news: the watch saw it expire (or will, at its sweep).
-            if !unchanged && entry.value().is_live() {
-                let _ = self.events.send(MirrorEvent::Applied(Arc::new(
-                    entry.value().entry(entry.key()),
-                )));
+            if !unchanged && slot.is_live() {
+                let _ = self
+                    .events
+                    .send(MirrorEvent::Applied(Arc::new(slot.entry())));
             }
         }
     }
@@ -528,7 +538,7 @@ impl Mirror {
     /// `Ok(None)`: a new table was swapped in meanwhile, so what `save` saw is not one mirror.
     pub(super) fn walk<E>(
         &self,
-        mut save: impl FnMut(&str, &MirrorValue) -> Result<(), E>,
+        mut save: impl FnMut(&Slot) -> Result<(), E>,
     ) -> Result<Option<SavedPosition>, E> {
         let generation = self.generation.load(Ordering::SeqCst);
         if generation % 2 == 1 {
@@ -541,7 +551,7 @@ impl Mirror {
             stream_created: self.stream_created(),
         };
         for entry in table.iter() {
-            save(entry.key(), entry.value())?;
+            save(entry.key())?;
         }
         let unchanged = self.generation.load(Ordering::SeqCst) == generation;
         Ok(unchanged.then_some(position))

@@ -24,10 +24,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
-use super::mirror::{unix_nanos, ExpiryKey, Mirror, MirrorValue, SavedPosition, Staging};
+use super::mirror::{unix_nanos, ExpiryKey, Mirror, SavedPosition, Staging};
+use super::slot::Slot;
 use super::state::State;
 
 const MAGIC: &[u8; 8] = b"NEARKVMR";
@@ -51,6 +51,8 @@ pub(super) struct Saved {
     pub expiring: Vec<(ExpiryKey, String)>,
     pub position: SavedPosition,
     pub values: u64,
+    /// The lowest revision of a value read (expired ones included); `None` when there is none.
+    pub lowest_revision: Option<u64>,
 }
 
 /// Why a saved mirror was not used.
@@ -108,17 +110,17 @@ fn write_file(
     write_short(&mut out, bucket.as_bytes())?;
     write_short(&mut out, filter.as_bytes())?;
     let mut values = 0u64;
-    let walked = mirror.walk(|key, value| {
+    let walked = mirror.walk(|slot| {
         values += 1;
         out.write_all(&[VALUE_TAG])?;
-        write_short(&mut out, key.as_bytes())?;
-        let len = u32::try_from(value.value.len())
+        write_short(&mut out, slot.key_bytes())?;
+        let len = u32::try_from(slot.value().len())
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "a value over 4 GiB"))?;
         out.write_all(&len.to_le_bytes())?;
-        out.write_all(&value.value)?;
-        out.write_all(&value.revision.to_le_bytes())?;
-        out.write_all(&value.created.to_le_bytes())?;
-        out.write_all(&value.expires.to_le_bytes())
+        out.write_all(slot.value())?;
+        out.write_all(&slot.revision().to_le_bytes())?;
+        out.write_all(&slot.created().to_le_bytes())?;
+        out.write_all(&slot.expires().to_le_bytes())
     })?;
     let Some(position) = walked else {
         return Ok(None);
@@ -163,8 +165,13 @@ impl<W: Write> Write for Checksummed<W> {
     }
 }
 
+/// Bytes after the last value: the end tag, the value count, the applied revision, the last
+/// update and the stream's creation time.
+const END_LEN: usize = 1 + 8 + 8 + 8 + 16;
+
 /// Reads and checks the mirror saved for `bucket` and `filter` in `dir`. Values that expired
-/// since are left out.
+/// since are left out. The values are decoded and put into a table sized for them by up to four
+/// threads at once: most of a warm start is this.
 pub(super) fn read(dir: &Path, bucket: &str, filter: &str) -> Result<Saved, SavedError> {
     let bytes = match fs::read(path(dir, bucket)) {
         Ok(bytes) => bytes,
@@ -197,56 +204,139 @@ pub(super) fn read(dir: &Path, bucket: &str, filter: &str) -> Result<Saved, Save
             String::from_utf8_lossy(saved_filter)
         )));
     }
+    let Some(records_len) = input.rest.len().checked_sub(END_LEN) else {
+        return Err(SavedError::Damaged(
+            "it ends before its end record".to_string(),
+        ));
+    };
+    let (records, end) = input.rest.split_at(records_len);
+    let mut end = Input { rest: end };
+    if end.take(1)?[0] != END_TAG {
+        return Err(SavedError::Damaged("its end record is missing".to_string()));
+    }
+    let values = u64::from_le_bytes(end.array()?);
+    let position = SavedPosition {
+        applied: u64::from_le_bytes(end.array()?),
+        last_update: i64::from_le_bytes(end.array()?),
+        stream_created: Some(i128::from_le_bytes(end.array()?)),
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    let chunks = split_records(records, values, threads)?;
+    let staging = Staging::of_stream(0, usize::try_from(values).unwrap_or(0));
     let now = unix_nanos();
-    let mut staging = Staging::default();
-    let mut expiring = Vec::new();
-    let mut count = 0u64;
-    loop {
-        match input.take(1)?[0] {
-            VALUE_TAG => {}
-            END_TAG => break,
-            tag => return Err(SavedError::Damaged(format!("unknown record tag {tag}"))),
+    let loaded: Vec<Result<Loaded, SavedError>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = chunks
+            .into_iter()
+            .map(|chunk| scope.spawn(|| load_records(chunk, &staging, now)))
+            .collect();
+        workers
+            .into_iter()
+            .map(|worker| {
+                worker.join().unwrap_or_else(|_| {
+                    Err(SavedError::Damaged("a reading thread panicked".to_string()))
+                })
+            })
+            .collect()
+    });
+    let mut staging = staging;
+    let mut total = Loaded::default();
+    for chunk in loaded {
+        let chunk = chunk?;
+        total.records += chunk.records;
+        total.bytes += chunk.bytes;
+        total.lowest_revision = lowest(total.lowest_revision, chunk.lowest_revision);
+        total.expiring.extend(chunk.expiring);
+    }
+    if total.records != values {
+        return Err(SavedError::Damaged(format!(
+            "it says {values} values but holds {}",
+            total.records
+        )));
+    }
+    staging.set_saved_position(position, total.bytes);
+    Ok(Saved {
+        staging,
+        expiring: total.expiring,
+        position,
+        values,
+        lowest_revision: total.lowest_revision,
+    })
+}
+
+fn lowest(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// What one thread loaded.
+#[derive(Default)]
+struct Loaded {
+    records: u64,
+    bytes: i64,
+    lowest_revision: Option<u64>,
+    expiring: Vec<(ExpiryKey, String)>,
+}
+
+/// One value record: its key, value, revision, created and expires.
+type Record<'a> = (&'a [u8], &'a [u8], u64, i64, i64);
+
+fn next_record<'a>(input: &mut Input<'a>) -> Result<Record<'a>, SavedError> {
+    match input.take(1)?[0] {
+        VALUE_TAG => {}
+        tag => return Err(SavedError::Damaged(format!("unknown record tag {tag}"))),
+    }
+    let key = input.short()?;
+    let len = u32::from_le_bytes(input.array()?) as usize;
+    let value = input.take(len)?;
+    let revision = u64::from_le_bytes(input.array()?);
+    let created = i64::from_le_bytes(input.array()?);
+    let expires = i64::from_le_bytes(input.array()?);
+    Ok((key, value, revision, created, expires))
+}
+
+/// Cuts the records into up to `parts` runs of whole records, by walking their lengths.
+fn split_records(records: &[u8], values: u64, parts: usize) -> Result<Vec<&[u8]>, SavedError> {
+    let per_part = values.div_ceil(parts.max(1) as u64).max(1);
+    let mut chunks = Vec::with_capacity(parts);
+    let mut input = Input { rest: records };
+    let mut chunk_start = records;
+    let mut in_chunk = 0;
+    while !input.rest.is_empty() {
+        next_record(&mut input)?;
+        in_chunk += 1;
+        if in_chunk == per_part {
+            let used = chunk_start.len() - input.rest.len();
+            chunks.push(&chunk_start[..used]);
+            chunk_start = input.rest;
+            in_chunk = 0;
         }
-        count += 1;
-        let key = std::str::from_utf8(input.short()?)
-            .map_err(|_| SavedError::Damaged("a key that is not UTF-8".to_string()))?;
-        let len = u32::from_le_bytes(input.array()?) as usize;
-        let value = input.take(len)?;
-        let revision = u64::from_le_bytes(input.array()?);
-        let created = i64::from_le_bytes(input.array()?);
-        let expires = i64::from_le_bytes(input.array()?);
+    }
+    if in_chunk > 0 {
+        chunks.push(chunk_start);
+    }
+    Ok(chunks)
+}
+
+fn load_records(records: &[u8], staging: &Staging, now: i64) -> Result<Loaded, SavedError> {
+    let mut loaded = Loaded::default();
+    let mut input = Input { rest: records };
+    while !input.rest.is_empty() {
+        let (key, value, revision, created, expires) = next_record(&mut input)?;
+        loaded.records += 1;
+        loaded.lowest_revision = lowest(loaded.lowest_revision, Some(revision));
         if expires != 0 && expires <= now {
             continue;
         }
+        let key = std::str::from_utf8(key)
+            .map_err(|_| SavedError::Damaged("a key that is not UTF-8".to_string()))?;
         if expires != 0 {
-            expiring.push(((expires, revision), key.to_string()));
+            loaded.expiring.push(((expires, revision), key.to_string()));
         }
-        let value = MirrorValue {
-            value: Bytes::copy_from_slice(value),
-            revision,
-            created,
-            expires,
-        };
-        staging.put_saved(key, value);
+        loaded.bytes += staging.put_saved(Slot::new(key, value, revision, created, expires));
     }
-    let values = u64::from_le_bytes(input.array()?);
-    let position = SavedPosition {
-        applied: u64::from_le_bytes(input.array()?),
-        last_update: i64::from_le_bytes(input.array()?),
-        stream_created: Some(i128::from_le_bytes(input.array()?)),
-    };
-    if values != count || !input.rest.is_empty() {
-        return Err(SavedError::Damaged(format!(
-            "it says {values} values but holds {count}"
-        )));
-    }
-    staging.set_saved_position(position);
-    Ok(Saved {
-        staging,
-        expiring,
-        position,
-        values,
-    })
+    Ok(loaded)
 }
 
 /// The unread part of a saved file.
@@ -352,9 +442,10 @@ async fn save_if_changed(
 mod tests {
     use super::*;
     use crate::protocol::{Entry, Operation};
+    use bytes::Bytes;
 
     fn mirror_of(entries: &[(&str, &str, u64, i64)]) -> Mirror {
-        let mut staging = Staging::of_stream(1_700_000_000_123_456_789);
+        let mut staging = Staging::of_stream(1_700_000_000_123_456_789, entries.len());
         for &(key, value, revision, expires) in entries {
             let entry = Entry {
                 key: key.to_string(),

@@ -259,6 +259,17 @@ impl State {
     /// Why the mirror (synced, or restored from a saved one) cannot resume from its last applied
     /// revision, if it cannot.
     pub(crate) async fn history_lost(&self, info: &jetstream::stream::Info) -> Option<String> {
+        self.history_lost_below(info, self.mirror.lowest_revision())
+            .await
+    }
+
+    /// As [`State::history_lost`], given the lowest revision of a value in the mirror (or one
+    /// below it), which takes a walk of the whole table to find.
+    pub(crate) async fn history_lost_below(
+        &self,
+        info: &jetstream::stream::Info,
+        oldest: Option<u64>,
+    ) -> Option<String> {
         let mirror = &self.mirror;
         let applied = mirror.applied();
         let state = &info.state;
@@ -271,7 +282,6 @@ impl State {
                 state.last_sequence
             ));
         }
-        let oldest = mirror.lowest_revision();
         if oldest.is_some_and(|oldest| state.first_sequence > oldest) {
             // Messages of values the mirror holds are gone. Harmless when each was superseded by
             // a later message of its key, which the feed still delivers; not when a key the
