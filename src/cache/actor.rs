@@ -183,7 +183,11 @@ impl Actor {
             self.state.config().filter.clone(),
         );
         let file = saved::path(&dir, &name);
-        let read = tokio::task::spawn_blocking(move || saved::read(&dir, &name, &filter)).await;
+        let read = tokio::task::spawn_blocking(move || {
+            saved::remove_leftovers(&dir, &name);
+            saved::read(&dir, &name, &filter)
+        })
+        .await;
         let saved = match read {
             Ok(Ok(saved)) => saved,
             Ok(Err(SavedError::Missing)) => {

@@ -40,8 +40,34 @@ pub(super) fn path(dir: &Path, bucket: &str) -> PathBuf {
     dir.join(format!("{bucket}.mirror"))
 }
 
+/// Where this process writes the file before renaming it: named by process, so that two
+/// sidecars given the same directory never write into one temporary file.
 fn temporary_path(dir: &Path, bucket: &str) -> PathBuf {
-    dir.join(format!(".{bucket}.mirror.tmp"))
+    dir.join(format!(".{bucket}.mirror.{}.tmp", std::process::id()))
+}
+
+/// Removes the temporary files of `bucket` left in `dir` by processes that no longer run (killed
+/// in the middle of a save).
+pub(super) fn remove_leftovers(dir: &Path, bucket: &str) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    let prefix = format!(".{bucket}.mirror.");
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|name| name.strip_prefix(prefix.as_str()))
+            .and_then(|rest| rest.strip_suffix(".tmp"))
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let alive = pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists();
+        if !alive {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// A mirror read back from its file, checked and ready to restore.
@@ -80,6 +106,7 @@ pub(super) fn write(
     filter: &str,
     mirror: &Mirror,
 ) -> io::Result<Option<(SavedPosition, u64)>> {
+    fs::create_dir_all(dir)?;
     let temporary = temporary_path(dir, bucket);
     let written = write_file(&temporary, bucket, filter, mirror);
     match written {
@@ -555,11 +582,8 @@ mod tests {
     fn an_interrupted_save_leaves_the_previous_file() {
         let (dir, _mirror) = saved_file(&[("a", "1", 1, 0)]);
         // A save killed halfway leaves its temporary file; the saved file is untouched.
-        fs::write(
-            temporary_path(dir.path(), "orders"),
-            b"NEARKVMR\x01\0\0\0half",
-        )
-        .unwrap();
+        let leftover = dir.path().join(".orders.mirror.4000000000.tmp");
+        fs::write(&leftover, b"NEARKVMR\x01\0\0\0half").unwrap();
         let saved = read(dir.path(), "orders", ">").unwrap();
         assert_eq!(saved.values, 1);
         // The next save replaces the leftover and the file.
@@ -567,6 +591,12 @@ mod tests {
         write(dir.path(), "orders", ">", &newer).unwrap();
         assert_eq!(read(dir.path(), "orders", ">").unwrap().values, 2);
         assert!(!temporary_path(dir.path(), "orders").exists());
+        // A start removes what dead processes left; other buckets' files stay.
+        fs::write(dir.path().join(".other.mirror.4000000000.tmp"), b"x").unwrap();
+        remove_leftovers(dir.path(), "orders");
+        assert!(!leftover.exists());
+        assert!(dir.path().join(".other.mirror.4000000000.tmp").exists());
+        assert!(path(dir.path(), "orders").exists());
     }
 
     #[test]

@@ -245,9 +245,12 @@ async fn killing_the_sidecar_in_the_middle_of_saves_never_leaves_a_file_that_is_
         }
         tokio::time::sleep(Duration::from_millis(3 + round * 11)).await;
         sidecar.kill();
-        if state.path().join(".killed.mirror.tmp").exists() {
-            killed_mid_write += 1;
-        }
+        let leftover = std::fs::read_dir(state.path()).unwrap().any(|entry| {
+            let name = entry.unwrap().file_name();
+            let name = name.to_string_lossy();
+            name.starts_with(".killed.mirror.") && name.ends_with(".tmp")
+        });
+        killed_mid_write += u32::from(leftover);
         kv.delete(format!("k{round}")).await.unwrap();
         sidecar.restart().await;
     }
@@ -255,5 +258,13 @@ async fn killing_the_sidecar_in_the_middle_of_saves_never_leaves_a_file_that_is_
     crate::harness::wait_synced(&client).await;
     assert_same_as_nats(&client, &kv, "killed").await;
     assert!(warm >= 1, "no restart was warm");
+    // The restarts removed what the killed processes left half-written.
+    let own = format!(".{}.tmp", sidecar.pid());
+    let files: Vec<String> = std::fs::read_dir(state.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".tmp") && !name.ends_with(&own))
+        .collect();
+    assert!(files.is_empty(), "leftover temporary files: {files:?}");
     println!("{killed_mid_write} of 6 kills left a partly written file; {warm} warm starts");
 }
