@@ -570,6 +570,24 @@ mod tests {
             config.buckets[0].max_staleness,
             Some(Duration::from_secs(30))
         );
+        // The saved mirrors go to the emptyDir that deployment.yaml mounts there.
+        assert_eq!(
+            config.cache.state_dir.as_deref(),
+            Some(Path::new("/var/lib/nearkv"))
+        );
+    }
+
+    #[test]
+    fn cache_settings_are_checked() {
+        let base = "[nats]\nservers = [\"nats://127.0.0.1:4222\"]\n[[buckets]]\nname = \"b\"\n";
+        let with = |cache: &str| parse(&format!("{base}[cache]\n{cache}\n"));
+        let config = with("state_dir = \"/tmp/n\"\nsave_interval = \"5s\"").unwrap();
+        assert_eq!(config.cache.save_interval, Duration::from_secs(5));
+        assert!(with("save_interval = \"1ms\"")
+            .unwrap_err()
+            .contains("cache.save_interval"));
+        assert!(with("state_dir = \"\"").unwrap_err().contains("cache.state_dir"));
+        assert!(with("statedir = \"/tmp\"").is_err(), "unknown keys are refused");
     }
 
     #[test]
