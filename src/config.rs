@@ -586,8 +586,13 @@ mod tests {
         assert!(with("save_interval = \"1ms\"")
             .unwrap_err()
             .contains("cache.save_interval"));
-        assert!(with("state_dir = \"\"").unwrap_err().contains("cache.state_dir"));
-        assert!(with("statedir = \"/tmp\"").is_err(), "unknown keys are refused");
+        assert!(with("state_dir = \"\"")
+            .unwrap_err()
+            .contains("cache.state_dir"));
+        assert!(
+            with("statedir = \"/tmp\"").is_err(),
+            "unknown keys are refused"
+        );
     }
 
     #[test]

@@ -57,6 +57,8 @@ struct Restored {
     /// The lowest revision of a value in the saved mirror, found as it was read (the
     /// history check needs it, and a walk of a big table to find it would slow the start).
     lowest_revision: Option<u64>,
+    /// The bucket's `max_age` the saved expiries were computed with.
+    max_age: Option<Duration>,
 }
 
 /// Tracks the expiry of a value just applied, and forgets the one of the value it replaced.
@@ -213,6 +215,7 @@ impl Actor {
         self.restored = Some(Restored {
             started,
             lowest_revision: saved.lowest_revision,
+            max_age: saved.max_age,
         });
         self.set_problem(Some(format!(
             "catching up from the saved mirror at revision {revision}"
@@ -265,6 +268,12 @@ impl Actor {
         let resumable = self.state.mirror().is_synced() || self.restored.is_some();
         if self.resync.is_none() && resumable {
             self.resync = match &self.restored {
+                Some(restored) if restored.max_age != self.state.max_age() => Some(format!(
+                    "the bucket's max_age changed since the mirror was saved ({:?}, now {:?}), \
+                     so the saved values' expiry times are not the stream's",
+                    restored.max_age,
+                    self.state.max_age()
+                )),
                 Some(restored) => {
                     let oldest = restored.lowest_revision;
                     self.state.history_lost_below(&info, oldest).await

@@ -13,7 +13,8 @@
 //! "NEARKVMR"  u32 version
 //! u16 len, bucket name   u16 len, filter
 //! per value:  u8 1, u16 len, key, u32 len, value, u64 revision, i64 created, i64 expires
-//! end:        u8 0, u64 values, u64 applied revision, i64 last update, i128 stream created
+//! end:        u8 0, u64 values, u64 applied revision, i64 last update, i128 stream created,
+//!             u64 the bucket's max_age in ns (0: none; expiries were computed with it)
 //! u32 CRC-32 (IEEE) of everything before it
 //! ```
 
@@ -77,6 +78,9 @@ pub(super) struct Saved {
     pub expiring: Vec<(ExpiryKey, String)>,
     pub position: SavedPosition,
     pub values: u64,
+    /// The bucket's `max_age` when the mirror was saved: the values' expiries were computed with
+    /// it, so a mirror saved under another one must not be restored.
+    pub max_age: Option<Duration>,
     /// The lowest revision of a value read (expired ones included); `None` when there is none.
     pub lowest_revision: Option<u64>,
 }
@@ -104,11 +108,12 @@ pub(super) fn write(
     dir: &Path,
     bucket: &str,
     filter: &str,
+    max_age: Option<Duration>,
     mirror: &Mirror,
 ) -> io::Result<Option<(SavedPosition, u64)>> {
     fs::create_dir_all(dir)?;
     let temporary = temporary_path(dir, bucket);
-    let written = write_file(&temporary, bucket, filter, mirror);
+    let written = write_file(&temporary, bucket, filter, max_age, mirror);
     match written {
         Ok(Some(done)) => {
             fs::rename(&temporary, path(dir, bucket))?;
@@ -126,6 +131,7 @@ fn write_file(
     file: &Path,
     bucket: &str,
     filter: &str,
+    max_age: Option<Duration>,
     mirror: &Mirror,
 ) -> io::Result<Option<(SavedPosition, u64)>> {
     let mut out = Checksummed {
@@ -160,6 +166,8 @@ fn write_file(
     out.write_all(&position.applied.to_le_bytes())?;
     out.write_all(&position.last_update.to_le_bytes())?;
     out.write_all(&stream_created.to_le_bytes())?;
+    let max_age = max_age.map_or(0, |age| age.as_nanos().min(u64::MAX as u128) as u64);
+    out.write_all(&max_age.to_le_bytes())?;
     let crc = out.crc.clone().finalize();
     let mut file = out.inner.into_inner().map_err(|err| err.into_error())?;
     file.write_all(&crc.to_le_bytes())?;
@@ -193,8 +201,8 @@ impl<W: Write> Write for Checksummed<W> {
 }
 
 /// Bytes after the last value: the end tag, the value count, the applied revision, the last
-/// update and the stream's creation time.
-const END_LEN: usize = 1 + 8 + 8 + 8 + 16;
+/// update, the stream's creation time and the bucket's `max_age`.
+const END_LEN: usize = 1 + 8 + 8 + 8 + 16 + 8;
 
 /// Reads and checks the mirror saved for `bucket` and `filter` in `dir`. Values that expired
 /// since are left out. The values are decoded and put into a table sized for them by up to four
@@ -247,6 +255,10 @@ pub(super) fn read(dir: &Path, bucket: &str, filter: &str) -> Result<Saved, Save
         last_update: i64::from_le_bytes(end.array()?),
         stream_created: Some(i128::from_le_bytes(end.array()?)),
     };
+    let max_age = match u64::from_le_bytes(end.array()?) {
+        0 => None,
+        nanos => Some(Duration::from_nanos(nanos)),
+    };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
     let chunks = split_records(records, values, threads)?;
     let staging = Staging::of_stream(0, usize::try_from(values).unwrap_or(0));
@@ -286,6 +298,7 @@ pub(super) fn read(dir: &Path, bucket: &str, filter: &str) -> Result<Saved, Save
         expiring: total.expiring,
         position,
         values,
+        max_age,
         lowest_revision: total.lowest_revision,
     })
 }
@@ -436,7 +449,14 @@ async fn save_if_changed(
         let state = state.clone();
         let dir = dir.to_path_buf();
         tokio::task::spawn_blocking(move || {
-            write(&dir, state.name(), &state.config().filter, state.mirror())
+            let max_age = state.max_age();
+            write(
+                &dir,
+                state.name(),
+                &state.config().filter,
+                max_age,
+                state.mirror(),
+            )
         })
     };
     let counters = state.save_counters();
@@ -491,7 +511,8 @@ mod tests {
     fn saved_file(entries: &[(&str, &str, u64, i64)]) -> (tempfile::TempDir, Mirror) {
         let dir = tempfile::tempdir().unwrap();
         let mirror = mirror_of(entries);
-        let written = write(dir.path(), "orders", ">", &mirror).unwrap();
+        let hour = Some(Duration::from_secs(3600));
+        let written = write(dir.path(), "orders", ">", hour, &mirror).unwrap();
         assert!(written.is_some());
         (dir, mirror)
     }
@@ -507,6 +528,7 @@ mod tests {
         ]);
         let saved = read(dir.path(), "orders", ">").unwrap();
         assert_eq!(saved.values, 4);
+        assert_eq!(saved.max_age, Some(Duration::from_secs(3600)));
         assert_eq!(
             saved.position,
             SavedPosition {
@@ -588,7 +610,8 @@ mod tests {
         assert_eq!(saved.values, 1);
         // The next save replaces the leftover and the file.
         let newer = mirror_of(&[("a", "1", 1, 0), ("b", "2", 2, 0)]);
-        write(dir.path(), "orders", ">", &newer).unwrap();
+        write(dir.path(), "orders", ">", None, &newer).unwrap();
+        assert_eq!(read(dir.path(), "orders", ">").unwrap().max_age, None);
         assert_eq!(read(dir.path(), "orders", ">").unwrap().values, 2);
         assert!(!temporary_path(dir.path(), "orders").exists());
         // A start removes what dead processes left; other buckets' files stay.
@@ -603,7 +626,9 @@ mod tests {
     fn a_mirror_never_loaded_from_a_stream_is_not_saved() {
         let dir = tempfile::tempdir().unwrap();
         let mirror = Mirror::loaded(Vec::new());
-        assert!(write(dir.path(), "orders", ">", &mirror).unwrap().is_none());
+        assert!(write(dir.path(), "orders", ">", None, &mirror)
+            .unwrap()
+            .is_none());
         assert!(!path(dir.path(), "orders").exists());
     }
 }

@@ -268,3 +268,40 @@ async fn killing_the_sidecar_in_the_middle_of_saves_never_leaves_a_file_that_is_
     assert!(files.is_empty(), "leftover temporary files: {files:?}");
     println!("{killed_mid_write} of 6 kills left a partly written file; {warm} warm starts");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saved_mirror_is_not_restored_after_the_buckets_max_age_changed() {
+    let nats = NatsServer::start().await;
+    let state = TempDir::new().unwrap();
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let kv = js
+        .create_key_value(async_nats::jetstream::kv::Config {
+            bucket: "aging".to_string(),
+            max_age: Duration::from_secs(3600),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    kv.put("k", "v".into()).await.unwrap();
+    let sidecar = start(&nats, "aging", state.path()).await;
+    sidecar.synced_client().await;
+    sidecar.stop().await;
+
+    // The saved expiry of `k` was computed with an hour; the stream now keeps values for two.
+    let mut stream = js.get_stream("KV_aging").await.unwrap();
+    let mut config = stream.info().await.unwrap().config.clone();
+    config.max_age = Duration::from_secs(7200);
+    js.update_stream(config).await.unwrap();
+
+    let sidecar = start(&nats, "aging", state.path()).await;
+    let client = sidecar.synced_client().await;
+    assert_eq!(warm_starts(&sidecar, "aging").await, (0, 1), "a cold start");
+    assert_same_as_nats(&client, &kv, "aging").await;
+    sidecar.stop().await;
+
+    // Saved again under the new max_age, the next restart is warm.
+    let sidecar = start(&nats, "aging", state.path()).await;
+    sidecar.synced_client().await;
+    assert_eq!(warm_starts(&sidecar, "aging").await, (1, 0), "a warm start");
+    sidecar.stop().await;
+}
