@@ -17,7 +17,7 @@ use crate::config::{BucketConfig, NatsConfig, Storage};
 /// default of 65,536 messages: with that default a million-key snapshot dropped thousands of
 /// messages, each drop making the ordered consumer start over from the gap. The queue grows
 /// only as far as it is used, and the memory goes back after the load (`cache/memory.rs`).
-const SUBSCRIPTION_CAPACITY: usize = 1 << 20;
+const SUBSCRIPTION_CAPACITY: usize = 1 << 18;
 
 pub async fn connect(
     config: &NatsConfig,
