@@ -394,6 +394,12 @@ bucket: {r['nearkv idle']['rss_kib'] / 1024:.1f} MiB. Runs, cold: {', '.join(f"{
   delivery to the sidecar's watcher on top of the store and ack (that is how read-your-writes is
   kept), and costs the sidecar that event's decoding; with the generator on the same two cores the
   extra work shows as throughput. Latency per write is within its target.
+- **Put through one sidecar seen through another (p99).** A p99 of about 900 paced events per
+  second swings from run to run on this machine (0.99, 1.21 and 2.01 in three consecutive runs of
+  this script, with no change to the watch path in between); an interleaved A/B of this path
+  (four rounds of `nearkv bench --workload watch --rate 1000 --write-socket`, two sidecars per
+  revision on one nats-server) gave a median p99 of 876 µs for the current code against 822 µs
+  for the code before the footprint work: the same within that spread.
 - **Ready time on 1M keys (cold).** The bare watcher's time is mostly async-nats decoding the
   messages; the sidecar adds process start, connection, the stream checks, building each value's
   slot (one allocation and one copy) and the DashMap inserts (the table is sized from the stream's
@@ -450,7 +456,8 @@ and with the criterion benches:
    `BTreeMap` of waiters by revision now wakes exactly those whose revision was applied, and applying
    an update takes no lock when nobody waits.
 7. **Events are built only for watchers.** Applying an update no longer allocates a broadcast event
-   (and shares the value) when no watch is open; the mirror moves the value in without a copy.
+   when no watch is open. A value is copied once, from NATS's read buffer into its slot (a watch
+   event gets a copy of its own, so that no event waiting for a slow watch pins that buffer).
 8. **Writes** are published by the request's own task on the shared NATS connection, so concurrent
    writes are pipelined to NATS rather than serialised.
 9. The load generator reads a response's `id` and `ok` without serde (`peek_id_ok`), the same
