@@ -37,6 +37,24 @@ async fn assert_same_as_nats(client: &Client, kv: &async_nats::jetstream::kv::St
     }
 }
 
+/// A bucket of `keys` values (`k0`, `k1`, ...) written by a plain NATS client, mirrored by a
+/// sidecar that saved it in `state` when it stopped.
+async fn saved_bucket(
+    nats: &NatsServer,
+    name: &str,
+    keys: usize,
+    state: &Path,
+) -> async_nats::jetstream::kv::Store {
+    let kv = nats.kv(name).await;
+    for i in 0..keys {
+        kv.put(format!("k{i}"), "saved".into()).await.unwrap();
+    }
+    let sidecar = start(nats, name, state).await;
+    sidecar.synced_client().await;
+    sidecar.stop().await;
+    kv
+}
+
 async fn warm_starts(sidecar: &Sidecar, name: &str) -> (u64, u64) {
     let series = |metric_name: &str| format!("{metric_name}{{bucket=\"{name}\"}}");
     (
@@ -113,13 +131,7 @@ async fn a_restarted_sidecar_starts_warm_and_serves_every_write_made_while_it_wa
 async fn a_saved_mirror_of_a_deleted_and_recreated_bucket_is_never_served() {
     let nats = NatsServer::start().await;
     let state = TempDir::new().unwrap();
-    let kv = nats.kv("reborn").await;
-    for i in 0..20 {
-        kv.put(format!("k{i}"), "old".into()).await.unwrap();
-    }
-    let sidecar = start(&nats, "reborn", state.path()).await;
-    sidecar.synced_client().await;
-    sidecar.stop().await;
+    saved_bucket(&nats, "reborn", 20, state.path()).await;
 
     // Same name, same keys, more revisions than before: only the stream's identity differs.
     let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
@@ -144,13 +156,7 @@ async fn a_saved_mirror_of_a_deleted_and_recreated_bucket_is_never_served() {
 async fn a_saved_mirror_older_than_the_streams_history_falls_back_to_a_cold_start() {
     let nats = NatsServer::start().await;
     let state = TempDir::new().unwrap();
-    let kv = nats.kv("aged").await;
-    for i in 0..20 {
-        kv.put(format!("k{i}"), "before".into()).await.unwrap();
-    }
-    let sidecar = start(&nats, "aged", state.path()).await;
-    sidecar.synced_client().await;
-    sidecar.stop().await;
+    let kv = saved_bucket(&nats, "aged", 20, state.path()).await;
 
     // The revisions after the saved one are gone (an operator purged the stream: to the mirror,
     // the same as a retention limit it did not see), and some keys were written since.
@@ -176,13 +182,7 @@ async fn a_saved_mirror_older_than_the_streams_history_falls_back_to_a_cold_star
 async fn a_damaged_saved_mirror_is_ignored_and_the_start_is_cold() {
     let nats = NatsServer::start().await;
     let state = TempDir::new().unwrap();
-    let kv = nats.kv("damaged").await;
-    for i in 0..50 {
-        kv.put(format!("k{i}"), "v".into()).await.unwrap();
-    }
-    let sidecar = start(&nats, "damaged", state.path()).await;
-    sidecar.synced_client().await;
-    sidecar.stop().await;
+    let kv = saved_bucket(&nats, "damaged", 50, state.path()).await;
     let file = state.path().join("damaged.mirror");
     let bytes = std::fs::read(&file).unwrap();
     kv.put("k0", "later".into()).await.unwrap();
