@@ -200,6 +200,9 @@ impl<W: Write> Write for Checksummed<W> {
     }
 }
 
+/// The smallest value record: tag, key length, value length, revision, created, expires.
+const MIN_RECORD_LEN: usize = 1 + 2 + 4 + 8 + 8 + 8;
+
 /// Bytes after the last value: the end tag, the value count, the applied revision, the last
 /// update, the stream's creation time and the bucket's `max_age`.
 const END_LEN: usize = 1 + 8 + 8 + 8 + 16 + 8;
@@ -261,7 +264,10 @@ pub(super) fn read(dir: &Path, bucket: &str, filter: &str) -> Result<Saved, Save
     };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
     let chunks = split_records(records, values, threads)?;
-    let staging = Staging::of_stream(0, usize::try_from(values).unwrap_or(0));
+    // Sized by the count the file states, but never beyond what its bytes can hold: a file
+    // crafted with a matching checksum must not make the table ask for all memory.
+    let room = (records.len() / MIN_RECORD_LEN).min(usize::try_from(values).unwrap_or(0));
+    let staging = Staging::of_stream(0, room);
     let now = unix_nanos();
     let loaded: Vec<Result<Loaded, SavedError>> = std::thread::scope(|scope| {
         let workers: Vec<_> = chunks
