@@ -188,72 +188,72 @@ pub fn split_inline(line: &[u8]) -> Result<Vec<Vec<u8>>, ProtocolError> {
         if i >= line.len() {
             break;
         }
-        let mut word = Vec::new();
-        match line[i] {
-            b'"' => {
-                i += 1;
-                loop {
-                    let Some(&c) = line.get(i) else {
-                        return Err(ProtocolError::UnbalancedQuotes);
-                    };
-                    i += 1;
-                    match c {
-                        b'"' => break,
-                        b'\\' => {
-                            let Some(&e) = line.get(i) else {
-                                return Err(ProtocolError::UnbalancedQuotes);
-                            };
-                            i += 1;
-                            match e {
-                                b'n' => word.push(b'\n'),
-                                b'r' => word.push(b'\r'),
-                                b't' => word.push(b'\t'),
-                                b'b' => word.push(8),
-                                b'a' => word.push(7),
-                                b'x' if line.len() >= i + 2
-                                    && line[i].is_ascii_hexdigit()
-                                    && line[i + 1].is_ascii_hexdigit() =>
-                                {
-                                    let hex = std::str::from_utf8(&line[i..i + 2]).unwrap_or("0");
-                                    word.push(u8::from_str_radix(hex, 16).unwrap_or(0));
-                                    i += 2;
-                                }
-                                other => word.push(other),
-                            }
-                        }
-                        other => word.push(other),
-                    }
-                }
-                closed_quote_ends_word(line, i)?;
-            }
-            b'\'' => {
-                i += 1;
-                loop {
-                    let Some(&c) = line.get(i) else {
-                        return Err(ProtocolError::UnbalancedQuotes);
-                    };
-                    i += 1;
-                    match c {
-                        b'\'' => break,
-                        b'\\' if line.get(i) == Some(&b'\'') => {
-                            word.push(b'\'');
-                            i += 1;
-                        }
-                        other => word.push(other),
-                    }
-                }
-                closed_quote_ends_word(line, i)?;
+        let word = match line[i] {
+            quote @ (b'"' | b'\'') => {
+                let (word, after) = quoted(line, i + 1, quote)?;
+                i = after;
+                word
             }
             _ => {
+                let start = i;
                 while i < line.len() && !line[i].is_ascii_whitespace() {
-                    word.push(line[i]);
                     i += 1;
                 }
+                line[start..i].to_vec()
             }
-        }
+        };
         words.push(word);
     }
     Ok(words)
+}
+
+/// The word in quotes that starts at `i`, after its opening `quote`, and where the line goes on
+/// after the closing one. In "double quotes" backslash escapes apply; in 'single quotes' only \'.
+fn quoted(line: &[u8], mut i: usize, quote: u8) -> Result<(Vec<u8>, usize), ProtocolError> {
+    let mut word = Vec::new();
+    loop {
+        let Some(&c) = line.get(i) else {
+            return Err(ProtocolError::UnbalancedQuotes);
+        };
+        i += 1;
+        if c == quote {
+            closed_quote_ends_word(line, i)?;
+            return Ok((word, i));
+        }
+        match (c, quote, line.get(i)) {
+            (b'\\', b'"', None) => return Err(ProtocolError::UnbalancedQuotes),
+            (b'\\', b'"', Some(&escape)) => {
+                i += 1;
+                word.push(unescape(escape, line, &mut i));
+            }
+            (b'\\', _, Some(b'\'')) => {
+                word.push(b'\'');
+                i += 1;
+            }
+            _ => word.push(c),
+        }
+    }
+}
+
+/// The byte a backslash escape in double quotes stands for; `\xHH` also takes the two digits
+/// after `i`.
+fn unescape(escape: u8, line: &[u8], i: &mut usize) -> u8 {
+    match escape {
+        b'n' => b'\n',
+        b'r' => b'\r',
+        b't' => b'\t',
+        b'b' => 8,
+        b'a' => 7,
+        b'x' if line.len() >= *i + 2
+            && line[*i].is_ascii_hexdigit()
+            && line[*i + 1].is_ascii_hexdigit() =>
+        {
+            let hex = std::str::from_utf8(&line[*i..*i + 2]).unwrap_or("0");
+            *i += 2;
+            u8::from_str_radix(hex, 16).unwrap_or(0)
+        }
+        other => other,
+    }
 }
 
 /// A closing quote must end its word, as in Redis (`"a"b` is an error).
@@ -391,6 +391,41 @@ mod tests {
                 corrupted[i] = byte;
                 let _ = parse_all(&corrupted);
             }
+        }
+    }
+
+    #[test]
+    fn inline_words_in_quotes_as_redis_splits_them() {
+        let words = |line: &[u8]| {
+            split_inline(line).map(|w| {
+                w.iter()
+                    .map(|w| String::from_utf8_lossy(w).into_owned())
+                    .collect::<Vec<_>>()
+            })
+        };
+        assert_eq!(
+            words(b"SET k 'it\\'s' \"a\\nb\\t\\x41\\x4g\\\\\\\"\"").unwrap(),
+            ["SET", "k", "it's", "a\nb\tAx4g\\\""]
+        );
+        assert_eq!(
+            words(b"  ECHO 'a\\b'  ''  \"\"").unwrap(),
+            ["ECHO", "a\\b", "", ""]
+        );
+        for unbalanced in [
+            &b"GET \"k"[..],
+            b"GET 'k",
+            b"GET \"k\\",
+            b"GET \"a\"b",
+            b"GET 'a'b",
+        ] {
+            assert!(
+                matches!(
+                    split_inline(unbalanced),
+                    Err(ProtocolError::UnbalancedQuotes)
+                ),
+                "{:?}",
+                String::from_utf8_lossy(unbalanced)
+            );
         }
     }
 }
