@@ -63,6 +63,27 @@ async fn warm_starts(sidecar: &Sidecar, name: &str) -> (u64, u64) {
     )
 }
 
+/// Starts a sidecar on the saved state in `state` and checks how it started (warm starts, saved
+/// mirrors rejected, as its metrics count them) and that it serves exactly what NATS holds.
+async fn restart_serving_nats(
+    nats: &NatsServer,
+    name: &str,
+    state: &Path,
+    kv: &async_nats::jetstream::kv::Store,
+    started: (u64, u64),
+) -> (Sidecar, Client) {
+    let sidecar = start(nats, name, state).await;
+    let client = sidecar.synced_client().await;
+    let how = if started.0 == 1 {
+        "a warm start"
+    } else {
+        "a cold start"
+    };
+    assert_eq!(warm_starts(&sidecar, name).await, started, "{how}");
+    assert_same_as_nats(&client, kv, name).await;
+    (sidecar, client)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_sidecar_starts_warm_and_serves_every_write_made_while_it_was_down() {
     let nats = NatsServer::start().await;
@@ -97,10 +118,7 @@ async fn a_restarted_sidecar_starts_warm_and_serves_every_write_made_while_it_wa
     kv.put("new.key", "new".into()).await.unwrap();
     kv.create("k2", "again".into()).await.unwrap();
 
-    let sidecar = start(&nats, "warm", state.path()).await;
-    let client = sidecar.synced_client().await;
-    assert_eq!(warm_starts(&sidecar, "warm").await, (1, 0), "a warm start");
-    assert_same_as_nats(&client, &kv, "warm").await;
+    let (sidecar, client) = restart_serving_nats(&nats, "warm", state.path(), &kv, (1, 0)).await;
     assert_eq!(
         client
             .get("warm", "k1")
@@ -141,14 +159,7 @@ async fn a_saved_mirror_of_a_deleted_and_recreated_bucket_is_never_served() {
         kv.put(format!("k{i}"), "new".into()).await.unwrap();
     }
 
-    let sidecar = start(&nats, "reborn", state.path()).await;
-    let client = sidecar.synced_client().await;
-    assert_eq!(
-        warm_starts(&sidecar, "reborn").await,
-        (0, 1),
-        "a cold start"
-    );
-    assert_same_as_nats(&client, &kv, "reborn").await;
+    let (sidecar, _) = restart_serving_nats(&nats, "reborn", state.path(), &kv, (0, 1)).await;
     sidecar.stop().await;
 }
 
@@ -170,10 +181,7 @@ async fn a_saved_mirror_older_than_the_streams_history_falls_back_to_a_cold_star
     kv.put("k1", "after".into()).await.unwrap();
     kv.put("fresh", "after".into()).await.unwrap();
 
-    let sidecar = start(&nats, "aged", state.path()).await;
-    let client = sidecar.synced_client().await;
-    assert_eq!(warm_starts(&sidecar, "aged").await, (0, 1), "a cold start");
-    assert_same_as_nats(&client, &kv, "aged").await;
+    let (sidecar, client) = restart_serving_nats(&nats, "aged", state.path(), &kv, (0, 1)).await;
     assert!(client.get("aged", "k2").await.unwrap().is_none());
     sidecar.stop().await;
 }
@@ -192,14 +200,7 @@ async fn a_damaged_saved_mirror_is_ignored_and_the_start_is_cold() {
     flipped[bytes.len() / 2] ^= 1;
     for damaged in [bytes[..bytes.len() / 2].to_vec(), flipped] {
         std::fs::write(&file, damaged).unwrap();
-        let sidecar = start(&nats, "damaged", state.path()).await;
-        let client = sidecar.synced_client().await;
-        assert_eq!(
-            warm_starts(&sidecar, "damaged").await,
-            (0, 1),
-            "a cold start"
-        );
-        assert_same_as_nats(&client, &kv, "damaged").await;
+        let (sidecar, _) = restart_serving_nats(&nats, "damaged", state.path(), &kv, (0, 1)).await;
         sidecar.stop().await;
     }
 }
@@ -293,10 +294,7 @@ async fn a_saved_mirror_is_not_restored_after_the_buckets_max_age_changed() {
     config.max_age = Duration::from_secs(7200);
     js.update_stream(config).await.unwrap();
 
-    let sidecar = start(&nats, "aging", state.path()).await;
-    let client = sidecar.synced_client().await;
-    assert_eq!(warm_starts(&sidecar, "aging").await, (0, 1), "a cold start");
-    assert_same_as_nats(&client, &kv, "aging").await;
+    let (sidecar, _) = restart_serving_nats(&nats, "aging", state.path(), &kv, (0, 1)).await;
     sidecar.stop().await;
 
     // Saved again under the new max_age, the next restart is warm.
