@@ -184,8 +184,16 @@ impl Staging {
     /// `keys` values.
     pub fn of_stream(stream_created: i128, keys: usize) -> Staging {
         Staging {
-            table: new_table(keys),
             stream_created: Some(stream_created),
+            ..Staging::with_room(keys)
+        }
+    }
+
+    /// An empty snapshot with room for `keys` values, of a stream named later (a saved mirror
+    /// says which in its last bytes, see [`Staging::set_saved_position`]).
+    pub(super) fn with_room(keys: usize) -> Staging {
+        Staging {
+            table: new_table(keys),
             ..Staging::default()
         }
     }

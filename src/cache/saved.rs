@@ -267,7 +267,7 @@ pub(super) fn read(dir: &Path, bucket: &str, filter: &str) -> Result<Saved, Save
     // Sized by the count the file states, but never beyond what its bytes can hold: a file
     // crafted with a matching checksum must not make the table ask for all memory.
     let room = (records.len() / MIN_RECORD_LEN).min(usize::try_from(values).unwrap_or(0));
-    let staging = Staging::of_stream(0, room);
+    let staging = Staging::with_room(room);
     let now = unix_nanos();
     let loaded: Vec<Result<Loaded, SavedError>> = std::thread::scope(|scope| {
         let workers: Vec<_> = chunks
