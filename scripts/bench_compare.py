@@ -379,17 +379,21 @@ bucket: {r['nearkv idle']['rss_kib'] / 1024:.1f} MiB. Runs, cold: {', '.join(f"{
 - **Pipelined get vs Redis.** Redis answers a pipelined burst from one thread with a minimal
   parser, and `redis-benchmark` is a lean C client; nearkv reaches most of the raw floor of the same
   generator, but the generator (MessagePack encoding, HDR recording, one tokio task per connection)
-  costs more per request than redis-benchmark's. Server-side, DashMap's shard read locks (atomic
-  read counts bouncing between the two cores) and copying each value into the response buffer
-  are the largest items left in `perf`.
-- **The Redis face vs redis-server.** The same `redis-benchmark` commands, interleaved run by run:
-  unpipelined GET is at parity within this machine's noise (runs swing by ±20% from one minute to
-  the next; the table shows the median of five). Pipelined GET and MGET are behind: redis-server
-  answers from one thread next to a one-thread client on two cores, and `perf record -g` on nearkv
-  under `redis-benchmark -P 16` shows the DashMap lookup (the key comparison touching the table
-  slot, a cache miss: 10%), scheduler wake-ups (10%) and three clock reads per GET (mirror age,
-  request duration: 5%) as the largest items. Closing that gap is part of the footprint work
-  (pipelined reads), not done here.
+  costs more per request than redis-benchmark's. Server-side, the largest item left in `perf` is
+  the DashMap lookup itself: two dependent cache misses, the table slot and then the value's block
+  (the key compare), about a fifth of the sidecar's time.
+- **The Redis face vs redis-server.** The same `redis-benchmark` commands, interleaved run by run
+  (this machine's speed swings by ±20% from one minute to the next; the table shows the median of
+  five). redis-server answers from one thread next to a one-thread client on two cores. `perf
+  record -g` on nearkv under `redis-benchmark -P 16` now shows the DashMap lookup (two cache
+  misses: 21%), the kernel's socket send waking the client (10%) and RESP parsing (8%) as the
+  largest items. Updating the shared metrics and reading the clock three times per GET were 13%
+  more until this run (see 11 below). Without pipelining, tokio's scheduler is the largest item
+  (thread switches: 13% under MGET). Measured and left alone: the same runs with
+  `TOKIO_WORKER_THREADS=1` were 4–25% faster on reads (fewer threads beside the load generator's
+  core), but put throughput at 16 connections fell to about 0.8×; a thread per core serving
+  connections with no work stealing (as Pingora's "no steal" runtime) helped unpipelined GET and not
+  pipelined GET or MGET, so it was not kept.
 - **Put/CAS throughput at 16 connections.** Every nearkv write costs nats-server a consumer
   delivery to the sidecar's watcher on top of the store and ack (that is how read-your-writes is
   kept), and costs the sidecar that event's decoding; with the generator on the same two cores the
@@ -405,15 +409,15 @@ bucket: {r['nearkv idle']['rss_kib'] / 1024:.1f} MiB. Runs, cold: {', '.join(f"{
   slot (one allocation and one copy) and the DashMap inserts (the table is sized from the stream's
   subject count first, so it never rehashes during the load). A million-key snapshot used to
   overflow async-nats' default subscription queue (65,536 messages): thousands of dropped messages,
-  each making the ordered consumer start over; the queue is now 2^20 messages and grows only as
-  far as it is used.
+  each making the ordered consumer start over; the queue is now 2^18 messages, the smallest size
+  that dropped none in these runs (2^17 dropped 256).
 - **Ready time after a restart (warm).** Reading and checking the 140 MB file (CRC-32) takes about
   0.1 s and building the million slots on two threads about 0.3 s; the feed then resumes from the
   file's next revision and the sidecar is ready once it has caught up.
 - **RSS at 1M keys.** Each value is one allocation (`src/cache/slot.rs`: key length, revision,
   created, expires, key, value: 136 bytes for an 11-byte key and a 100-byte value, glibc's 144-byte
-  class) and the table holds only a 16-byte pointer per slot: 2^18 buckets in each of 8 shards (a
-  million keys is just past 7/8 of 2^20, hashbrown's load limit), 34 MiB. That is 137 + 34 MiB plus
+  class) and the table holds only a 16-byte pointer per slot: 2^15 buckets in each of 64 shards
+  (15,625 keys a shard is past 7/8 of 2^14, hashbrown's load limit), 34 MiB with the control bytes. That is 137 + 34 MiB plus
   the process itself (the idle row). glibc's free pages left by the snapshot's transit are returned
   with `malloc_trim` after the load. The stretch target (1.3× raw bytes) would need values packed
   into shared blocks without per-value allocator overhead.
@@ -466,6 +470,14 @@ and with the criterion benches:
     `CancellationToken::cancelled()` future per request, which locks the token's mutex (one token
     shared by every connection) and registers with a `Notify`: 3 % of the profile. The future is now
     created once and polled by reference; pipelined get throughput rose by about 11 %.
+11. **Reads counted and timed once per burst.** Every read updated shared Prometheus atomics (a
+    request counter, a histogram, hit and miss counters), written by both cores, and read a precise
+    clock three times (start, end, and the mirror's age). A connection now tallies the reads it
+    answers from memory and adds them to the shared metrics once per pipelined burst, timed from
+    the burst's first read to its replies (docs/METRICS.md), and the mirror's age (milliseconds,
+    against a `max_staleness` of at least 200 ms) comes from the kernel's coarse clock. Interleaved
+    `redis-benchmark -c 50 -P 16` runs against the Redis face: median of seven 846,113 → 993,789
+    GETs/s (1.17×).
 """
     with open(os.path.join(ROOT, "docs", "BENCHMARKS.md"), "w") as f:
         f.write(text)

@@ -68,6 +68,26 @@ pub fn unix_nanos() -> i64 {
         .map_or(0, |d| d.as_nanos().min(i64::MAX as u128) as i64)
 }
 
+/// The monotonic clock in milliseconds, as of the kernel's last tick: a few milliseconds coarse,
+/// and a fraction of the cost of a precise read. Every read from the mirror asks its age (in
+/// milliseconds, against a `max_staleness` of at least 200), and on a pipelined burst precise
+/// clock reads were a tenth of the server's time.
+fn coarse_millis() -> u64 {
+    #[cfg(target_os = "linux")]
+    {
+        let mut now = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes only the timespec it is given.
+        if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut now) } == 0 {
+            return now.tv_sec as u64 * 1000 + now.tv_nsec as u64 / 1_000_000;
+        }
+    }
+    static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    ORIGIN.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
 fn read_table<R>(table: &Table, key: &str, f: impl FnOnce(Option<EntryRef<'_>>) -> R) -> R {
     let result = match table.get(key.as_bytes()) {
         Some(slot) if slot.key().is_live() => f(Some(slot.key().entry_ref(key))),
@@ -240,9 +260,7 @@ pub struct Mirror {
     synced: AtomicBool,
     bytes: AtomicU64,
     last_update: AtomicI64,
-    /// The origin of `confirmed`.
-    clock: Instant,
-    /// When NATS last confirmed that the mirror held everything, in ms after `clock` plus one;
+    /// When NATS last confirmed that the mirror held everything, in [`coarse_millis`] plus one;
     /// 0: never.
     confirmed: AtomicU64,
     rebuilds: AtomicU64,
@@ -279,7 +297,6 @@ impl Mirror {
             synced: AtomicBool::new(false),
             bytes: AtomicU64::new(0),
             last_update: AtomicI64::new(0),
-            clock: Instant::now(),
             confirmed: AtomicU64::new(0),
             rebuilds: AtomicU64::new(0),
             generation: AtomicU64::new(0),
@@ -390,19 +407,19 @@ impl Mirror {
     /// Records that NATS confirmed, at `at`, that the mirror held everything: it delivered an
     /// update with nothing pending after it, or reported no revision beyond `applied`.
     pub(super) fn confirm(&self, at: Instant) {
-        let ms = at.saturating_duration_since(self.clock).as_millis() as u64 + 1;
+        let ago = at.elapsed().as_millis() as u64;
+        let ms = coarse_millis().saturating_sub(ago) + 1;
         self.confirmed.fetch_max(ms, Ordering::Relaxed);
     }
 
-    /// How long ago NATS last confirmed the mirror current; `None` if it never has.
+    /// How long ago NATS last confirmed the mirror current, to within a few milliseconds;
+    /// `None` if it never has.
     pub fn age(&self) -> Option<Duration> {
         match self.confirmed.load(Ordering::Relaxed) {
             0 => None,
-            ms => Some(
-                self.clock
-                    .elapsed()
-                    .saturating_sub(Duration::from_millis(ms - 1)),
-            ),
+            ms => Some(Duration::from_millis(
+                coarse_millis().saturating_sub(ms - 1),
+            )),
         }
     }
 
@@ -863,5 +880,19 @@ mod tests {
         assert_eq!(mirror.age(), None);
         mirror.confirm(Instant::now());
         assert!(mirror.age().unwrap() < Duration::from_secs(60));
+        // A confirmation older than the last one does not make the mirror older.
+        let latest = mirror.confirmed.load(Ordering::Relaxed);
+        mirror.confirm(Instant::now() - Duration::from_millis(500));
+        assert_eq!(mirror.confirmed.load(Ordering::Relaxed), latest);
+    }
+
+    #[test]
+    fn age_counts_from_when_the_confirmation_was_asked() {
+        let mirror = Mirror::new(16);
+        mirror.confirm(Instant::now() - Duration::from_millis(500));
+        // The coarse clock is behind by at most a tick (a few milliseconds).
+        let age = mirror.age().unwrap();
+        assert!(age >= Duration::from_millis(480), "{age:?}");
+        assert!(age < Duration::from_secs(60), "{age:?}");
     }
 }

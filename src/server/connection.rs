@@ -19,6 +19,7 @@ use super::v1::{self, V1Reply};
 use crate::cache::WatchItem;
 use crate::cmd::{Command, Op, Outcome, Reply, Route};
 use crate::error::{Error, ErrorCode};
+use crate::metrics::ReadTally;
 use crate::protocol::frame::{FrameError, FrameReader};
 use crate::protocol::response::{encode_error, encode_watch, WatchMessage};
 
@@ -49,6 +50,8 @@ pub struct Connection {
     limits: Limits,
     /// One permit per waiting request in flight.
     in_flight: Arc<Semaphore>,
+    /// Requests answered at once, added to the shared metrics once per burst.
+    tally: ReadTally,
 }
 
 impl Connection {
@@ -71,6 +74,7 @@ impl Connection {
             shutdown,
             limits,
             in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
+            tally: ctx.metrics.tally(),
         };
         let mut frames = FrameReader::with_input(read_half, limits.max_frame_size, input);
         let mut batch = Vec::new();
@@ -163,17 +167,20 @@ impl Connection {
             };
             self.handle(frame, batch);
             // Answer a pipelined burst in one write: flush only when no whole frame is waiting.
-            if !frames.has_buffered_frame()
-                && !batch.is_empty()
-                && !send_to_client(socket, batch, queued, &self.limits, &self.ctx).await
-            {
-                return false;
+            if !frames.has_buffered_frame() {
+                self.tally.flush();
+                if !batch.is_empty()
+                    && !send_to_client(socket, batch, queued, &self.limits, &self.ctx).await
+                {
+                    return false;
+                }
             }
         }
     }
 
     fn handle(&mut self, frame: Bytes, batch: &mut Vec<u8>) {
-        let started = std::time::Instant::now();
+        // Requests answered at once are timed by the tally, a burst at a time.
+        self.tally.start();
         let (id, command) = match v1::parse(&frame) {
             Ok(parsed) => parsed,
             Err(err) => {
@@ -182,7 +189,7 @@ impl Connection {
                     error: Some(err.error.code),
                     ..Outcome::OK
                 };
-                self.ctx.count("", Op::Invalid, started, outcome);
+                self.tally.count("", Op::Invalid, outcome);
                 return;
             }
         };
@@ -191,10 +198,11 @@ impl Connection {
         match command.route() {
             Route::Now => {
                 let outcome = command.answer_now(&self.ctx.cache, &mut reply);
-                self.ctx
-                    .count(self.ctx.bucket_label(&command), op, started, outcome);
+                self.tally
+                    .count(self.ctx.bucket_label(&command), op, outcome);
             }
             Route::Waits => {
+                let started = std::time::Instant::now();
                 let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
                     let error = Error::new(
                         ErrorCode::TooManyRequests,
@@ -226,8 +234,8 @@ impl Connection {
             }
             Route::Watch => {
                 let outcome = self.watch(id, &command, &mut reply);
-                self.ctx
-                    .count(self.ctx.bucket_label(&command), op, started, outcome);
+                self.tally
+                    .count(self.ctx.bucket_label(&command), op, outcome);
             }
         }
     }

@@ -9,11 +9,17 @@ use super::reply;
 use super::session::{arity, bad, integer, is, Handled, Session, REDIS_VERSION};
 use super::{nearkv, strings};
 use crate::error::Error;
+use crate::metrics::ReadTally;
 
 impl Session {
     /// Answers a read from memory at once (`GET`, `MGET`), without the machinery of a command
     /// that may wait; `false` for any other command, which goes to [`Session::execute`].
-    pub fn answer_read(&mut self, args: &[Bytes], out: &mut Out<'_>) -> bool {
+    pub fn answer_read(
+        &mut self,
+        args: &[Bytes],
+        out: &mut Out<'_>,
+        tally: &mut ReadTally,
+    ) -> bool {
         let Some(first) = args.first() else {
             return false;
         };
@@ -21,9 +27,9 @@ impl Session {
             return false;
         }
         let handled = if args.len() == 2 && is(first, "GET") {
-            strings::get(self, args, out)
+            strings::get(self, &args[1], out, tally)
         } else if args.len() >= 2 && is(first, "MGET") {
-            strings::mget(self, args, out)
+            strings::mget(self, args, out, tally)
         } else {
             return false;
         };

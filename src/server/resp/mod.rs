@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use super::connection::{IdleClock, Limits};
 use super::context::Context;
 use crate::error::{Error, ErrorCode};
+use crate::metrics::ReadTally;
 use encode::{Out, Version};
 use parse::Check;
 use session::Session;
@@ -54,6 +55,7 @@ pub async fn run(
         input,
         args: Vec::new(),
         batch: Vec::with_capacity(16 * 1024),
+        tally: ctx.metrics.tally(),
         limits,
     };
     connection.serve(shutdown).await;
@@ -68,6 +70,8 @@ struct Connection {
     /// The arguments of the command being run, reused from one command to the next.
     args: Vec<bytes::Bytes>,
     batch: Vec<u8>,
+    /// Reads answered from memory, added to the shared metrics once per burst.
+    tally: ReadTally,
     limits: Limits,
 }
 
@@ -133,7 +137,12 @@ impl Connection {
                         buf: &mut self.batch,
                         version: self.session.version,
                     };
-                    if !self.session.answer_read(&self.args, &mut out) {
+                    if !self
+                        .session
+                        .answer_read(&self.args, &mut out, &mut self.tally)
+                    {
+                        // It may wait: the reads before it are timed without that wait.
+                        self.tally.flush();
                         self.session.execute(&self.args, &mut out).await;
                     }
                     if self.session.quit {
@@ -164,6 +173,7 @@ impl Connection {
     /// Sends the pending replies. False when the client is gone or did not read them within
     /// `socket.write_timeout`.
     async fn flush(&mut self) -> bool {
+        self.tally.flush();
         if self.batch.is_empty() {
             return true;
         }

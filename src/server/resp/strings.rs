@@ -12,6 +12,7 @@ use super::session::{arity, bad, integer, is, Handled, Session};
 use crate::cache::{Bucket, ErrorKind};
 use crate::cmd::{self, Op, Outcome};
 use crate::error::{Error, ErrorCode};
+use crate::metrics::ReadTally;
 use crate::protocol::WriteOptions;
 
 /// Attempts of a read-then-compare-and-set (`SET ... XX`, `SET ... GET`, `GETDEL`) before a
@@ -25,8 +26,8 @@ pub async fn execute(
     out: &mut Out<'_>,
 ) -> Handled {
     match name {
-        "GET" => get(session, args, out),
-        "MGET" => mget(session, args, out),
+        // A GET or MGET with its arguments is answered by `Session::answer_read`.
+        "GET" | "MGET" => Err(arity(name)),
         "SET" => set(session, args, out).await,
         "SETNX" if args.len() == 3 => {
             let options = SetOptions {
@@ -118,26 +119,27 @@ fn count(session: &Session, bucket: &str, op: Op, started: Instant, outcome: Out
     session.ctx.count(bucket, op, started, outcome);
 }
 
-pub fn get(session: &Session, args: &[Bytes], out: &mut Out<'_>) -> Handled {
-    let started = Instant::now();
-    if args.len() != 2 {
-        return Err(arity("get"));
-    }
-    let (bucket, key) = session.locate(&args[1])?;
+/// `GET key`, counted in `tally`.
+pub fn get(session: &Session, key: &Bytes, out: &mut Out<'_>, tally: &mut ReadTally) -> Handled {
+    tally.start();
+    let (bucket, key) = session.locate(key)?;
     let mut reply = RespReply {
         out,
         style: Style::Redis,
     };
     let outcome = cmd::Get::read_now(bucket, key, false, &mut reply);
-    count(session, bucket.name(), Op::Get, started, outcome);
+    tally.count(bucket.name(), Op::Get, outcome);
     Ok(())
 }
 
-pub fn mget(session: &Session, args: &[Bytes], out: &mut Out<'_>) -> Handled {
-    let started = Instant::now();
-    if args.len() < 2 {
-        return Err(arity("mget"));
-    }
+/// `MGET key [key ...]` (`args` holds at least one key), counted in `tally`.
+pub fn mget(
+    session: &Session,
+    args: &[Bytes],
+    out: &mut Out<'_>,
+    tally: &mut ReadTally,
+) -> Handled {
+    tally.start();
     let located = args[1..]
         .iter()
         .map(|arg| session.locate(arg))
@@ -153,7 +155,7 @@ pub fn mget(session: &Session, args: &[Bytes], out: &mut Out<'_>) -> Handled {
             style: Style::Redis,
         };
         let outcome = cmd::Mget::read_now(first, &keys, false, &mut reply);
-        count(session, first.name(), Op::Mget, started, outcome);
+        tally.count(first.name(), Op::Mget, outcome);
         return Ok(());
     }
     // Keys of several buckets: each read from its own mirror.
