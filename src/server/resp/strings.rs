@@ -142,25 +142,25 @@ pub fn mget(
     tally.start();
     let located = args[1..]
         .iter()
-        .map(|arg| session.locate(arg))
+        .map(|arg| {
+            session
+                .locate(arg)
+                .map(|(bucket, key)| Located { bucket, key })
+        })
         .collect::<Result<Vec<_>, _>>()?;
-    let first = located[0].0;
-    if located
-        .iter()
-        .all(|(bucket, _)| bucket.name() == first.name())
-    {
-        let keys: Vec<&str> = located.iter().map(|(_, key)| *key).collect();
+    let first = located[0].bucket;
+    if located.iter().all(|l| std::ptr::eq(l.bucket, first)) {
         let mut reply = RespReply {
             out,
             style: Style::Redis,
         };
-        let outcome = cmd::Mget::read_now(first, &keys, false, &mut reply);
+        let outcome = cmd::Mget::read_now(first, &located, false, &mut reply);
         tally.count(first.name(), Op::Mget, outcome);
         return Ok(());
     }
     // Keys of several buckets: each read from its own mirror.
     let mut values = Vec::with_capacity(located.len());
-    for (bucket, key) in &located {
+    for Located { bucket, key } in &located {
         values.push(bucket.get_cached(key).map_err(Error::from)?);
     }
     out.array(values.len());
@@ -171,6 +171,19 @@ pub fn mget(
         }
     }
     Ok(())
+}
+
+/// A key argument's bucket and key; read as the key, so that an `MGET` of one bucket's keys
+/// goes to the mirror without another list.
+struct Located<'a> {
+    bucket: &'a Bucket,
+    key: &'a str,
+}
+
+impl AsRef<str> for Located<'_> {
+    fn as_ref(&self) -> &str {
+        self.key
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
