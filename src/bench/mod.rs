@@ -7,6 +7,7 @@
 
 mod direct;
 mod paced;
+mod preencoded;
 pub mod raw;
 mod socket;
 
@@ -29,6 +30,9 @@ pub enum Target {
     /// A raw Unix-socket server answering a 4-byte length prefix with a value from a map,
     /// started by the bench as a separate process: the floor of any socket round trip.
     Raw,
+    /// A Redis server's Unix socket (`--socket`), or nearkv's Redis face: pre-encoded GETs of
+    /// `<bucket>:<key>` in RESP (the working set is written with SET first). `get` only.
+    Redis,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
@@ -100,6 +104,11 @@ pub struct BenchArgs {
     /// No progress line.
     #[arg(long)]
     pub quiet: bool,
+    /// For `get` against nearkv: encode the requests before the clock starts and read the
+    /// replies in order, exactly as `--against redis` does, so that the two compare like for
+    /// like.
+    #[arg(long)]
+    pub preencoded: bool,
 }
 
 /// What one run measured.
@@ -273,11 +282,18 @@ pub async fn run(args: &BenchArgs, socket: &std::path::Path) -> Result<Report, S
         args.workload,
         Workload::Get | Workload::Mget | Workload::Mixed
     );
-    let last_revision = if needs_seed && !args.no_seed && args.against != Target::Raw {
+    if (args.against == Target::Redis || args.preencoded) && args.workload != Workload::Get {
+        return Err("--against redis and --preencoded run the get workload only".to_string());
+    }
+    let seeds_nats = !matches!(args.against, Target::Raw | Target::Redis);
+    let last_revision = if needs_seed && !args.no_seed && seeds_nats {
         direct::seed(args, false).await?.1
     } else {
         0
     };
+    if args.against == Target::Redis && !args.no_seed {
+        preencoded::seed_resp(args, socket).await?;
+    }
     if args.against == Target::Nearkv && last_revision > 0 {
         socket::wait_for_revision(socket, &args.bucket, last_revision).await?;
     }
@@ -291,6 +307,8 @@ pub async fn run(args: &BenchArgs, socket: &std::path::Path) -> Result<Report, S
         (Target::Nearkv, Workload::Watch) => socket::watch(args, socket, &recorder).await.map(|()| None),
         (Target::Nats, Workload::Watch) => direct::watch(args, &recorder).await.map(|()| None),
         (Target::Raw, Workload::Watch) => Err("the raw target has no watch".to_string()),
+        (Target::Redis, _) => preencoded::load(args, socket, preencoded::Protocol::Resp, &recorder).await.map(|()| None),
+        (Target::Nearkv, _) if args.preencoded => preencoded::load(args, socket, preencoded::Protocol::V1, &recorder).await.map(|()| None),
         (Target::Nearkv, _) => socket::load(args, socket, &recorder).await.map(|()| None),
         (Target::Nats, _) => direct::load(args, &recorder).await.map(|()| None),
         (Target::Raw, _) => raw::load(args, &recorder).await.map(|()| None),

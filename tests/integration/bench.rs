@@ -46,6 +46,9 @@ async fn bench_runs_every_target_and_workload() {
         vec!["--workload", "get", "--against", "nats"],
         vec!["--workload", "cas", "--against", "nats"],
         vec!["--workload", "get", "--against", "raw", "--pipeline", "4"],
+        vec!["--workload", "get", "--preencoded", "--pipeline", "8"],
+        // RESP, pre-encoded, on the sidecar's Redis face.
+        vec!["--workload", "get", "--against", "redis", "--pipeline", "8"],
         vec!["--workload", "watch", "--rate", "200"],
         vec!["--workload", "watch", "--rate", "200", "--against", "nats"],
         vec!["--workload", "snapshot", "--against", "nats"],
