@@ -419,8 +419,8 @@ bucket: {r['nearkv idle']['rss_kib'] / 1024:.1f} MiB. Runs, cold: {', '.join(f"{
   five). redis-server answers from one thread next to a one-thread client on two cores. `perf
   record -g` on nearkv under `redis-benchmark -P 16` now shows the DashMap lookup (two cache
   misses: 21%), the kernel's socket send waking the client (10%) and RESP parsing (8%) as the
-  largest items. Updating the shared metrics and reading the clock three times per GET were 13%
-  more until this run (see 11 below). Without pipelining, tokio's scheduler is the largest item
+  largest items. Before this run, updating the shared metrics and reading the clock three times
+  per GET took another 11% of the samples (see 11 below). Without pipelining, tokio's scheduler is the largest item
   (thread switches: 13% under MGET). Measured and left alone: the same runs with
   `TOKIO_WORKER_THREADS=1` were 4–25% faster on reads (fewer threads beside the load generator's
   core), but put throughput at 16 connections fell to about 0.8×; a thread per core serving
