@@ -13,6 +13,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::UnixStream;
 
 use super::{flush, key, value, BenchArgs, Local, Recorder, Rng};
+use nearkv::protocol::frame::{self, FrameCheck, LENGTH_PREFIX};
 use nearkv::protocol::request::{encode, Request};
 use nearkv::protocol::response::peek_id_ok;
 use nearkv::protocol::ReadOptions;
@@ -48,8 +49,9 @@ pub async fn seed_resp(args: &BenchArgs, socket: &Path) -> Result<(), String> {
     let payload = value(args.value_size, 0);
     let mut input = BytesMut::with_capacity(64 * 1024);
     let mut out = Vec::new();
-    for chunk in (0..args.keys).collect::<Vec<_>>().chunks(256) {
-        for &i in chunk {
+    for first in (0..args.keys).step_by(256) {
+        let chunk = first..(first + 256).min(args.keys);
+        for i in chunk.clone() {
             resp_command(&[b"SET", resp_key(args, i).as_bytes(), &payload], &mut out);
         }
         flush(&mut write_half, &mut out).await?;
@@ -166,17 +168,14 @@ async fn next_reply(
 /// counts as a success); `None` until it has all arrived.
 fn reply(protocol: Protocol, input: &[u8]) -> Result<Option<(usize, bool)>, String> {
     match protocol {
-        Protocol::V1 => {
-            let Some(prefix) = input.get(..4) else {
-                return Ok(None);
-            };
-            let len = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
-            let Some(frame) = input.get(4..4 + len) else {
-                return Ok(None);
-            };
-            let ok = peek_id_ok(frame).is_some_and(|(_, ok)| ok == Some(true));
-            Ok(Some((4 + len, ok)))
-        }
+        Protocol::V1 => match frame::check(input, u32::MAX) {
+            FrameCheck::Complete(len) => {
+                let body = &input[LENGTH_PREFIX..LENGTH_PREFIX + len];
+                let ok = peek_id_ok(body).is_some_and(|(_, ok)| ok == Some(true));
+                Ok(Some((LENGTH_PREFIX + len, ok)))
+            }
+            FrameCheck::Incomplete | FrameCheck::TooLarge(_) => Ok(None),
+        },
         Protocol::Resp => {
             let Some(end) = input.windows(2).position(|w| w == b"\r\n") else {
                 return Ok(None);
