@@ -156,8 +156,9 @@ pub struct SocketConfig {
     pub request_timeout: Duration,
     /// Client connections served at once; one more is told `too_many_connections` and closed.
     pub max_connections: usize,
-    /// Requests that wait (writes, `min_revision` and strong reads) in flight on one connection;
-    /// one more is answered `too_many_requests`. Reads answered from memory do not count.
+    /// Requests that wait (writes, `min_revision` and strong reads, key listings) in flight on one
+    /// connection; one more is answered `too_many_requests`. Reads answered from memory do not
+    /// count.
     pub max_in_flight: usize,
     /// Active watches on one connection; one more is answered `too_many_watches`.
     pub max_watches: usize,
@@ -174,6 +175,10 @@ pub struct SocketConfig {
     /// terminationGracePeriodSeconds, 30 s by default).
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Threads that serve the socket's connections (both protocols). With 1, every connection is
+    /// served from one thread, as Redis serves its clients; the NATS connection and the bucket
+    /// mirrors run on a thread of their own either way.
+    pub threads: usize,
 }
 
 pub const DEFAULT_SOCKET_PATH: &str = "/tmp/nearkv.sock";
@@ -195,6 +200,7 @@ impl Default for SocketConfig {
             idle_timeout: Duration::from_secs(15 * 60),
             write_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
+            threads: 1,
         }
     }
 }
@@ -437,6 +443,9 @@ impl Config {
             if value == 0 {
                 return Err(invalid(field, "must be at least 1"));
             }
+        }
+        if !(1..=256).contains(&self.socket.threads) {
+            return Err(invalid("socket.threads", "must be between 1 and 256"));
         }
         for (field, value) in [
             ("socket.write_timeout", self.socket.write_timeout),

@@ -9,6 +9,7 @@
 
 mod backoff;
 pub mod cache;
+mod cache_thread;
 pub mod client;
 mod cmd;
 pub mod config;
@@ -43,10 +44,15 @@ pub enum ServeError {
     Bind(#[from] server::BindError),
     #[error(transparent)]
     Connect(#[from] nats::ConnectError),
+    #[error("cannot run the cache's thread: {0}")]
+    CacheThread(#[source] std::io::Error),
 }
 
 /// Runs the sidecar until `shutdown` is cancelled: binds the socket, connects to NATS, mirrors
 /// the configured buckets and serves clients; then shuts down cleanly.
+///
+/// Clients are served on the caller's runtime; the NATS connection and the mirrors run on a
+/// thread of their own. The `nearkv` binary gives the caller's runtime `socket.threads` threads.
 pub async fn serve(config: config::Config, shutdown: CancellationToken) -> Result<(), ServeError> {
     config.validate()?;
     warn_if_the_health_probe_is_refused(&config.socket);
@@ -70,14 +76,24 @@ pub async fn serve(config: config::Config, shutdown: CancellationToken) -> Resul
     let server = server::Server::bind(&config.socket, mode, config.socket.group_id()?).await?;
     let bucket_names: Vec<&str> = config.buckets.iter().map(|b| b.name.as_str()).collect();
     let metrics = metrics::Metrics::new(&bucket_names);
-    let client = nats::connect(&config.nats, Some(metrics.nats_reconnects.clone())).await?;
-    let cache = Arc::new(Cache::start(
-        client,
-        config.buckets.clone(),
-        &config.cache,
-        config.nats.request_timeout,
-        config.socket.request_timeout,
-    ));
+    let cache_thread = cache_thread::CacheThread::start().map_err(ServeError::CacheThread)?;
+    let nats_config = config.nats.clone();
+    let reconnects = metrics.nats_reconnects.clone();
+    let client = cache_thread
+        .handle()
+        .spawn(async move { nats::connect(&nats_config, Some(reconnects)).await })
+        .await
+        .map_err(|err| ServeError::CacheThread(std::io::Error::other(err)))??;
+    let cache = {
+        let _on_the_cache_thread = cache_thread.handle().enter();
+        Arc::new(Cache::start(
+            client,
+            config.buckets.clone(),
+            &config.cache,
+            config.nats.request_timeout,
+            config.socket.request_timeout,
+        ))
+    };
     metrics.watch_cache(cache.clone());
     let http = http_listener.map(|listener| {
         tracing::info!(address = %config.http.listen, "HTTP endpoint: /metrics /healthz /readyz");
@@ -109,6 +125,7 @@ pub async fn serve(config: config::Config, shutdown: CancellationToken) -> Resul
     if let Some(http) = http {
         let _ = http.await;
     }
+    cache_thread.stop().await;
     tracing::info!("nearkv stopped");
     Ok(())
 }

@@ -18,6 +18,10 @@ use crate::protocol::{
     BucketStatus, Consistency, Entry, Freshness, Operation, ReadOptions, WriteOptions,
 };
 
+/// The largest mirror whose keys are listed by the task that asks; a larger one is walked on the
+/// blocking pool (about a millisecond of walking at this size).
+const WALKED_INLINE: usize = 10_000;
+
 /// Whether a bucket should receive traffic, and its state in words for `/readyz`.
 pub struct Readiness {
     pub ready: bool,
@@ -220,6 +224,7 @@ impl Bucket {
                 store,
                 &self.state.config().filter,
                 self.state.tasks(),
+                self.state.runtime(),
                 self.state.shutdown(),
             ),
         )
@@ -238,16 +243,52 @@ impl Bucket {
         Ok(())
     }
 
-    /// Live keys matching `filter` (default: all), sorted.
-    pub fn keys(&self, filter: Option<&str>, allow_stale: bool) -> Result<Vec<String>> {
+    /// Live keys matching `filter` (NATS wildcards; default: all), sorted.
+    pub async fn keys(&self, filter: Option<&str>, allow_stale: bool) -> Result<Vec<String>> {
         if let Some(filter) = filter {
             validate_filter(filter)?;
         }
+        let filter = filter.map(str::to_string);
+        self.keys_where(allow_stale, move |key| {
+            filter.as_deref().is_none_or(|f| filter_matches(f, key))
+        })
+        .await
+    }
+
+    /// Live keys for which `matches` holds, sorted.
+    pub async fn keys_where(
+        &self,
+        allow_stale: bool,
+        matches: impl Fn(&str) -> bool + Send + 'static,
+    ) -> Result<Vec<String>> {
         self.freshness(allow_stale)?;
-        Ok(self
-            .state
-            .mirror()
-            .keys(|key| filter.is_none_or(|f| filter_matches(f, key))))
+        self.walk(move |mirror| mirror.keys(matches)).await
+    }
+
+    /// A page of a scan of the live keys: see [`Mirror::scan`].
+    pub async fn scan(&self, cursor: u64, count: usize) -> Result<(u64, Vec<String>)> {
+        self.freshness(false)?;
+        self.walk(move |mirror| mirror.scan(cursor, count)).await
+    }
+
+    /// Runs `walk` over the mirror: at once when it is small, otherwise on the blocking pool, so
+    /// that listing a million keys holds up no other connection served by the same thread.
+    async fn walk<R: Send + 'static>(
+        &self,
+        walk: impl FnOnce(&Mirror) -> R + Send + 'static,
+    ) -> Result<R> {
+        if self.state.mirror().len() <= WALKED_INLINE {
+            return Ok(walk(self.state.mirror()));
+        }
+        let state = self.state.clone();
+        tokio::task::spawn_blocking(move || walk(state.mirror()))
+            .await
+            .map_err(|err| {
+                Error::new(
+                    ErrorKind::Internal,
+                    format!("listing the keys of `{}` failed: {err}", self.name()),
+                )
+            })
     }
 
     pub fn status(&self) -> BucketStatus {

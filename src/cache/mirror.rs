@@ -254,6 +254,14 @@ impl Staging {
     }
 }
 
+/// A key's place in a scan ([`Mirror::scan`]): a hash with fixed seeds, below 2^63, so that a key
+/// present for a whole scan is listed whatever is added or removed meanwhile (a cursor that
+/// counted positions would skip keys after a removal) and whichever table holds it.
+pub fn scan_position(key: &str) -> u64 {
+    let hasher = ahash::RandomState::with_seeds(0x6e65, 0x6172, 0x6b76, 0x7363);
+    hasher.hash_one(key) >> 1
+}
+
 pub struct Mirror {
     table: ArcSwap<Table>,
     applied: AtomicU64,
@@ -345,6 +353,62 @@ impl Mirror {
             .collect();
         keys.sort_unstable();
         keys
+    }
+
+    /// Up to `count` live keys at the smallest [`scan_position`]s at or after `cursor`, and every
+    /// other key at the last one's position, in scan order; with the cursor that continues after
+    /// them (0: none are left). One walk of the table that keeps only the best candidates, so a
+    /// page of a large table costs no copy and no sort of all its keys.
+    pub fn scan(&self, cursor: u64, count: usize) -> (u64, Vec<String>) {
+        self.scan_by(cursor, count, scan_position)
+    }
+
+    fn scan_by(
+        &self,
+        cursor: u64,
+        count: usize,
+        position: impl Fn(&str) -> u64,
+    ) -> (u64, Vec<String>) {
+        let count = count.max(1);
+        let mut found: Vec<(u64, String)> = Vec::new();
+        let mut bound = u64::MAX;
+        let mut beyond = false;
+        let keep_best = |found: &mut Vec<(u64, String)>, beyond: &mut bool| {
+            found.sort_unstable();
+            let last = found[count - 1].0;
+            let keep = found.partition_point(|(at, _)| *at <= last);
+            *beyond |= keep < found.len();
+            found.truncate(keep);
+            last
+        };
+        for slot in self.table.load().iter() {
+            let slot = slot.key();
+            if !slot.is_live() {
+                continue;
+            }
+            let at = position(slot.key());
+            if at < cursor {
+                continue;
+            }
+            if at > bound {
+                beyond = true;
+                continue;
+            }
+            found.push((at, slot.key().to_string()));
+            if found.len() >= 2 * count.max(64) {
+                bound = keep_best(&mut found, &mut beyond);
+            }
+        }
+        if found.len() > count {
+            keep_best(&mut found, &mut beyond);
+        } else {
+            found.sort_unstable();
+        }
+        let next = match found.last() {
+            Some((at, _)) if beyond => at + 1,
+            _ => 0,
+        };
+        (next, found.into_iter().map(|(_, key)| key).collect())
     }
 
     /// The live entries of `keys`, from one table (see [`Mirror::with_table`]).
@@ -686,6 +750,94 @@ mod tests {
             revision,
             created: 1,
             operation,
+        }
+    }
+
+    /// Every page of a scan, from cursor 0 to the end.
+    fn scan_all(
+        mirror: &Mirror,
+        count: usize,
+        position: impl Fn(&str) -> u64 + Copy,
+        between_pages: &mut dyn FnMut(usize),
+    ) -> Vec<String> {
+        let (mut cursor, mut listed, mut pages) = (0, Vec::new(), 0);
+        loop {
+            let (next, keys) = mirror.scan_by(cursor, count, position);
+            listed.extend(keys);
+            pages += 1;
+            assert!(pages < 10_000, "the scan does not end");
+            if next == 0 {
+                return listed;
+            }
+            assert!(next > cursor, "a page must move the cursor on");
+            cursor = next;
+            between_pages(pages);
+        }
+    }
+
+    #[test]
+    fn a_scan_lists_every_key_once_in_pages_of_about_count() {
+        let mirror = Mirror::new(16);
+        for i in 0..1000u64 {
+            mirror.apply(entry(&format!("k{i}"), "v", i + 1, Operation::Put), 0);
+        }
+        let (_, first) = mirror.scan(0, 10);
+        assert_eq!(first.len(), 10);
+        let mut listed = scan_all(&mirror, 7, scan_position, &mut |_| {});
+        listed.sort();
+        let mut expected: Vec<String> = (0..1000).map(|i| format!("k{i}")).collect();
+        expected.sort();
+        assert_eq!(listed, expected);
+        assert_eq!(mirror.scan(0, 5000).0, 0, "one page holds them all");
+    }
+
+    #[test]
+    fn keys_sharing_a_position_are_never_split_over_two_pages() {
+        let mirror = Mirror::new(16);
+        for i in 0..300u64 {
+            mirror.apply(entry(&format!("k{i}"), "v", i + 1, Operation::Put), 0);
+        }
+        // Positions by key length: 10 keys at 2, 90 at 3, 200 at 4; pages of 3.
+        let by_length = |key: &str| key.len() as u64;
+        let (next, page) = mirror.scan_by(0, 3, by_length);
+        assert_eq!((next, page.len()), (3, 10));
+        let (next, page) = mirror.scan_by(next, 3, by_length);
+        assert_eq!((next, page.len()), (4, 90));
+        let listed = scan_all(&mirror, 3, by_length, &mut |_| {});
+        assert_eq!(listed.len(), 300);
+    }
+
+    #[test]
+    fn a_key_present_for_a_whole_scan_is_listed_whatever_changes_meanwhile() {
+        let mirror = Mirror::new(16);
+        for i in 0..500u64 {
+            mirror.apply(
+                entry(&format!("stays{i}"), "v", 2 * i + 1, Operation::Put),
+                0,
+            );
+            mirror.apply(
+                entry(&format!("goes{i}"), "v", 2 * i + 2, Operation::Put),
+                0,
+            );
+        }
+        let mut revision = 2000;
+        let listed = scan_all(&mirror, 20, scan_position, &mut |page| {
+            for i in 0..50 {
+                revision += 1;
+                let key = format!("goes{}", page * 50 + i);
+                mirror.apply(entry(&key, "", revision, Operation::Delete), 0);
+                revision += 1;
+                mirror.apply(
+                    entry(&format!("new{revision}"), "v", revision, Operation::Put),
+                    0,
+                );
+            }
+        });
+        for i in 0..500 {
+            assert!(
+                listed.contains(&format!("stays{i}")),
+                "stays{i} was skipped"
+            );
         }
     }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
 use futures::StreamExt;
+use tokio::runtime::Handle;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -49,8 +50,10 @@ pub(super) struct State {
     save_counters: SaveCounters,
     /// The NATS connection: up or not, and how often it has been established.
     link: watch::Receiver<Link>,
-    /// The cache's tracker of background tasks, and the token that stops them.
+    /// The cache's tracker of background tasks, the runtime they run on (the one the bucket was
+    /// started on, whichever runtime asks for them), and the token that stops them.
     tasks: TaskTracker,
+    runtime: Handle,
     shutdown: CancellationToken,
 }
 
@@ -97,6 +100,7 @@ impl State {
             save_counters: SaveCounters::default(),
             link: origin.link,
             tasks: origin.tasks,
+            runtime: Handle::current(),
             shutdown: origin.shutdown,
         }
     }
@@ -240,6 +244,10 @@ impl State {
 
     pub(super) fn tasks(&self) -> &TaskTracker {
         &self.tasks
+    }
+
+    pub(super) fn runtime(&self) -> &Handle {
+        &self.runtime
     }
 
     pub(super) fn shutdown(&self) -> &CancellationToken {

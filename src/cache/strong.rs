@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use async_nats::jetstream::{self, kv};
+use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -50,6 +51,7 @@ impl StrongReads {
         store: &kv::Store,
         filter: &str,
         tasks: &TaskTracker,
+        runtime: &Handle,
         shutdown: &CancellationToken,
     ) -> Result<Fetched> {
         let (reply, answer) = oneshot::channel();
@@ -60,11 +62,14 @@ impl StrongReads {
         };
         if start {
             // A task of its own, so a read that gives up cannot strand the reads queued behind it.
-            tasks.spawn(self.clone().fetch_while_waited_for(
-                store.clone(),
-                format!("{}{}", store.prefix, filter),
-                shutdown.clone(),
-            ));
+            tasks.spawn_on(
+                self.clone().fetch_while_waited_for(
+                    store.clone(),
+                    format!("{}{}", store.prefix, filter),
+                    shutdown.clone(),
+                ),
+                runtime,
+            );
         }
         answer.await.map_err(|_| poisoned())?
     }

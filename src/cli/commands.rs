@@ -19,7 +19,7 @@ pub(super) async fn client_command(
 ) -> Result<ExitCode, Failure> {
     let client = Client::connect(socket).await?;
     match command {
-        // `run` handles these before it gets here.
+        // `run` and `run_command` handle these before they get here.
         Command::Serve(_) | Command::Bench(_) | Command::BenchRawServer { .. } => {
             Ok(ExitCode::from(EXIT_ERROR))
         }

@@ -26,9 +26,37 @@ pub(crate) const EXIT_NOT_FOUND: u8 = 1;
 pub(crate) const EXIT_ERROR: u8 = 2;
 
 /// Runs a parsed command line.
-pub async fn run(cli: Cli) -> ExitCode {
+pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
-        Command::Serve(args) => serve::serve(args, cli.socket).await,
+        // `serve` sizes its runtime from its configuration.
+        Command::Serve(args) => serve::serve(args, cli.socket),
+        command => match runtime(None) {
+            Ok(runtime) => runtime.block_on(run_command(command, cli.socket, cli.json)),
+            Err(code) => code,
+        },
+    }
+}
+
+/// A runtime with `threads` worker threads; `Some(1)` runs everything on the calling thread, and
+/// `None` gives one worker per core.
+fn runtime(threads: Option<usize>) -> Result<tokio::runtime::Runtime, ExitCode> {
+    let mut builder = match threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(n);
+            builder
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
+    builder.enable_all().build().map_err(|err| {
+        eprintln!("nearkv: cannot start the async runtime: {err}");
+        ExitCode::from(EXIT_ERROR)
+    })
+}
+
+async fn run_command(command: Command, socket: Option<PathBuf>, json: bool) -> ExitCode {
+    match command {
         Command::BenchRawServer {
             socket,
             keys,
@@ -41,12 +69,10 @@ pub async fn run(cli: Cli) -> ExitCode {
             }
         },
         Command::Bench(args) => {
-            let socket = cli
-                .socket
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET_PATH));
+            let socket = socket.unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET_PATH));
             match crate::bench::run(&args, &socket).await {
                 Ok(report) => {
-                    if cli.json {
+                    if json {
                         println!("{}", json!(report));
                     } else {
                         println!("{}", report.line());
@@ -60,10 +86,8 @@ pub async fn run(cli: Cli) -> ExitCode {
             }
         }
         command => {
-            let socket = cli
-                .socket
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET_PATH));
-            let output = Output { json: cli.json };
+            let socket = socket.unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET_PATH));
+            let output = Output { json };
             match commands::client_command(command, &socket, &output).await {
                 Ok(code) => code,
                 Err(err) => {

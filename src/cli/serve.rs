@@ -54,7 +54,7 @@ fn serve_config(
     Ok(config)
 }
 
-pub(super) async fn serve(args: ServeArgs, socket: Option<PathBuf>) -> ExitCode {
+pub(super) fn serve(args: ServeArgs, socket: Option<PathBuf>) -> ExitCode {
     let config = match serve_config(&args, socket) {
         Ok(config) => config,
         Err(err) => {
@@ -74,6 +74,14 @@ pub(super) async fn serve(args: ServeArgs, socket: Option<PathBuf>) -> ExitCode 
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().with_current_span(true).init(),
     }
+    // 0 is refused by `nearkv::serve`'s validation, with the field's name.
+    match super::runtime(Some(config.socket.threads.max(1))) {
+        Ok(runtime) => runtime.block_on(serve_until_signalled(config)),
+        Err(code) => code,
+    }
+}
+
+async fn serve_until_signalled(config: Config) -> ExitCode {
     let shutdown = CancellationToken::new();
     let signal_shutdown = shutdown.clone();
     tokio::spawn(async move {

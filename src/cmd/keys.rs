@@ -21,10 +21,11 @@ impl Keys {
         }
     }
 
-    pub fn answer(&self, cache: &Cache, reply: &mut impl Reply) -> Outcome {
-        let listed = cache
-            .bucket(&self.bucket)
-            .and_then(|bucket| bucket.keys(self.filter.as_deref(), self.allow_stale));
+    pub async fn answer(&self, cache: &Cache, reply: &mut impl Reply) -> Outcome {
+        let listed = match cache.bucket(&self.bucket) {
+            Ok(bucket) => bucket.keys(self.filter.as_deref(), self.allow_stale).await,
+            Err(err) => Err(err),
+        };
         match listed {
             Ok(keys) => {
                 reply.keys(&keys);

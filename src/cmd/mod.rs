@@ -166,7 +166,10 @@ impl Command {
         match self {
             Command::Get(get) if !get.is_immediate() => Route::Waits,
             Command::Mget(mget) if !mget.is_immediate() => Route::Waits,
-            Command::Put(_) | Command::Delete(_) | Command::Purge(_) => Route::Waits,
+            // A listing may walk a large mirror on the blocking pool.
+            Command::Put(_) | Command::Delete(_) | Command::Purge(_) | Command::Keys(_) => {
+                Route::Waits
+            }
             Command::Watch(_) | Command::Unwatch(_) => Route::Watch,
             _ => Route::Now,
         }
@@ -193,9 +196,9 @@ impl Command {
             Command::Ping(c) => c.answer(reply),
             Command::Get(c) => c.answer_now(cache, reply),
             Command::Mget(c) => c.answer_now(cache, reply),
-            Command::Keys(c) => c.answer(cache, reply),
             Command::Status(c) => c.answer(cache, reply),
-            Command::Put(_)
+            Command::Keys(_)
+            | Command::Put(_)
             | Command::Delete(_)
             | Command::Purge(_)
             | Command::Watch(_)
@@ -211,6 +214,7 @@ impl Command {
             Command::Put(c) => c.answer(cache, reply).await,
             Command::Delete(c) => c.answer(cache, reply).await,
             Command::Purge(c) => c.answer(cache, reply).await,
+            Command::Keys(c) => c.answer(cache, reply).await,
             other => other.answer_now(cache, reply),
         }
     }

@@ -185,9 +185,10 @@ async fn redis_cli_commands_and_pipe() {
     let entry = client.get("main", "cli.k").await.unwrap().unwrap();
     assert_eq!(&entry.value[..], b"hello world");
 
-    // Mass insertion with --pipe: raw RESP on stdin, as Redis documents it.
+    // Mass insertion with --pipe: raw RESP on stdin, as Redis documents it. More keys than a
+    // listing walks inline (10,000), so KEYS, SCAN and v1 `keys` below walk on the blocking pool.
     let mut input = Vec::new();
-    for i in 0..1000 {
+    for i in 0..12_000 {
         let (key, value) = (format!("pipe.{i}"), format!("v{i}"));
         write!(
             input,
@@ -214,13 +215,40 @@ async fn redis_cli_commands_and_pipe() {
     let report = String::from_utf8_lossy(&output.stdout).to_string();
     println!("redis-cli --pipe: {}", report.trim().replace('\n', " | "));
     assert!(output.status.success(), "{report}");
-    assert!(report.contains("errors: 0, replies: 1000"), "{report}");
+    assert!(report.contains("errors: 0, replies: 12000"), "{report}");
     let keys = client.keys("main", Some("pipe.*"), false).await.unwrap();
-    assert_eq!(keys.len(), 1000);
+    assert_eq!(keys.len(), 12_000);
     assert_eq!(
         &client.get("main", "pipe.999").await.unwrap().unwrap().value[..],
         b"v999"
     );
+    let say_scan = say.clone();
+    let mut scanned = tokio::task::spawn_blocking(move || {
+        let (mut cursor, mut scanned) = ("0".to_string(), Vec::new());
+        loop {
+            let page = say_scan(&["SCAN", &cursor, "MATCH", "pipe.*", "COUNT", "1000"]);
+            let mut lines = page.lines();
+            cursor = lines.next().expect("SCAN answers a cursor").to_string();
+            scanned.extend(lines.map(str::to_string));
+            if cursor == "0" {
+                return scanned;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    scanned.sort_unstable();
+    scanned.dedup();
+    assert_eq!(
+        scanned.len(),
+        12_000,
+        "SCAN lists every key of a large bucket"
+    );
+    let keys = blocking(vec!["KEYS", "pipe.1?"]).await.unwrap();
+    let mut keys: Vec<&str> = keys.lines().collect();
+    keys.sort_unstable();
+    let expected: Vec<String> = (10..20).map(|i| format!("pipe.{i}")).collect();
+    assert_eq!(keys, expected);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

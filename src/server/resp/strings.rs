@@ -105,8 +105,8 @@ pub async fn execute(
             out.int(reply);
             Ok(())
         }
-        "KEYS" if args.len() == 2 => keys(session, &args[1], out),
-        "SCAN" if args.len() >= 2 => scan(session, args, out),
+        "KEYS" if args.len() == 2 => keys(session, &args[1], out).await,
+        "SCAN" if args.len() >= 2 => scan(session, args, out).await,
         "DBSIZE" if args.len() == 1 => {
             out.int(session.selected()?.status().keys as i64);
             Ok(())
@@ -432,15 +432,15 @@ fn pattern_target<'s, 'p>(
     Ok((session.selected()?, pattern, false))
 }
 
-fn keys(session: &Session, pattern: &Bytes, out: &mut Out<'_>) -> Handled {
+async fn keys(session: &Session, pattern: &Bytes, out: &mut Out<'_>) -> Handled {
     let (bucket, pattern, qualified) = pattern_target(session, pattern)?;
-    let keys = bucket.keys(None, false).map_err(Error::from)?;
-    let matching: Vec<&String> = keys
-        .iter()
-        .filter(|key| glob::matches(pattern, key.as_bytes()))
-        .collect();
-    out.array(matching.len());
-    for key in matching {
+    let glob = pattern.to_vec();
+    let keys = bucket
+        .keys_where(false, move |key| glob::matches(&glob, key.as_bytes()))
+        .await
+        .map_err(Error::from)?;
+    out.array(keys.len());
+    for key in &keys {
         write_key(out, bucket, key, qualified);
     }
     Ok(())
@@ -454,15 +454,7 @@ fn write_key(out: &mut Out<'_>, bucket: &Bucket, key: &str, qualified: bool) {
     }
 }
 
-/// A key's place in a `SCAN`: a fixed hash below 2^63, so that a key present for a whole
-/// iteration is returned whatever is added or removed meanwhile (a cursor that counted
-/// positions would skip keys after a removal).
-fn scan_position(key: &str) -> u64 {
-    let hasher = ahash::RandomState::with_seeds(0x6e65, 0x6172, 0x6b76, 0x7363);
-    hasher.hash_one(key) >> 1
-}
-
-fn scan(session: &Session, args: &[Bytes], out: &mut Out<'_>) -> Handled {
+async fn scan(session: &Session, args: &[Bytes], out: &mut Out<'_>) -> Handled {
     let cursor = std::str::from_utf8(&args[1])
         .ok()
         .and_then(|c| c.parse::<u64>().ok())
@@ -495,31 +487,14 @@ fn scan(session: &Session, args: &[Bytes], out: &mut Out<'_>) -> Handled {
         }
         None => (session.selected()?, None, false),
     };
-    let mut positioned: Vec<(u64, String)> = if strings {
-        bucket
-            .keys(None, false)
-            .map_err(Error::from)?
-            .into_iter()
-            .map(|key| (scan_position(&key), key))
-            .filter(|(at, _)| *at >= cursor)
-            .collect()
+    // Every key is a string: a scan for another type walks nothing and ends at once.
+    let (next, keys) = if strings {
+        bucket.scan(cursor, page).await.map_err(Error::from)?
     } else {
-        Vec::new()
+        (0, Vec::new())
     };
-    positioned.sort_unstable();
-    // Never split keys of one position over two pages: the cursor could not tell them apart.
-    let mut end = positioned.len().min(page);
-    while end > 0 && end < positioned.len() && positioned[end].0 == positioned[end - 1].0 {
-        end += 1;
-    }
-    let next = if end < positioned.len() {
-        positioned[end - 1].0 + 1
-    } else {
-        0
-    };
-    let listed: Vec<&String> = positioned[..end]
+    let listed: Vec<&String> = keys
         .iter()
-        .map(|(_, key)| key)
         .filter(|key| pattern.is_none_or(|p| glob::matches(p, key.as_bytes())))
         .collect();
     out.array(2);
