@@ -420,12 +420,12 @@ bucket: {r['nearkv idle']['rss_kib'] / 1024:.1f} MiB. Runs, cold: {', '.join(f"{
   record -g` on nearkv under `redis-benchmark -P 16` now shows the DashMap lookup (two cache
   misses: 21%), the kernel's socket send waking the client (10%) and RESP parsing (8%) as the
   largest items. Before this run, updating the shared metrics and reading the clock three times
-  per GET took another 11% of the samples (see 11 below). Without pipelining, tokio's scheduler is the largest item
-  (thread switches: 13% under MGET). Measured and left alone: the same runs with
-  `TOKIO_WORKER_THREADS=1` were 4–25% faster on reads (fewer threads beside the load generator's
-  core), but put throughput at 16 connections fell to about 0.8×; a thread per core serving
-  connections with no work stealing (as Pingora's "no steal" runtime) helped unpipelined GET and not
-  pipelined GET or MGET, so it was not kept.
+  per GET took another 11% of the samples (see 11 below). Connections are now served from one
+  thread and NATS from another (see 12 below), which removed the work-stealing scheduler's thread
+  switches that led the unpipelined profiles. What is left without pipelining is what redis-server
+  pays too: a `recvfrom` and a `sendto` per request (`strace -c` counted 10,453 and 10,448 for
+  10,000 GETs, with 581 `epoll_wait`s), so the ratio sits at about 1.0 and moves with the
+  machine's noise.
 - **Put/CAS throughput at 16 connections.** Every nearkv write costs nats-server a consumer
   delivery to the sidecar's watcher on top of the store and ack (that is how read-your-writes is
   kept), and costs the sidecar that event's decoding; with the generator on the same two cores the
@@ -525,6 +525,26 @@ and with the criterion benches:
     against a `max_staleness` of at least 200 ms) comes from the kernel's coarse clock. Interleaved
     `redis-benchmark -c 50 -P 16` runs against the Redis face: median of seven 846,113 → 993,789
     GETs/s (1.17×).
+12. **One thread serves the clients, the NATS side runs apart** (`socket.threads`, default 1;
+    `src/cache_runtime.rs`). Both ran on one work-stealing runtime with a worker per core: on two
+    cores shared with the load generator (and nats-server), a connection's task moved between
+    workers and woke threads that the generator needed. Now the socket's connections are served by
+    one thread, as redis-server serves its clients, and the NATS connection, the bucket actors and
+    their feeds run on a runtime of their own (a worker per core, two at most: with a single
+    worker the cold start measured 4–6% slower in two interleaved series, with two the same as
+    before). Interleaved `redis-benchmark` runs
+    against the Redis face, medians (old layout → new, as ratios to redis-server in the same
+    rounds): GET at 50 connections 0.93 → 0.99 (seven rounds), GET pipelined 16 1.05 → 1.14
+    (five), MGET of 10 keys 0.93 → 0.98 (seven); pre-encoded GETs at 50 × 16: protocol v1 838k →
+    893k/s, the Redis face 1.13M → 1.21M/s. Puts at 16 connections measured the same (16,285 and
+    16,455/s, five rounds); running a write's task on the NATS side instead measured 0.7× and was
+    dropped. Each layout was first tried by hand: a
+    single-threaded runtime for everything (`TOKIO_WORKER_THREADS=1`) was faster on reads but put
+    throughput fell to about 0.8×, and a thread per core serving connections without stealing
+    helped only unpipelined GETs. With one serving thread, a walk of a large bucket (`KEYS`, `SCAN`,
+    v1 `keys`; over 10,000 keys) runs on the blocking pool so that it holds up no other client, and
+    a `SCAN` page is one walk that keeps only the page's candidates (it sorted every key of the
+    bucket per call: 1.2 s → 0.33 s per `SCAN 0 COUNT 10` on a million keys).
 """
     with open(os.path.join(ROOT, "docs", "BENCHMARKS.md"), "w") as f:
         f.write(text)

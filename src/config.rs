@@ -177,7 +177,7 @@ pub struct SocketConfig {
     pub shutdown_grace: Duration,
     /// Threads that serve the socket's connections (both protocols). With 1, every connection is
     /// served from one thread, as Redis serves its clients; the NATS connection and the bucket
-    /// mirrors run on a thread of their own either way.
+    /// mirrors run on threads of their own (two at most) either way.
     pub threads: usize,
 }
 
@@ -641,6 +641,16 @@ mod tests {
         assert!(err.contains("paht"), "{err}");
         let err = parse("[[buckets]]\nname = \"a\"\nhistory = 0").unwrap_err();
         assert!(err.contains("buckets[0].history"), "{err}");
+        for threads in [0, 257] {
+            let err = parse(&format!(
+                "[socket]\nthreads = {threads}\n[[buckets]]\nname = \"a\""
+            ))
+            .unwrap_err();
+            assert!(
+                err.contains("socket.threads: must be between 1 and 256"),
+                "{err}"
+            );
+        }
         let err =
             parse("[nats]\nservers = [\"nats://a:1\", \"nats://b:x\"]\n[[buckets]]\nname = \"a\"")
                 .unwrap_err();

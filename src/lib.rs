@@ -9,7 +9,7 @@
 
 mod backoff;
 pub mod cache;
-mod cache_thread;
+mod cache_runtime;
 pub mod client;
 mod cmd;
 pub mod config;
@@ -44,15 +44,15 @@ pub enum ServeError {
     Bind(#[from] server::BindError),
     #[error(transparent)]
     Connect(#[from] nats::ConnectError),
-    #[error("cannot run the cache's thread: {0}")]
-    CacheThread(#[source] std::io::Error),
+    #[error("cannot start the cache's runtime: {0}")]
+    CacheRuntime(#[source] std::io::Error),
 }
 
 /// Runs the sidecar until `shutdown` is cancelled: binds the socket, connects to NATS, mirrors
 /// the configured buckets and serves clients; then shuts down cleanly.
 ///
 /// Clients are served on the caller's runtime; the NATS connection and the mirrors run on a
-/// thread of their own. The `nearkv` binary gives the caller's runtime `socket.threads` threads.
+/// runtime of their own (at most two threads). The `nearkv` binary gives the caller's runtime `socket.threads` threads.
 pub async fn serve(config: config::Config, shutdown: CancellationToken) -> Result<(), ServeError> {
     config.validate()?;
     warn_if_the_health_probe_is_refused(&config.socket);
@@ -76,16 +76,16 @@ pub async fn serve(config: config::Config, shutdown: CancellationToken) -> Resul
     let server = server::Server::bind(&config.socket, mode, config.socket.group_id()?).await?;
     let bucket_names: Vec<&str> = config.buckets.iter().map(|b| b.name.as_str()).collect();
     let metrics = metrics::Metrics::new(&bucket_names);
-    let cache_thread = cache_thread::CacheThread::start().map_err(ServeError::CacheThread)?;
+    let cache_runtime = cache_runtime::CacheRuntime::start().map_err(ServeError::CacheRuntime)?;
     let nats_config = config.nats.clone();
     let reconnects = metrics.nats_reconnects.clone();
-    let client = cache_thread
+    let client = cache_runtime
         .handle()
         .spawn(async move { nats::connect(&nats_config, Some(reconnects)).await })
         .await
-        .map_err(|err| ServeError::CacheThread(std::io::Error::other(err)))??;
+        .map_err(|err| ServeError::CacheRuntime(std::io::Error::other(err)))??;
     let cache = {
-        let _on_the_cache_thread = cache_thread.handle().enter();
+        let _on_the_cache_runtime = cache_runtime.handle().enter();
         Arc::new(Cache::start(
             client,
             config.buckets.clone(),
@@ -125,7 +125,7 @@ pub async fn serve(config: config::Config, shutdown: CancellationToken) -> Resul
     if let Some(http) = http {
         let _ = http.await;
     }
-    cache_thread.stop().await;
+    drop(cache_runtime);
     tracing::info!("nearkv stopped");
     Ok(())
 }
