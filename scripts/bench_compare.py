@@ -443,7 +443,16 @@ bucket: {r['nearkv idle']['rss_kib'] / 1024:.1f} MiB. Runs, cold: {', '.join(f"{
   this script, with no change to the watch path in between); an interleaved A/B of this path
   (four rounds of `nearkv bench --workload watch --rate 1000 --write-socket`, two sidecars per
   revision on one nats-server) gave a median p99 of 876 µs for the current code against 822 µs
-  for the code before the footprint work: the same within that spread.
+  for the code before the footprint work: the same within that spread. After the thread layout
+  of 12 below, the same A/B (four rounds) gave p99s of 865, 869, 1,111 and 1,631 µs against 860,
+  905, 1,002 and 1,184 µs for the layout before it, and p50s about 5% higher: within the spread,
+  perhaps slightly worse, since an event now always crosses from the NATS runtime to the serving
+  thread.
+- **get, 1 connection, against the raw socket floor.** One serving thread costs a sequential,
+  unpipelined client a few microseconds: interleaved runs of `nearkv bench` at 1 connection gave
+  the one-thread layout a p50 3–10% above the old two-worker layout's (median of five: 61.9
+  against 56.3 µs, raw floor about 55–60 µs), while every concurrent and pipelined read row
+  gained (12 below). The ratio sits near 1.1 and this run's noise decides which side of it.
 - **Ready time on 1M keys (cold).** The bare watcher's time is mostly async-nats decoding the
   messages; the sidecar adds process start, connection, the stream checks, building each value's
   slot (one allocation and one copy) and the DashMap inserts (the table is sized from the stream's
