@@ -52,7 +52,8 @@ pub enum ServeError {
 /// the configured buckets and serves clients; then shuts down cleanly.
 ///
 /// Clients are served on the caller's runtime; the NATS connection and the mirrors run on a
-/// runtime of their own (at most two threads). The `nearkv` binary gives the caller's runtime `socket.threads` threads.
+/// runtime of their own (at most two threads). The `nearkv` binary gives the caller's runtime
+/// `socket.threads` threads.
 pub async fn serve(config: config::Config, shutdown: CancellationToken) -> Result<(), ServeError> {
     config.validate()?;
     warn_if_the_health_probe_is_refused(&config.socket);

@@ -19,7 +19,7 @@ use crate::protocol::{
 };
 
 /// The largest mirror whose keys are listed by the task that asks; a larger one is walked on the
-/// blocking pool (about a millisecond of walking at this size).
+/// blocking pool (a few milliseconds of walking at this size).
 const WALKED_INLINE: usize = 10_000;
 
 /// Whether a bucket should receive traffic, and its state in words for `/readyz`.
