@@ -22,6 +22,11 @@ use crate::protocol::{
 /// blocking pool (a few milliseconds of walking at this size).
 const WALKED_INLINE: usize = 10_000;
 
+/// Walks of large mirrors that run at once, across all buckets; the others wait their turn. A
+/// client that pipelines a thousand listings of a million-key bucket would otherwise hold a
+/// thousand copies of its keys and every core.
+static LARGE_WALKS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
 /// Whether a bucket should receive traffic, and its state in words for `/readyz`.
 pub struct Readiness {
     pub ready: bool,
@@ -271,8 +276,9 @@ impl Bucket {
         self.walk(move |mirror| mirror.scan(cursor, count)).await
     }
 
-    /// Runs `walk` over the mirror: at once when it is small, otherwise on the blocking pool, so
-    /// that listing a million keys holds up no other connection served by the same thread.
+    /// Runs `walk` over the mirror: at once when it is small, otherwise on the blocking pool (two
+    /// such walks at a time), so that listing a million keys holds up no other connection served
+    /// by the same thread.
     async fn walk<R: Send + 'static>(
         &self,
         walk: impl FnOnce(&Mirror) -> R + Send + 'static,
@@ -280,15 +286,17 @@ impl Bucket {
         if self.state.mirror().len() <= WALKED_INLINE {
             return Ok(walk(self.state.mirror()));
         }
+        let failed = |err: &dyn std::fmt::Display| {
+            Error::new(
+                ErrorKind::Internal,
+                format!("listing the keys of `{}` failed: {err}", self.name()),
+            )
+        };
+        let _turn = LARGE_WALKS.acquire().await.map_err(|err| failed(&err))?;
         let state = self.state.clone();
         tokio::task::spawn_blocking(move || walk(state.mirror()))
             .await
-            .map_err(|err| {
-                Error::new(
-                    ErrorKind::Internal,
-                    format!("listing the keys of `{}` failed: {err}", self.name()),
-                )
-            })
+            .map_err(|err| failed(&err))
     }
 
     pub fn status(&self) -> BucketStatus {
