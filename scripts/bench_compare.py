@@ -535,7 +535,7 @@ and with the criterion benches:
     `redis-benchmark -c 50 -P 16` runs against the Redis face: median of seven 846,113 → 993,789
     GETs/s (1.17×).
 12. **One thread serves the clients, the NATS side runs apart** (`socket.threads`, default 1;
-    `src/cache_runtime.rs`). Both ran on one work-stealing runtime with a worker per core: on two
+    the layout of the previous stop, replaced by 13). Both ran on one work-stealing runtime with a worker per core: on two
     cores shared with the load generator (and nats-server), a connection's task moved between
     workers and woke threads that the generator needed. Now the socket's connections are served by
     one thread, as redis-server serves its clients, and the NATS connection, the bucket actors and
@@ -554,6 +554,21 @@ and with the criterion benches:
     v1 `keys`; over 10,000 keys) runs on the blocking pool so that it holds up no other client, and
     a `SCAN` page is one walk that keeps only the page's candidates (it sorted every key of the
     bucket per call: 1.2 s → 0.33 s per `SCAN 0 COUNT 10` on a million keys).
+13. **Everything on one thread: writes no longer wake three.** With 12's layout a put crossed
+    threads three times (the client's task handed the message to NATS's connection task, the ack
+    came back, then the mirror's feed woke the write again): `strace -c` counted 2.3 `eventfd`
+    writes per put, and the sidecar spent 45–55 µs of CPU per put at 16 connections, more than
+    half of it in the kernel. Now the NATS connection and the bucket actors run on the same runtime
+    as the clients' connections (one thread by default, `socket.threads` more), so these wakeups
+    are a queue push; the work that would stall that thread runs on the blocking pool instead
+    (walks of over 10,000 keys, the lowest-revision check after a reconnect, freeing a replaced
+    table). CPU per put fell to 31–34 µs. Interleaved `nearkv bench --workload put --connections
+    16` rounds, medians: puts 16,408 → 19,604/s (six rounds, 1.19×), CAS 14,392 → 16,396/s (five,
+    1.14×). Reads measured the same in the prototype (`redis-benchmark` GET at 50 connections
+    114,482 and 114,286/s, five rounds; the cold start of a million keys 2.89 and 2.93 s, five) and
+    a dedicated current-thread runtime for the NATS side gained only 1.05× on puts. The trial under
+    12 that found puts at about 0.8× used tokio's multi-thread scheduler with one worker
+    (`TOKIO_WORKER_THREADS=1`), not the current-thread scheduler measured here.
 """
     with open(os.path.join(ROOT, "docs", "BENCHMARKS.md"), "w") as f:
         f.write(text)

@@ -175,9 +175,10 @@ pub struct SocketConfig {
     /// terminationGracePeriodSeconds, 30 s by default).
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
-    /// Threads that serve the socket's connections (both protocols). With 1, every connection is
-    /// served from one thread, as Redis serves its clients; the NATS connection and the bucket
-    /// mirrors run on threads of their own (two at most) either way.
+    /// Threads that run the sidecar: the socket's connections (both protocols), the NATS
+    /// connection and the bucket mirrors. With 1, all of them share one thread, as Redis serves
+    /// its clients, so a write never wakes another thread; walks of large buckets run on the
+    /// blocking pool either way.
     pub threads: usize,
 }
 

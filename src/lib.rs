@@ -9,7 +9,6 @@
 
 mod backoff;
 pub mod cache;
-mod cache_runtime;
 pub mod client;
 mod cmd;
 pub mod config;
@@ -44,16 +43,15 @@ pub enum ServeError {
     Bind(#[from] server::BindError),
     #[error(transparent)]
     Connect(#[from] nats::ConnectError),
-    #[error("cannot start the cache's runtime: {0}")]
-    CacheRuntime(#[source] std::io::Error),
 }
 
 /// Runs the sidecar until `shutdown` is cancelled: binds the socket, connects to NATS, mirrors
 /// the configured buckets and serves clients; then shuts down cleanly.
 ///
-/// Clients are served on the caller's runtime; the NATS connection and the mirrors run on a
-/// runtime of their own (at most two threads). The `nearkv` binary gives the caller's runtime
-/// `socket.threads` threads.
+/// Everything runs on the caller's runtime: the clients' connections, the NATS connection and
+/// the bucket actors. The `nearkv` binary gives it `socket.threads` threads, one by default:
+/// measured on two cores, a write that hops between threads (client's connection, NATS's, the
+/// mirror's feed) costs more in wakeups than the hop saves (docs/BENCHMARKS.md).
 pub async fn serve(config: config::Config, shutdown: CancellationToken) -> Result<(), ServeError> {
     config.validate()?;
     warn_if_the_health_probe_is_refused(&config.socket);
@@ -77,24 +75,14 @@ pub async fn serve(config: config::Config, shutdown: CancellationToken) -> Resul
     let server = server::Server::bind(&config.socket, mode, config.socket.group_id()?).await?;
     let bucket_names: Vec<&str> = config.buckets.iter().map(|b| b.name.as_str()).collect();
     let metrics = metrics::Metrics::new(&bucket_names);
-    let cache_runtime = cache_runtime::CacheRuntime::start().map_err(ServeError::CacheRuntime)?;
-    let nats_config = config.nats.clone();
-    let reconnects = metrics.nats_reconnects.clone();
-    let client = cache_runtime
-        .handle()
-        .spawn(async move { nats::connect(&nats_config, Some(reconnects)).await })
-        .await
-        .map_err(|err| ServeError::CacheRuntime(std::io::Error::other(err)))??;
-    let cache = {
-        let _on_the_cache_runtime = cache_runtime.handle().enter();
-        Arc::new(Cache::start(
-            client,
-            config.buckets.clone(),
-            &config.cache,
-            config.nats.request_timeout,
-            config.socket.request_timeout,
-        ))
-    };
+    let client = nats::connect(&config.nats, Some(metrics.nats_reconnects.clone())).await?;
+    let cache = Arc::new(Cache::start(
+        client,
+        config.buckets.clone(),
+        &config.cache,
+        config.nats.request_timeout,
+        config.socket.request_timeout,
+    ));
     metrics.watch_cache(cache.clone());
     let http = http_listener.map(|listener| {
         tracing::info!(address = %config.http.listen, "HTTP endpoint: /metrics /healthz /readyz");
@@ -126,7 +114,6 @@ pub async fn serve(config: config::Config, shutdown: CancellationToken) -> Resul
     if let Some(http) = http {
         let _ = http.await;
     }
-    drop(cache_runtime);
     tracing::info!("nearkv stopped");
     Ok(())
 }

@@ -8,7 +8,7 @@ use async_nats::jetstream::kv;
 use bytes::Bytes;
 
 use super::actor::Actor;
-use super::mirror::{unix_nanos, Mirror};
+use super::mirror::{unix_nanos, Mirror, WALKED_INLINE};
 use super::state::{Origin, State};
 use super::watch::Watch;
 use super::writes;
@@ -17,10 +17,6 @@ use crate::keys::{filter_matches, max_key_length, quote, validate_filter, valida
 use crate::protocol::{
     BucketStatus, Consistency, Entry, Freshness, Operation, ReadOptions, WriteOptions,
 };
-
-/// The largest mirror whose keys are listed by the task that asks; a larger one is walked on the
-/// blocking pool (a few milliseconds of walking at this size).
-const WALKED_INLINE: usize = 10_000;
 
 /// Walks of large mirrors that run at once, across all buckets; the others wait their turn. A
 /// client that pipelines a thousand listings of a million-key bucket would otherwise hold a

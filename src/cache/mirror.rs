@@ -31,6 +31,11 @@ use crate::protocol::{Entry, Operation};
 /// process against chosen collisions.
 type Table = DashMap<Slot, (), ahash::RandomState>;
 
+/// The largest table walked by the task that needs the walk; a larger one is walked (or freed) on
+/// the blocking pool, off the thread that serves clients (a few milliseconds of walking at this
+/// size).
+pub(super) const WALKED_INLINE: usize = 10_000;
+
 /// Shards of a table. More than DashMap's default (4 per core): a walk of the table (saving it,
 /// listing keys) read-locks one shard at a time, and the actor cannot apply an update to that
 /// shard meanwhile. At a million keys and 8 shards a save held each for about 55 ms, and writes
@@ -94,6 +99,30 @@ fn read_table<R>(table: &Table, key: &str, f: impl FnOnce(Option<EntryRef<'_>>) 
         _ => f(None),
     };
     result
+}
+
+/// A table swapped out, freed on the blocking pool when it is large: freeing a million values
+/// takes tens of milliseconds that the thread serving clients should not spend.
+struct Replaced(Arc<Table>);
+
+impl std::ops::Deref for Replaced {
+    type Target = Table;
+
+    fn deref(&self) -> &Table {
+        &self.0
+    }
+}
+
+impl Drop for Replaced {
+    fn drop(&mut self) {
+        if self.0.len() <= WALKED_INLINE {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let table = std::mem::take(&mut self.0);
+            runtime.spawn_blocking(move || drop(table));
+        }
+    }
 }
 
 /// One table of a mirror, held for reading several keys (see [`Mirror::with_table`]).
@@ -423,8 +452,14 @@ impl Mirror {
     }
 
     /// The lowest revision of a value in the table, expired or not; `None` when it is empty.
-    pub(super) fn lowest_revision(&self) -> Option<u64> {
-        self.table.load().iter().map(|e| e.key().revision()).min()
+    pub(super) async fn lowest_revision(&self) -> Option<u64> {
+        let table = self.table.load_full();
+        let lowest = move || table.iter().map(|e| e.key().revision()).min();
+        if self.len() <= WALKED_INLINE {
+            return lowest();
+        }
+        // Revision 0 if the walk failed: below any stream's first, so the caller checks further.
+        tokio::task::spawn_blocking(lowest).await.unwrap_or(Some(0))
     }
 
     /// Every live entry matching `matches`, in no particular order.
@@ -558,6 +593,7 @@ impl Mirror {
         if !rebuild {
             return;
         }
+
         self.rebuilds.fetch_add(1, Ordering::Relaxed);
         if self.events.receiver_count() == 0 {
             return;
@@ -598,7 +634,7 @@ impl Mirror {
 
     /// Swaps `staging`'s table in; returns the old table, and the revision and stream time of
     /// the new one.
-    fn swap_in(&self, staging: Staging) -> (Arc<Table>, u64, i64) {
+    fn swap_in(&self, staging: Staging) -> (Replaced, u64, i64) {
         let Staging {
             table,
             bytes,
@@ -607,7 +643,7 @@ impl Mirror {
             stream_created,
         } = staging;
         self.generation.fetch_add(1, Ordering::SeqCst);
-        let old = self.table.swap(Arc::new(table));
+        let old = Replaced(self.table.swap(Arc::new(table)));
         if let Ok(mut slot) = self.stream_created.lock() {
             *slot = stream_created;
         }
@@ -941,6 +977,27 @@ mod tests {
             (removed.key.as_str(), removed.operation),
             ("gone", Operation::Purge)
         );
+    }
+
+    /// Past `WALKED_INLINE` keys the lowest revision is found, and a replaced table freed, on the
+    /// blocking pool; the answers are the same as inline.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_large_table_is_walked_and_freed_off_the_serving_thread() {
+        let mirror = Mirror::new(16);
+        let keys = WALKED_INLINE as u64 + 100;
+        let mut first = Staging::default();
+        for n in 1..=keys {
+            first.apply(entry(&format!("k{n}"), "v", n + 10, Operation::Put), 0);
+        }
+        mirror.install(first);
+        assert_eq!(mirror.lowest_revision().await, Some(11));
+        mirror.apply(entry("k1", "w", keys + 11, Operation::Put), 0);
+        assert_eq!(mirror.lowest_revision().await, Some(12));
+        let mut second = Staging::default();
+        second.apply(entry("only", "v", keys + 12, Operation::Put), 0);
+        mirror.install(second);
+        assert_eq!((mirror.len(), mirror.rebuilds()), (1, 1));
+        assert_eq!(mirror.lowest_revision().await, Some(keys + 12));
     }
 
     #[test]

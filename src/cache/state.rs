@@ -267,7 +267,7 @@ impl State {
     /// Why the mirror (synced, or restored from a saved one) cannot resume from its last applied
     /// revision, if it cannot.
     pub(crate) async fn history_lost(&self, info: &jetstream::stream::Info) -> Option<String> {
-        self.history_lost_below(info, self.mirror.lowest_revision())
+        self.history_lost_below(info, self.mirror.lowest_revision().await)
             .await
     }
 
