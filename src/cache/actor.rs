@@ -343,6 +343,7 @@ impl Actor {
         let mut expiring = BTreeMap::new();
         let mut errors = 0;
         let mut progress_logged = tokio::time::Instant::now();
+        let mut loaded: u64 = 0;
         // Nothing to deliver: an empty bucket (or filter) yields no message to say it is done.
         let mut done = feed.caught_up();
         while !done {
@@ -369,7 +370,12 @@ impl Actor {
             let applied = staging.apply(entry, expires);
             track_expiry(&mut expiring, applied, tracked);
             done = revision >= target || (filtered && pending == 0);
-            if !done && progress_logged.elapsed() >= SYNC_PROGRESS_EVERY {
+            loaded += 1;
+            // The clock is read once per thousand messages, not per message.
+            if !done
+                && loaded.is_multiple_of(1024)
+                && progress_logged.elapsed() >= SYNC_PROGRESS_EVERY
+            {
                 progress_logged = tokio::time::Instant::now();
                 tracing::info!(
                     keys_loaded = staging.len(),
