@@ -8,4 +8,4 @@ source scripts/tools.sh
 ensure_nats_server
 export NEARKV_NATS_SERVER="$NATS_SERVER"
 export NEARKV_HISTORY_SECS="${NEARKV_HISTORY_SECS:-300}"
-cargo test --release --locked --test integration history::history_checker -- --exact --nocapture
+cargo test --release --locked --test integration history::history_checker -- --test-threads 1 --nocapture

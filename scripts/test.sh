@@ -20,7 +20,7 @@ cargo test --locked --lib --bins --benches
 # Integration tests; then the history checker (tests/integration/history/) on its own, so that
 # its report shows: operations run, violations found (must be 0). Longer runs: scripts/history.sh.
 cargo test --locked --test integration -- --skip history::history_checker --skip failover::
-cargo test --locked --test integration history::history_checker -- --exact --nocapture
+cargo test --locked --test integration history::history_checker -- --test-threads 1 --nocapture
 # The failover tests compare recovery times with a direct NATS client's: on their own, one at a
 # time, so that other suites' 3-node clusters do not share the two cores with them.
 cargo test --locked --test integration failover:: -- --test-threads 1 --nocapture

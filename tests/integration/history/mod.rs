@@ -22,7 +22,7 @@ use nearkv::client::{Client, ClientError};
 use nearkv::protocol::{Consistency as Level, ReadOptions, WriteOptions};
 use nearkv::ErrorCode;
 
-use crate::harness::{bucket, NatsServer, Sidecar};
+use crate::harness::{bucket, wait_synced, NatsServer, Sidecar, SidecarProcess};
 use check::{check, check_final, Consistency, FinalEntry, Kind, Op, Outcome};
 use linear::{check_linearizable, Message};
 
@@ -354,6 +354,24 @@ fn marker_free_value(message: &async_nats::jetstream::message::StreamMessage) ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_checker() {
+    check_histories(Run::InProcess).await;
+}
+
+/// The same checks against two `nearkv serve` processes, as deployed: the binary runs each
+/// sidecar on one thread (`socket.threads = 1`), the NATS connection and mirror included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_checker_against_the_binary() {
+    check_histories(Run::Processes).await;
+}
+
+/// Where the two checked sidecars run.
+#[derive(Debug, Clone, Copy)]
+enum Run {
+    InProcess,
+    Processes,
+}
+
+async fn check_histories(run_as: Run) {
     let seconds = env_u64("NEARKV_HISTORY_SECS").unwrap_or(12);
     let seed = env_u64("NEARKV_HISTORY_SEED").unwrap_or_else(|| {
         std::time::SystemTime::now()
@@ -363,20 +381,35 @@ async fn history_checker() {
     let run = Duration::from_secs(seconds);
     let mut nats = NatsServer::start().await;
     create_bucket_keeping_everything(&nats).await;
-    let config = bucket(BUCKET);
-    let sidecars = [
-        Sidecar::start(&nats.url(), vec![config.clone()]).await,
-        Sidecar::start(&nats.url(), vec![config]).await,
-    ];
-    for sidecar in &sidecars {
-        sidecar.synced_client().await;
+    let (mut in_process, mut processes) = (Vec::new(), Vec::new());
+    for _ in 0..2 {
+        match run_as {
+            Run::InProcess => {
+                in_process.push(Sidecar::start(&nats.url(), vec![bucket(BUCKET)]).await)
+            }
+            Run::Processes => {
+                processes.push(SidecarProcess::start(&nats.url(), &[BUCKET], &[]).await)
+            }
+        }
+    }
+    let sockets: Vec<std::path::PathBuf> = in_process
+        .iter()
+        .map(|s| s.socket.clone())
+        .chain(processes.iter().map(|s| s.socket.clone()))
+        .collect();
+    let connect = |i: usize| {
+        let socket = sockets[i].clone();
+        async move { Client::connect(&socket).await.expect("client connects") }
+    };
+    for i in 0..sockets.len() {
+        wait_synced(&connect(i).await).await;
     }
     let start = Instant::now();
     let until = start + run;
     let mut tasks = Vec::new();
     for id in 0..CLIENTS {
         let sidecar = id % 2;
-        let client = sidecars[sidecar].client().await;
+        let client = connect(sidecar).await;
         tasks.push(tokio::spawn(run_client(
             id, sidecar, client, seed, start, until,
         )));
@@ -411,8 +444,8 @@ async fn history_checker() {
         ..ReadOptions::default()
     });
     let mut diverged = Vec::new();
-    for (i, sidecar) in sidecars.iter().enumerate() {
-        let client = sidecar.client().await;
+    for i in 0..sockets.len() {
+        let client = connect(i).await;
         let entries = client
             .mget(BUCKET, &KEYS, *converged)
             .await
@@ -457,7 +490,7 @@ async fn history_checker() {
             && matches!(op.outcome, Outcome::Read { .. })
     });
     println!(
-        "history checker: seed {seed}, {seconds} s, {CLIENTS} clients over 2 sidecars, {} keys, \
+        "history checker ({run_as:?}): seed {seed}, {seconds} s, {CLIENTS} clients over 2 sidecars, {} keys, \
          NATS down at {outages:?}\n  {} operations: {reads} reads answered ({strong} strong), \
          {acked} writes acknowledged, {conflicts} compare-and-set conflicts, {failed} failed \
          (NATS away)\n  linearizability of every key checked against all {} stream messages \
