@@ -8,7 +8,7 @@ use async_nats::jetstream::kv;
 use bytes::Bytes;
 
 use super::actor::Actor;
-use super::mirror::{unix_nanos, Mirror, WALKED_INLINE};
+use super::mirror::{unix_nanos, Mirror, LARGE_WALKS, WALKED_INLINE};
 use super::state::{Origin, State};
 use super::watch::Watch;
 use super::writes;
@@ -17,11 +17,6 @@ use crate::keys::{filter_matches, max_key_length, quote, validate_filter, valida
 use crate::protocol::{
     BucketStatus, Consistency, Entry, Freshness, Operation, ReadOptions, WriteOptions,
 };
-
-/// Walks of large mirrors that run at once, across all buckets; the others wait their turn. A
-/// client that pipelines a thousand listings of a million-key bucket would otherwise hold a
-/// thousand copies of its keys and every core.
-static LARGE_WALKS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
 
 /// Whether a bucket should receive traffic, and its state in words for `/readyz`.
 pub struct Readiness {

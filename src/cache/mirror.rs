@@ -29,12 +29,17 @@ use crate::protocol::{Entry, Operation};
 /// The mirror's table: a set of slots, each a key with its value (see `slot.rs`), looked up by
 /// key bytes. aHash: several times faster than SipHash on short keys, and still seeded per
 /// process against chosen collisions.
-type Table = DashMap<Slot, (), ahash::RandomState>;
+pub(super) type Table = DashMap<Slot, (), ahash::RandomState>;
 
 /// The largest table walked by the task that needs the walk; a larger one is walked (or freed) on
 /// the blocking pool, off the thread that serves clients (a few milliseconds of walking at this
 /// size).
 pub(super) const WALKED_INLINE: usize = 10_000;
+
+/// Walks of large tables that run at once, across all buckets; the others wait their turn. A
+/// client that pipelines a thousand listings of a million-key bucket would otherwise hold a
+/// thousand copies of its keys and every core.
+pub(super) static LARGE_WALKS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
 
 /// Shards of a table. More than DashMap's default (4 per core): a walk of the table (saving it,
 /// listing keys) read-locks one shard at a time, and the actor cannot apply an update to that
@@ -99,6 +104,15 @@ fn read_table<R>(table: &Table, key: &str, f: impl FnOnce(Option<EntryRef<'_>>) 
         _ => f(None),
     };
     result
+}
+
+/// Every live entry of `table` matching `matches`, in no particular order.
+pub(super) fn live_entries(table: &Table, matches: impl Fn(&str) -> bool) -> Vec<Entry> {
+    table
+        .iter()
+        .filter(|e| e.key().is_live() && matches(e.key().key()))
+        .map(|e| e.key().entry())
+        .collect()
 }
 
 /// A table swapped out, freed on the blocking pool when it is large: freeing a million values
@@ -462,14 +476,9 @@ impl Mirror {
         tokio::task::spawn_blocking(lowest).await.unwrap_or(Some(0))
     }
 
-    /// Every live entry matching `matches`, in no particular order.
-    pub fn snapshot(&self, matches: impl Fn(&str) -> bool) -> Vec<Entry> {
-        self.table
-            .load()
-            .iter()
-            .filter(|e| e.key().is_live() && matches(e.key().key()))
-            .map(|e| e.key().entry())
-            .collect()
+    /// The table as it is now, to walk later: the one a rebuild would replace.
+    pub(super) fn current_table(&self) -> Arc<Table> {
+        self.table.load_full()
     }
 
     pub fn applied(&self) -> u64 {

@@ -8,13 +8,16 @@
 //!
 //! Values that leave the mirror without a revision (expiry, a rebuild) pass the revision check;
 //! after a rebuild, whose revisions may restart lower, the watch starts over at revision 0.
+//!
+//! The map is listed when the watch is first read, not when it starts, and a large one on the
+//! blocking pool: listing a million entries must not hold up the thread that serves every client.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::sync::broadcast::{self, error::RecvError};
 
-use super::mirror::{Mirror, MirrorEvent};
+use super::mirror::{live_entries, Mirror, MirrorEvent, Table, LARGE_WALKS, WALKED_INLINE};
 use crate::cache::error::{Error, ErrorKind};
 use crate::keys::filter_matches;
 use crate::protocol::{Entry, Operation};
@@ -33,6 +36,8 @@ pub enum WatchItem {
 
 pub struct Watch {
     events: broadcast::Receiver<MirrorEvent>,
+    /// The table whose live entries come first, until they are listed into `snapshot`.
+    unlisted: Option<Arc<Table>>,
     snapshot: std::vec::IntoIter<Entry>,
     /// Keys whose snapshot entry is newer than `from`, with that entry's revision.
     ahead: HashMap<String, u64>,
@@ -46,23 +51,11 @@ impl Watch {
     pub(crate) fn start(mirror: &Mirror, filter: Option<String>, initial: bool) -> Watch {
         let events = mirror.subscribe();
         let from = mirror.applied();
-        let mut ahead = HashMap::new();
-        let snapshot = if initial {
-            let entries =
-                mirror.snapshot(|key| filter.as_deref().is_none_or(|f| filter_matches(f, key)));
-            for entry in &entries {
-                if entry.revision > from {
-                    ahead.insert(entry.key.clone(), entry.revision);
-                }
-            }
-            entries
-        } else {
-            Vec::new()
-        };
         Watch {
             events,
-            snapshot: snapshot.into_iter(),
-            ahead,
+            unlisted: initial.then(|| mirror.current_table()),
+            snapshot: Vec::new().into_iter(),
+            ahead: HashMap::new(),
             from,
             filter,
             synced_pending: initial,
@@ -77,6 +70,17 @@ impl Watch {
 
     /// The next item; `Err(slow_consumer)` when the watch fell too far behind to go on.
     pub async fn next(&mut self) -> Result<WatchItem, Error> {
+        if let Some(table) = &self.unlisted {
+            // Taken only once listed, so that a `next` dropped meanwhile leaves it to the next one.
+            let entries = list(table.clone(), self.filter.clone()).await?;
+            self.unlisted = None;
+            for entry in &entries {
+                if entry.revision > self.from {
+                    self.ahead.insert(entry.key.clone(), entry.revision);
+                }
+            }
+            self.snapshot = entries.into_iter();
+        }
         if let Some(entry) = self.snapshot.next() {
             return Ok(WatchItem::Event(Arc::new(entry)));
         }
@@ -130,4 +134,23 @@ impl Watch {
             return Ok(WatchItem::Event(entry));
         }
     }
+}
+
+/// The live entries of `table` that `filter` matches: at once when the table is small, otherwise
+/// on the blocking pool, as one of the large walks (`LARGE_WALKS`).
+async fn list(table: Arc<Table>, filter: Option<String>) -> Result<Vec<Entry>, Error> {
+    let matches = move |key: &str| filter.as_deref().is_none_or(|f| filter_matches(f, key));
+    if table.len() <= WALKED_INLINE {
+        return Ok(live_entries(&table, matches));
+    }
+    let failed = |err: &dyn std::fmt::Display| {
+        Error::new(
+            ErrorKind::Internal,
+            format!("listing the watch's initial entries failed: {err}"),
+        )
+    };
+    let _turn = LARGE_WALKS.acquire().await.map_err(|err| failed(&err))?;
+    tokio::task::spawn_blocking(move || live_entries(&table, matches))
+        .await
+        .map_err(|err| failed(&err))
 }

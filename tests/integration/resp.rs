@@ -6,6 +6,8 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use futures::StreamExt;
+use nearkv::client::WatchEvent;
 use nearkv::config::BucketConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -218,6 +220,24 @@ async fn redis_cli_commands_and_pipe() {
     assert!(report.contains("errors: 0, replies: 12000"), "{report}");
     let keys = client.keys("main", Some("pipe.*"), false).await.unwrap();
     assert_eq!(keys.len(), 12_000);
+    // A watch's initial entries of a bucket this large are listed on the blocking pool: all of
+    // them, then the synced marker.
+    let mut watch = client.watch("main", Some("pipe.*"), true).await.unwrap();
+    let mut listed = std::collections::HashSet::new();
+    while let WatchEvent::Entry(entry) = tokio::time::timeout(Duration::from_secs(20), watch.next())
+        .await
+        .expect("the watch's initial entries arrive")
+        .expect("the watch goes on")
+        .expect("no error on the watch")
+    {
+        assert!(listed.insert(entry.key.clone()), "{}", entry.key);
+    }
+    assert_eq!(
+        listed.len(),
+        12_000,
+        "a watch lists every key of a large bucket"
+    );
+    drop(watch);
     assert_eq!(
         &client.get("main", "pipe.999").await.unwrap().unwrap().value[..],
         b"v999"
