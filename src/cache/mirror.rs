@@ -468,8 +468,9 @@ impl Mirror {
     /// The lowest revision of a value in the table, expired or not; `None` when it is empty.
     pub(super) async fn lowest_revision(&self) -> Option<u64> {
         let table = self.table.load_full();
+        let large = table.len() > WALKED_INLINE;
         let lowest = move || table.iter().map(|e| e.key().revision()).min();
-        if self.len() <= WALKED_INLINE {
+        if !large {
             return lowest();
         }
         // Revision 0 if the walk failed: below any stream's first, so the caller checks further.
@@ -602,7 +603,6 @@ impl Mirror {
         if !rebuild {
             return;
         }
-
         self.rebuilds.fetch_add(1, Ordering::Relaxed);
         if self.events.receiver_count() == 0 {
             return;
