@@ -421,8 +421,8 @@ bucket: {r['nearkv idle']['rss_kib'] / 1024:.1f} MiB. Runs, cold: {', '.join(f"{
   misses: 21%), the kernel's socket send waking the client (10%) and RESP parsing (8%) as the
   largest items. Before this run, updating the shared metrics and reading the clock three times
   per GET took another 11% of the samples (see 11 below). Connections are now served from one
-  thread and NATS from another (see 12 below), which removed the work-stealing scheduler's thread
-  switches that led the unpipelined profiles. What is left without pipelining is what redis-server
+  thread (12 below; since 13 the NATS side shares it), which removed the work-stealing scheduler's
+  thread switches that led the unpipelined profiles. What is left without pipelining is what redis-server
   pays too: a `recvfrom` and a `sendto` per request (`strace -c` counted 10,453 and 10,448 for
   10,000 GETs, with 581 `epoll_wait`s), so the ratio sits at about 1.0 and moves with the
   machine's noise.
@@ -435,6 +435,13 @@ bucket: {r['nearkv idle']['rss_kib'] / 1024:.1f} MiB. Runs, cold: {', '.join(f"{
   the sidecar 42 µs per put against 4.7 µs per update it only mirrors. `perf` puts 30% of the
   sidecar's samples under `put c16` in the scheduler and the kernel's wake-ups (the connection,
   the NATS client's task for the publish and its ack, the actor for the delivery, the waiter).
+  With 12's layout these were cross-thread wake-ups (2.3 `eventfd` writes per put); 13 below put
+  everything on one thread, and the sidecar's CPU per put (user + system, `/proc/<pid>/stat`)
+  fell from 45–55 µs to 31–34 µs. What is left is about half kernel: the client's `recvfrom` and
+  `sendto` and the wake-up of the process that reads them, and NATS's socket; about half user
+  space, spread thin (async-nats' per-publish inbox and request, the DashMap insert, malloc). The
+  target needs the hop through the sidecar to cost well under 10 µs of CPU per write on cores the
+  generator and nats-server share: not reached.
   Running a connection's waiting requests in its own task instead of spawning them saved a spawn
   and a channel hop per write and measured the same (13,663 against 13,750 puts/s, medians of
   five interleaved rounds), so it was not kept.
@@ -446,8 +453,8 @@ bucket: {r['nearkv idle']['rss_kib'] / 1024:.1f} MiB. Runs, cold: {', '.join(f"{
   for the code before the footprint work: the same within that spread. After the thread layout
   of 12 below, the same A/B (four rounds) gave p99s of 865, 869, 1,111 and 1,631 µs against 860,
   905, 1,002 and 1,184 µs for the layout before it, and p50s about 5% higher: within the spread,
-  perhaps slightly worse, since an event now always crosses from the NATS runtime to the serving
-  thread.
+  perhaps slightly worse, since an event then crossed from the NATS runtime to the serving
+  thread. Since 13 it does not: the NATS connection, the feed and the watch share one thread.
 - **get, 1 connection, against the raw socket floor.** One serving thread costs a sequential,
   unpipelined client a few microseconds: interleaved runs of `nearkv bench` at 1 connection gave
   the one-thread layout a p50 3–10% above the old two-worker layout's (median of five: 61.9
@@ -466,7 +473,16 @@ bucket: {r['nearkv idle']['rss_kib'] / 1024:.1f} MiB. Runs, cold: {', '.join(f"{
   less sidecar CPU per value shortens it. Tried and not kept, each the same within this
   machine's noise (six interleaved runs): inserting into the staging table on a thread of its
   own (it moved CPU, it did not remove any), and making the loop's shutdown and reconnect
-  futures once instead of per message.
+  futures once instead of per message. Kept: the feed reads each message's `$JS.ACK` reply
+  subject itself (`AckMetadata` in `src/cache/feed.rs`: four numbers). async-nats'
+  `Message::info` parses every token, the timestamp as an i128 and then a date type: with its
+  token splitting that was about a sixth of the sidecar's samples in a cold start. Interleaved
+  cold starts, medians of six: 2.74 → 2.55 s (0.93×). Also dropped: a clock read per message
+  for the progress log (now one per 1,024 messages). What remains above the bare watcher is
+  building the slots and the inserts (about a fifth of the samples, mostly cache misses in a
+  table of a million entries) and async-nats' per-message costs, which the bare watcher pays too
+  (a `Client` clone and drop for each `jetstream::Message`, moves of the message struct through
+  the ordered consumer, header parsing).
 - **Ready time after a restart (warm).** Reading and checking the 140 MB file (CRC-32) takes about
   0.1 s and building the million slots on two threads about 0.3 s; the feed then resumes from the
   file's next revision and the sidecar is ready once it has caught up.
