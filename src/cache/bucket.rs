@@ -241,24 +241,35 @@ impl Bucket {
 
     /// Live keys matching `filter` (NATS wildcards; default: all), sorted.
     pub async fn keys(&self, filter: Option<&str>, allow_stale: bool) -> Result<Vec<String>> {
+        self.keys_with(filter, allow_stale, |keys| keys).await
+    }
+
+    /// [`Bucket::keys`], given to `finish` where they were listed (see [`Bucket::keys_then`]).
+    pub async fn keys_with<R: Send + 'static>(
+        &self,
+        filter: Option<&str>,
+        allow_stale: bool,
+        finish: impl FnOnce(Vec<String>) -> R + Send + 'static,
+    ) -> Result<R> {
         if let Some(filter) = filter {
             validate_filter(filter)?;
         }
         let filter = filter.map(str::to_string);
-        self.keys_where(allow_stale, move |key| {
-            filter.as_deref().is_none_or(|f| filter_matches(f, key))
-        })
-        .await
+        let matches = move |key: &str| filter.as_deref().is_none_or(|f| filter_matches(f, key));
+        self.keys_then(allow_stale, matches, finish).await
     }
 
-    /// Live keys for which `matches` holds, sorted.
-    pub async fn keys_where(
+    /// Live keys for which `matches` holds, sorted, given to `finish` where they were listed:
+    /// for a large bucket on the blocking pool, so that encoding a reply of a million keys there
+    /// holds up no other client either.
+    pub async fn keys_then<R: Send + 'static>(
         &self,
         allow_stale: bool,
         matches: impl Fn(&str) -> bool + Send + 'static,
-    ) -> Result<Vec<String>> {
+        finish: impl FnOnce(Vec<String>) -> R + Send + 'static,
+    ) -> Result<R> {
         self.freshness(allow_stale)?;
-        self.walk(move |mirror| mirror.keys(matches)).await
+        self.walk(move |mirror| finish(mirror.keys(matches))).await
     }
 
     /// A page of a scan of the live keys: see [`Mirror::scan`].

@@ -22,13 +22,18 @@ impl Keys {
     }
 
     pub async fn answer(&self, cache: &Cache, reply: &mut impl Reply) -> Outcome {
+        let encode = reply.keys_encoder();
         let listed = match cache.bucket(&self.bucket) {
-            Ok(bucket) => bucket.keys(self.filter.as_deref(), self.allow_stale).await,
+            Ok(bucket) => {
+                bucket
+                    .keys_with(self.filter.as_deref(), self.allow_stale, encode)
+                    .await
+            }
             Err(err) => Err(err),
         };
         match listed {
-            Ok(keys) => {
-                reply.keys(&keys);
+            Ok(encoded) => {
+                reply.encoded(encoded);
                 Outcome::OK
             }
             Err(err) => Outcome::failed(err, reply),

@@ -25,7 +25,7 @@ pub use keys::Keys;
 pub use mget::Mget;
 pub use ping::Ping;
 pub use put::Put;
-pub use reply::{Outcome, Reply};
+pub use reply::{append, KeysEncoder, Outcome, Reply};
 pub use status::Status;
 pub use text::Text;
 pub use watch::{Unwatch, Watch};

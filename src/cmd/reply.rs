@@ -5,6 +5,17 @@ use crate::error::{Error, ErrorCode};
 use crate::protocol::types::EntryRef;
 use crate::protocol::{BucketStatus, Freshness};
 
+pub type KeysEncoder = Box<dyn FnOnce(Vec<String>) -> Vec<u8> + Send>;
+
+/// Appends `bytes` to `out`, without a copy when `out` is empty.
+pub fn append(out: &mut Vec<u8>, bytes: Vec<u8>) {
+    if out.is_empty() {
+        *out = bytes;
+    } else {
+        out.extend_from_slice(&bytes);
+    }
+}
+
 /// The answers a command can give. A wire face implements it to encode them; entries are lent
 /// straight from the mirror so that a read is encoded without an owned copy.
 pub trait Reply {
@@ -19,7 +30,11 @@ pub trait Reply {
         entry_at: impl FnMut(usize, &mut dyn FnMut(Option<EntryRef<'_>>)),
     );
     fn revision(&mut self, revision: u64);
-    fn keys(&mut self, keys: &[String]);
+    /// How to encode a `keys` answer, as a function that may run on another thread: a
+    /// million keys take long enough to encode that other clients must not wait for it.
+    fn keys_encoder(&self) -> KeysEncoder;
+    /// Appends an answer a [`Reply::keys_encoder`] encoded.
+    fn encoded(&mut self, bytes: Vec<u8>);
     fn statuses(&mut self, buckets: &[BucketStatus]);
     fn error(&mut self, error: &Error);
 }

@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 
-use crate::cmd::{Command, Reply};
+use crate::cmd::{append, Command, KeysEncoder, Reply};
 use crate::error::Error;
 use crate::protocol::request::{self, ParseError};
 use crate::protocol::response::{encode_error, encode_ok, encode_ok_entries, Body};
@@ -44,8 +44,17 @@ impl Reply for V1Reply<'_> {
         encode_ok(self.out, self.id, &Body::Revision(revision));
     }
 
-    fn keys(&mut self, keys: &[String]) {
-        encode_ok(self.out, self.id, &Body::Keys(keys));
+    fn keys_encoder(&self) -> KeysEncoder {
+        let id = self.id;
+        Box::new(move |keys| {
+            let mut out = Vec::new();
+            encode_ok(&mut out, id, &Body::Keys(&keys));
+            out
+        })
+    }
+
+    fn encoded(&mut self, bytes: Vec<u8>) {
+        append(self.out, bytes);
     }
 
     fn statuses(&mut self, buckets: &[BucketStatus]) {

@@ -74,6 +74,15 @@ impl Out<'_> {
         self.buf.extend_from_slice(b"\r\n");
     }
 
+    /// One bulk string made of `parts` in order, with no joined copy of them first.
+    pub fn bulk_of(&mut self, parts: &[&[u8]]) {
+        self.header(b'$', parts.iter().map(|part| part.len()).sum());
+        for part in parts {
+            self.buf.extend_from_slice(part);
+        }
+        self.buf.extend_from_slice(b"\r\n");
+    }
+
     pub fn null(&mut self) {
         match self.version {
             Version::Resp2 => self.buf.extend_from_slice(b"$-1\r\n"),
@@ -141,9 +150,10 @@ mod tests {
         out.int(5);
         out.null();
         out.error("WRONG_REVISION", "current_revision=5\nretry");
+        out.bulk_of(&[b"shop", b":", b"order-1"]);
         assert_eq!(
             buf,
-            b"*2\r\n$8\r\nrevision\r\n:5\r\n$-1\r\n-WRONG_REVISION current_revision=5 retry\r\n"
+            b"*2\r\n$8\r\nrevision\r\n:5\r\n$-1\r\n-WRONG_REVISION current_revision=5 retry\r\n$12\r\nshop:order-1\r\n"
         );
         let mut buf = Vec::new();
         let mut out = Out {

@@ -1,7 +1,7 @@
 //! How the command layer's answers and errors read in RESP.
 
 use super::encode::Out;
-use crate::cmd::Reply;
+use crate::cmd::{append, KeysEncoder, Reply};
 use crate::error::{Error, ErrorCode};
 use crate::protocol::types::EntryRef;
 use crate::protocol::{BucketStatus, Freshness};
@@ -125,11 +125,24 @@ impl Reply for RespReply<'_, '_> {
         }
     }
 
-    fn keys(&mut self, keys: &[String]) {
-        self.out.array(keys.len());
-        for key in keys {
-            self.out.bulk(key.as_bytes());
-        }
+    fn keys_encoder(&self) -> KeysEncoder {
+        let version = self.out.version;
+        Box::new(move |keys| {
+            let mut buf = Vec::new();
+            let mut out = Out {
+                buf: &mut buf,
+                version,
+            };
+            out.array(keys.len());
+            for key in &keys {
+                out.bulk(key.as_bytes());
+            }
+            buf
+        })
+    }
+
+    fn encoded(&mut self, bytes: Vec<u8>) {
+        append(self.out.buf, bytes);
     }
 
     fn statuses(&mut self, buckets: &[BucketStatus]) {

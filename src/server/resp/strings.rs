@@ -435,22 +435,37 @@ fn pattern_target<'s, 'p>(
 async fn keys(session: &Session, pattern: &Bytes, out: &mut Out<'_>) -> Handled {
     let (bucket, pattern, qualified) = pattern_target(session, pattern)?;
     let glob = pattern.to_vec();
-    let keys = bucket
-        .keys_where(false, move |key| glob::matches(&glob, key.as_bytes()))
+    let version = out.version;
+    let prefix = qualified.then(|| bucket.name().to_string());
+    // Encoded where the keys are listed: a million of them would hold up every other client.
+    let encoded = bucket
+        .keys_then(
+            false,
+            move |key| glob::matches(&glob, key.as_bytes()),
+            move |keys| {
+                let mut buf = Vec::new();
+                let mut out = Out {
+                    buf: &mut buf,
+                    version,
+                };
+                out.array(keys.len());
+                for key in &keys {
+                    write_key(&mut out, prefix.as_deref(), key);
+                }
+                buf
+            },
+        )
         .await
         .map_err(Error::from)?;
-    out.array(keys.len());
-    for key in &keys {
-        write_key(out, bucket, key, qualified);
-    }
+    cmd::append(out.buf, encoded);
     Ok(())
 }
 
-fn write_key(out: &mut Out<'_>, bucket: &Bucket, key: &str, qualified: bool) {
-    if qualified {
-        out.bulk(format!("{}:{key}", bucket.name()).as_bytes());
-    } else {
-        out.bulk(key.as_bytes());
+/// A key as `GET` takes it: `bucket:key` when it is not in the selected database.
+fn write_key(out: &mut Out<'_>, bucket: Option<&str>, key: &str) {
+    match bucket {
+        Some(bucket) => out.bulk_of(&[bucket.as_bytes(), b":", key.as_bytes()]),
+        None => out.bulk(key.as_bytes()),
     }
 }
 
@@ -501,7 +516,7 @@ async fn scan(session: &Session, args: &[Bytes], out: &mut Out<'_>) -> Handled {
     out.bulk(next.to_string().as_bytes());
     out.array(listed.len());
     for key in listed {
-        write_key(out, bucket, key, qualified);
+        write_key(out, qualified.then(|| bucket.name()), key);
     }
     Ok(())
 }
