@@ -1,6 +1,6 @@
 //! How the command layer's answers and errors read in RESP.
 
-use super::encode::Out;
+use super::encode::{Out, Version};
 use crate::cmd::{append, KeysEncoder, Reply};
 use crate::error::{Error, ErrorCode};
 use crate::protocol::types::EntryRef;
@@ -90,6 +90,28 @@ pub fn status_map(out: &mut Out<'_>, s: &BucketStatus) {
     out.int(s.rebuilds as i64);
 }
 
+/// An array of keys as `GET` takes them: `bucket:key` for a `bucket` other than the selected one.
+pub fn keys_reply(version: Version, bucket: Option<&str>, keys: &[String]) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let mut out = Out {
+        buf: &mut buf,
+        version,
+    };
+    out.array(keys.len());
+    for key in keys {
+        write_key(&mut out, bucket, key);
+    }
+    buf
+}
+
+/// A key as `GET` takes it: `bucket:key` when it is not in the selected database.
+pub fn write_key(out: &mut Out<'_>, bucket: Option<&str>, key: &str) {
+    match bucket {
+        Some(bucket) => out.bulk_of(&[bucket.as_bytes(), b":", key.as_bytes()]),
+        None => out.bulk(key.as_bytes()),
+    }
+}
+
 impl Reply for RespReply<'_, '_> {
     fn done(&mut self) {
         self.out.ok();
@@ -127,18 +149,7 @@ impl Reply for RespReply<'_, '_> {
 
     fn keys_encoder(&self) -> KeysEncoder {
         let version = self.out.version;
-        Box::new(move |keys| {
-            let mut buf = Vec::new();
-            let mut out = Out {
-                buf: &mut buf,
-                version,
-            };
-            out.array(keys.len());
-            for key in &keys {
-                out.bulk(key.as_bytes());
-            }
-            buf
-        })
+        Box::new(move |keys| keys_reply(version, None, &keys))
     }
 
     fn encoded(&mut self, bytes: Vec<u8>) {

@@ -7,7 +7,7 @@ use bytes::Bytes;
 
 use super::encode::Out;
 use super::glob;
-use super::reply::{RespReply, Style};
+use super::reply::{keys_reply, write_key, RespReply, Style};
 use super::session::{arity, bad, integer, is, Handled, Session};
 use crate::cache::{Bucket, ErrorKind};
 use crate::cmd::{self, Op, Outcome};
@@ -442,31 +442,12 @@ async fn keys(session: &Session, pattern: &Bytes, out: &mut Out<'_>) -> Handled 
         .keys_then(
             false,
             move |key| glob::matches(&glob, key.as_bytes()),
-            move |keys| {
-                let mut buf = Vec::new();
-                let mut out = Out {
-                    buf: &mut buf,
-                    version,
-                };
-                out.array(keys.len());
-                for key in &keys {
-                    write_key(&mut out, prefix.as_deref(), key);
-                }
-                buf
-            },
+            move |keys| keys_reply(version, prefix.as_deref(), &keys),
         )
         .await
         .map_err(Error::from)?;
     cmd::append(out.buf, encoded);
     Ok(())
-}
-
-/// A key as `GET` takes it: `bucket:key` when it is not in the selected database.
-fn write_key(out: &mut Out<'_>, bucket: Option<&str>, key: &str) {
-    match bucket {
-        Some(bucket) => out.bulk_of(&[bucket.as_bytes(), b":", key.as_bytes()]),
-        None => out.bulk(key.as_bytes()),
-    }
 }
 
 async fn scan(session: &Session, args: &[Bytes], out: &mut Out<'_>) -> Handled {
