@@ -269,6 +269,12 @@ async fn redis_cli_commands_and_pipe() {
     keys.sort_unstable();
     let expected: Vec<String> = (10..20).map(|i| format!("pipe.{i}")).collect();
     assert_eq!(keys, expected);
+    // Named with its bucket, a pattern lists keys as `GET` takes them: `bucket:key`.
+    let keys = blocking(vec!["KEYS", "main:pipe.1?"]).await.unwrap();
+    let mut keys: Vec<&str> = keys.lines().collect();
+    keys.sort_unstable();
+    let expected: Vec<String> = (10..20).map(|i| format!("main:pipe.{i}")).collect();
+    assert_eq!(keys, expected);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
