@@ -36,6 +36,7 @@ use tokio_util::task::TaskTracker;
 
 pub use bucket::{Bucket, SaveStats};
 pub use error::{Error, ErrorKind, Result};
+pub use memory::map_large_allocations;
 pub use mirror::Mirror;
 pub use watch::{Watch, WatchItem};
 

@@ -74,6 +74,7 @@ pub(super) fn serve(args: ServeArgs, socket: Option<PathBuf>) -> ExitCode {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().with_current_span(true).init(),
     }
+    nearkv::cache::map_large_allocations();
     // 0 is refused by `nearkv::serve`'s validation, with the field's name.
     match super::runtime(Some(config.socket.threads.max(1))) {
         Ok(runtime) => runtime.block_on(serve_until_signalled(config)),
