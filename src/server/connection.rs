@@ -410,7 +410,8 @@ async fn run_watch(
     let _ = out.send(frame).await;
 }
 
-/// Writes `buf` and whatever else is queued (up to `MAX_WRITE`) in one write, then clears `buf`.
+/// Writes `buf` and whatever else is queued (up to `MAX_WRITE`) in one write, then clears `buf`
+/// (and shrinks it, if a large burst grew it past four times that).
 /// Returns false when the client is gone, or did not read for `write_timeout`: such a client
 /// must not pin this task, the responses queued for it, or the server's shutdown.
 async fn send_to_client(
@@ -429,6 +430,10 @@ async fn send_to_client(
     let written = tokio::time::timeout(limits.write_timeout, socket.write_all(buf)).await;
     let pending = buf.len();
     buf.clear();
+    // A connection's buffer outlives its largest burst: one of big values must not stay held.
+    if buf.capacity() > 4 * MAX_WRITE {
+        buf.shrink_to(MAX_WRITE);
+    }
     match written {
         Ok(Ok(())) => true,
         Ok(Err(err)) => {
