@@ -8,7 +8,7 @@ use async_nats::jetstream::kv;
 use bytes::Bytes;
 
 use super::actor::Actor;
-use super::mirror::{unix_nanos, Mirror, LARGE_WALKS, WALKED_INLINE};
+use super::mirror::{unix_nanos, walk_off_thread_if, Mirror, WALKED_INLINE};
 use super::state::{Origin, State};
 use super::watch::Watch;
 use super::writes;
@@ -278,27 +278,21 @@ impl Bucket {
         self.walk(move |mirror| mirror.scan(cursor, count)).await
     }
 
-    /// Runs `walk` over the mirror: at once when it is small, otherwise on the blocking pool (two
-    /// such walks at a time), so that listing a million keys holds up no other connection served
-    /// by the same thread.
+    /// Runs `walk` over the mirror, off this thread when it is large (see
+    /// [`walk_off_thread_if`]).
     async fn walk<R: Send + 'static>(
         &self,
         walk: impl FnOnce(&Mirror) -> R + Send + 'static,
     ) -> Result<R> {
-        if self.state.mirror().len() <= WALKED_INLINE {
-            return Ok(walk(self.state.mirror()));
-        }
-        let failed = |err: &dyn std::fmt::Display| {
-            Error::new(
-                ErrorKind::Internal,
-                format!("listing the keys of `{}` failed: {err}", self.name()),
-            )
-        };
-        let _turn = LARGE_WALKS.acquire().await.map_err(|err| failed(&err))?;
-        let state = self.state.clone();
-        tokio::task::spawn_blocking(move || walk(state.mirror()))
-            .await
-            .map_err(|err| failed(&err))
+        let large = self.state.mirror().len() > WALKED_INLINE;
+        let what = format!("listing the keys of `{}`", self.name());
+        walk_off_thread_if(
+            large,
+            self.state.clone(),
+            move |state| walk(state.mirror()),
+            &what,
+        )
+        .await
     }
 
     pub fn status(&self) -> BucketStatus {

@@ -39,7 +39,28 @@ pub(super) const WALKED_INLINE: usize = 10_000;
 /// Walks of large tables that run at once, across all buckets; the others wait their turn. A
 /// client that pipelines a thousand listings of a million-key bucket would otherwise hold a
 /// thousand copies of its keys and every core.
-pub(super) static LARGE_WALKS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+static LARGE_WALKS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
+/// Runs `walk` on `input`: at once unless `large`, otherwise on the blocking pool as one of the
+/// `LARGE_WALKS`, so that walking a million entries holds up no client served by the calling
+/// thread. `what` names the walk in the error of one that failed.
+pub(super) async fn walk_off_thread_if<T: Send + 'static, R: Send + 'static>(
+    large: bool,
+    input: T,
+    walk: impl FnOnce(T) -> R + Send + 'static,
+    what: &str,
+) -> Result<R> {
+    if !large {
+        return Ok(walk(input));
+    }
+    let failed = |err: &dyn std::fmt::Display| {
+        Error::new(ErrorKind::Internal, format!("{what} failed: {err}"))
+    };
+    let _turn = LARGE_WALKS.acquire().await.map_err(|err| failed(&err))?;
+    tokio::task::spawn_blocking(move || walk(input))
+        .await
+        .map_err(|err| failed(&err))
+}
 
 /// Shards of a table. More than DashMap's default (4 per core): a walk of the table (saving it,
 /// listing keys) read-locks one shard at a time, and the actor cannot apply an update to that

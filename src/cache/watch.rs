@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use tokio::sync::broadcast::{self, error::RecvError};
 
-use super::mirror::{live_entries, Mirror, MirrorEvent, Table, LARGE_WALKS, WALKED_INLINE};
+use super::mirror::{live_entries, walk_off_thread_if, Mirror, MirrorEvent, Table, WALKED_INLINE};
 use crate::cache::error::{Error, ErrorKind};
 use crate::keys::filter_matches;
 use crate::protocol::{Entry, Operation};
@@ -140,17 +140,7 @@ impl Watch {
 /// on the blocking pool, as one of the large walks (`LARGE_WALKS`).
 async fn list(table: Arc<Table>, filter: Option<String>) -> Result<Vec<Entry>, Error> {
     let matches = move |key: &str| filter.as_deref().is_none_or(|f| filter_matches(f, key));
-    if table.len() <= WALKED_INLINE {
-        return Ok(live_entries(&table, matches));
-    }
-    let failed = |err: &dyn std::fmt::Display| {
-        Error::new(
-            ErrorKind::Internal,
-            format!("listing the watch's initial entries failed: {err}"),
-        )
-    };
-    let _turn = LARGE_WALKS.acquire().await.map_err(|err| failed(&err))?;
-    tokio::task::spawn_blocking(move || live_entries(&table, matches))
-        .await
-        .map_err(|err| failed(&err))
+    let large = table.len() > WALKED_INLINE;
+    let listed = move |table: Arc<Table>| live_entries(&table, matches);
+    walk_off_thread_if(large, table, listed, "listing the watch's initial entries").await
 }
