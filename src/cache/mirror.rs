@@ -69,9 +69,22 @@ pub(super) async fn walk_off_thread_if<T: Send + 'static, R: Send + 'static>(
 /// locks' cache lines (32 KiB) crowd the L1 cache and pipelined reads lost 6 to 13%.
 const SHARDS: usize = 64;
 
+/// The bits of a scan position below its shard's index (see [`Mirror::scan`]): positions stay
+/// below 2^63, since some Redis clients read the cursor as a signed 64-bit integer.
+const IN_SHARD_BITS: u32 = 63 - SHARDS.trailing_zeros();
+
+/// A page of a scan holds at least the keys of 1/`PAGE_SHARE` of the shard it ends in, whatever
+/// `COUNT` says, so that a whole scan walks each shard at most about this many times.
+const PAGE_SHARE: usize = 8;
+
+/// The hasher of every table, seeded at random once per process: a key hashes alike in every
+/// table, so that it keeps its shard and its scan position when a rebuild replaces the table.
+static TABLE_HASHER: std::sync::LazyLock<ahash::RandomState> =
+    std::sync::LazyLock::new(ahash::RandomState::new);
+
 /// A table with room for `capacity` slots: a snapshot of known size never rehashes while it loads.
 fn new_table(capacity: usize) -> Table {
-    DashMap::with_capacity_and_hasher_and_shard_amount(capacity, ahash::RandomState::new(), SHARDS)
+    DashMap::with_capacity_and_hasher_and_shard_amount(capacity, TABLE_HASHER.clone(), SHARDS)
 }
 
 impl Slot {
@@ -318,14 +331,6 @@ impl Staging {
     }
 }
 
-/// A key's place in a scan ([`Mirror::scan`]): a hash with fixed seeds, below 2^63, so that a key
-/// present for a whole scan is listed whatever is added or removed meanwhile (a cursor that
-/// counted positions would skip keys after a removal) and whichever table holds it.
-pub fn scan_position(key: &str) -> u64 {
-    let hasher = ahash::RandomState::with_seeds(0x6e65, 0x6172, 0x6b76, 0x7363);
-    hasher.hash_one(key) >> 1
-}
-
 pub struct Mirror {
     table: ArcSwap<Table>,
     applied: AtomicU64,
@@ -419,60 +424,66 @@ impl Mirror {
         keys
     }
 
-    /// Up to `count` live keys at the smallest [`scan_position`]s at or after `cursor`, and every
-    /// other key at the last one's position, in scan order; with the cursor that continues after
-    /// them (0: none are left). One walk of the table that keeps only the best candidates, so a
-    /// page of a large table costs no copy and no sort of all its keys.
+    /// A page of a scan of the live keys: those at the smallest scan positions at or after
+    /// `cursor`, in scan order, and the cursor that continues after them (0: none are left).
+    ///
+    /// A key's position is the index of its table shard above the low bits of its hash. It never
+    /// changes while the process runs, so a key present for a whole scan is listed exactly once
+    /// whatever is added or removed meanwhile (a cursor that counted keys would skip some after a
+    /// removal). And each shard's keys hold one range of positions, so a page walks only the
+    /// shards its range covers, not the whole table. A page holds at least `count` keys (unless
+    /// the scan ends), at least 1/[`PAGE_SHARE`] of the shard it ends in, and every key at its
+    /// last key's position (a hash tie is never split over two pages).
     pub fn scan(&self, cursor: u64, count: usize) -> (u64, Vec<String>) {
-        self.scan_by(cursor, count, scan_position)
+        self.scan_by(cursor, count, |hash, _| hash)
     }
 
+    /// As [`Mirror::scan`], with a key's place within its shard given by `in_shard(hash, key)`.
     fn scan_by(
         &self,
         cursor: u64,
         count: usize,
-        position: impl Fn(&str) -> u64,
+        in_shard: impl Fn(u64, &[u8]) -> u64,
     ) -> (u64, Vec<String>) {
-        let count = count.max(1);
-        let mut found: Vec<(u64, String)> = Vec::new();
-        let mut bound = u64::MAX;
-        let mut beyond = false;
-        let keep_best = |found: &mut Vec<(u64, String)>, beyond: &mut bool| {
-            found.sort_unstable();
-            let last = found[count - 1].0;
-            let keep = found.partition_point(|(at, _)| *at <= last);
-            *beyond |= keep < found.len();
-            found.truncate(keep);
-            last
-        };
-        for slot in self.table.load().iter() {
-            let slot = slot.key();
-            if !slot.is_live() {
-                continue;
+        let table = self.table.load();
+        let low_bits = (1u64 << IN_SHARD_BITS) - 1;
+        let first = usize::try_from(cursor >> IN_SHARD_BITS).unwrap_or(usize::MAX);
+        let mut page = Vec::new();
+        for (index, shard) in table.shards().iter().enumerate().skip(first) {
+            let start = (index as u64) << IN_SHARD_BITS;
+            let from = cursor.max(start);
+            let shard = shard.read();
+            // SAFETY: the slots are borrowed only while `shard` holds the shard's read lock.
+            let slots = unsafe { shard.iter().map(|bucket| &bucket.as_ref().0) };
+            let mut found: Vec<(u64, &Slot)> = slots
+                .filter(|slot| slot.is_live())
+                .map(|slot| {
+                    let hash = table.hash_usize(&slot.key_bytes()) as u64;
+                    (start | (in_shard(hash, slot.key_bytes()) & low_bits), slot)
+                })
+                .filter(|(at, _)| *at >= from)
+                .collect();
+            found.sort_unstable_by_key(|(at, _)| *at);
+            let take = (count.max(1) - page.len()).max(shard.len() / PAGE_SHARE);
+            if take < found.len() {
+                let last = found[take - 1].0;
+                let ties = found.partition_point(|(at, _)| *at <= last);
+                if ties < found.len() {
+                    page.extend(found[..ties].iter().map(|(_, slot)| slot.key().to_string()));
+                    return (last + 1, page);
+                }
             }
-            let at = position(slot.key());
-            if at < cursor {
-                continue;
-            }
-            if at > bound {
-                beyond = true;
-                continue;
-            }
-            found.push((at, slot.key().to_string()));
-            if found.len() >= 2 * count.max(64) {
-                bound = keep_best(&mut found, &mut beyond);
+            page.extend(found.iter().map(|(_, slot)| slot.key().to_string()));
+            if page.len() >= count.max(1) {
+                let next = if index + 1 < SHARDS {
+                    start + (1 << IN_SHARD_BITS)
+                } else {
+                    0
+                };
+                return (next, page);
             }
         }
-        if found.len() > count {
-            keep_best(&mut found, &mut beyond);
-        } else {
-            found.sort_unstable();
-        }
-        let next = match found.last() {
-            Some((at, _)) if beyond => at + 1,
-            _ => 0,
-        };
-        (next, found.into_iter().map(|(_, key)| key).collect())
+        (0, page)
     }
 
     /// The live entries of `keys`, from one table (see [`Mirror::with_table`]).
@@ -823,12 +834,12 @@ mod tests {
     fn scan_all(
         mirror: &Mirror,
         count: usize,
-        position: impl Fn(&str) -> u64 + Copy,
+        in_shard: impl Fn(u64, &[u8]) -> u64 + Copy,
         between_pages: &mut dyn FnMut(usize),
     ) -> Vec<String> {
         let (mut cursor, mut listed, mut pages) = (0, Vec::new(), 0);
         loop {
-            let (next, keys) = mirror.scan_by(cursor, count, position);
+            let (next, keys) = mirror.scan_by(cursor, count, in_shard);
             listed.extend(keys);
             pages += 1;
             assert!(pages < 10_000, "the scan does not end");
@@ -841,20 +852,57 @@ mod tests {
         }
     }
 
+    fn by_hash(hash: u64, _: &[u8]) -> u64 {
+        hash
+    }
+
+    fn sorted(mut keys: Vec<String>) -> Vec<String> {
+        keys.sort();
+        keys
+    }
+
     #[test]
-    fn a_scan_lists_every_key_once_in_pages_of_about_count() {
+    fn a_scan_lists_every_key_once_in_pages_of_count() {
         let mirror = Mirror::new(16);
         for i in 0..1000u64 {
             mirror.apply(entry(&format!("k{i}"), "v", i + 1, Operation::Put), 0);
         }
-        let (_, first) = mirror.scan(0, 10);
+        // 1,000 keys in 64 shards: fewer than 8 × 10 in any shard, so pages hold `count` keys.
+        let (next, first) = mirror.scan(0, 10);
         assert_eq!(first.len(), 10);
-        let mut listed = scan_all(&mirror, 7, scan_position, &mut |_| {});
-        listed.sort();
-        let mut expected: Vec<String> = (0..1000).map(|i| format!("k{i}")).collect();
-        expected.sort();
-        assert_eq!(listed, expected);
+        let (_, second) = mirror.scan(next, 10);
+        assert_eq!(second.len(), 10);
+        assert!(second.iter().all(|key| !first.contains(key)));
+        let listed = scan_all(&mirror, 7, by_hash, &mut |_| {});
+        assert_eq!(
+            sorted(listed),
+            sorted((0..1000).map(|i| format!("k{i}")).collect())
+        );
         assert_eq!(mirror.scan(0, 5000).0, 0, "one page holds them all");
+        assert_eq!(
+            mirror.scan(u64::MAX, 10),
+            (0, Vec::new()),
+            "a cursor past the end"
+        );
+    }
+
+    #[test]
+    fn a_scan_of_a_large_table_takes_pages_of_an_eighth_of_a_shard_not_a_walk_per_count() {
+        let mirror = Mirror::new(16);
+        let keys = 64 * 8 * 200;
+        for i in 0..keys as u64 {
+            mirror.apply(entry(&format!("k{i}"), "v", i + 1, Operation::Put), 0);
+        }
+        let mut pages = 0;
+        let listed = scan_all(&mirror, 10, by_hash, &mut |n| pages = n);
+        assert_eq!(listed.len(), keys, "every key once");
+        assert_eq!(
+            sorted(listed).windows(2).filter(|w| w[0] == w[1]).count(),
+            0
+        );
+        // About 800 keys a shard: pages of about 100, about 9 to a shard. With pages of 10, a
+        // scan would take 10,240 of them (each a walk of a shard).
+        assert!(pages < 64 * 12, "{pages} pages");
     }
 
     #[test]
@@ -863,18 +911,32 @@ mod tests {
         for i in 0..300u64 {
             mirror.apply(entry(&format!("k{i}"), "v", i + 1, Operation::Put), 0);
         }
-        // Positions by key length: 10 keys at 2, 90 at 3, 200 at 4; pages of 3.
-        let by_length = |key: &str| key.len() as u64;
-        let (next, page) = mirror.scan_by(0, 3, by_length);
-        assert_eq!((next, page.len()), (3, 10));
-        let (next, page) = mirror.scan_by(next, 3, by_length);
-        assert_eq!((next, page.len()), (4, 90));
-        let listed = scan_all(&mirror, 3, by_length, &mut |_| {});
-        assert_eq!(listed.len(), 300);
+        // Within a shard, a key's place is its length: k0..k9 tie, as do k10..k99 and the rest.
+        let by_length = |_: u64, key: &[u8]| key.len() as u64;
+        let mut pages = Vec::new();
+        let (mut cursor, mut listed) = (0, Vec::new());
+        loop {
+            let (next, page) = mirror.scan_by(cursor, 1, by_length);
+            let lengths: std::collections::BTreeSet<usize> = page.iter().map(String::len).collect();
+            pages.push(lengths.len());
+            listed.extend(page);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        assert_eq!(
+            sorted(listed),
+            sorted((0..300).map(|i| format!("k{i}")).collect())
+        );
+        assert!(
+            pages.iter().all(|&lengths| lengths <= 1),
+            "pages of count 1 hold one tie"
+        );
     }
 
     #[test]
-    fn a_key_present_for_a_whole_scan_is_listed_whatever_changes_meanwhile() {
+    fn a_key_present_for_a_whole_scan_is_listed_once_whatever_changes_meanwhile() {
         let mirror = Mirror::new(16);
         for i in 0..500u64 {
             mirror.apply(
@@ -887,7 +949,7 @@ mod tests {
             );
         }
         let mut revision = 2000;
-        let listed = scan_all(&mirror, 20, scan_position, &mut |page| {
+        let listed = scan_all(&mirror, 20, by_hash, &mut |page| {
             for i in 0..50 {
                 revision += 1;
                 let key = format!("goes{}", page * 50 + i);
@@ -900,10 +962,9 @@ mod tests {
             }
         });
         for i in 0..500 {
-            assert!(
-                listed.contains(&format!("stays{i}")),
-                "stays{i} was skipped"
-            );
+            let stays = format!("stays{i}");
+            let times = listed.iter().filter(|key| **key == stays).count();
+            assert_eq!(times, 1, "{stays} listed {times} times");
         }
     }
 
