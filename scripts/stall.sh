@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # What one client's large request does to another client's reads: a bucket of KEYS keys (default
 # 1,000,000 of 100 bytes), three concurrent listings of all of them (`KEYS`, v1 `keys`,
-# `NEARKV.KEYS`) or three `watch`es with their initial entries, while one other connection sends
-# GETs for 4 s. Prints the GETs' p50, p99 and worst latency for each. Used for docs/BENCHMARKS.md
-# and the issue notes; run it against two builds to compare (NEARKV=path/to/nearkv).
+# `NEARKV.KEYS`), three `watch`es with their initial entries, or three whole `SCAN`s at
+# redis-cli's COUNT of 10, while one other connection sends GETs for 4 s; last, the bucket's
+# stream purged behind the sidecar's back while a watch follows it (a rebuild that tells the watch
+# of every vanished key). Prints the GETs' p50, p99 and worst latency for each. Used for
+# README.md and the issue notes; run it against two builds to compare (NEARKV=path/to/nearkv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/tools.sh
 ensure_nats_server
 ensure_redis_tools
+ensure_nats_py
 KEYS="${KEYS:-1000000}"
 if [ -z "${NEARKV:-}" ]; then
   cargo build --release --locked --quiet
@@ -38,30 +41,34 @@ until curl -sf "http://127.0.0.1:$http/readyz" >/dev/null 2>&1; do sleep 0.1; do
   --keys "$KEYS" >/dev/null
 key=$(redis-cli -s "$sock" SCAN 0 COUNT 5 | sed -n 2p)
 
+probe() { # label, seconds: one connection's GETs meanwhile, timed
+  python3 - "$sock" "$key" "$1" "$2" <<'PY'
+import socket, sys, time
+path, key, label, seconds = sys.argv[1], sys.argv[2].encode(), sys.argv[3], float(sys.argv[4])
+s = socket.socket(socket.AF_UNIX)
+s.connect(path)
+get = b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(key), key)
+lat = []
+end = time.time() + seconds
+while time.time() < end:
+    t = time.perf_counter()
+    s.sendall(get)
+    buf = b""
+    while not (buf.startswith(b"$-1\r\n") or buf.count(b"\r\n") >= 2):
+        buf += s.recv(4096)
+    lat.append((time.perf_counter() - t) * 1000)
+lat.sort()
+print(f"{label:28} GETs {len(lat):>7}  p50 {lat[len(lat)//2]:.2f} ms  p99 {lat[int(len(lat)*.99)]:.2f} ms  worst {lat[-1]:.1f} ms")
+PY
+}
+
 measure() { # label, then the command three clients run at once
   local label=$1
   shift
   (for _ in 1 2 3; do "$@" >/dev/null 2>&1 & done; wait) &
   local listers=$!
   sleep 0.05
-  python3 - "$sock" "$key" "$label" <<'PY'
-import socket, sys, time
-path, key, label = sys.argv[1], sys.argv[2].encode(), sys.argv[3]
-s = socket.socket(socket.AF_UNIX)
-s.connect(path)
-get = b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(key), key)
-lat = []
-end = time.time() + 4
-while time.time() < end:
-    t = time.perf_counter()
-    s.sendall(get)
-    buf = b""
-    while buf.count(b"\r\n") < 2:
-        buf += s.recv(4096)
-    lat.append((time.perf_counter() - t) * 1000)
-lat.sort()
-print(f"{label:28} GETs {len(lat):>7}  p50 {lat[len(lat)//2]:.2f} ms  p99 {lat[int(len(lat)*.99)]:.2f} ms  worst {lat[-1]:.1f} ms")
-PY
+  probe "$label" 4
   wait "$listers" 2>/dev/null || true
   pkill -f "$sock watch" 2>/dev/null || true
 }
@@ -69,3 +76,32 @@ measure "3 x KEYS big:*" redis-cli -s "$sock" KEYS 'big:*'
 measure "3 x v1 keys" "$NEARKV" --socket "$sock" keys big
 measure "3 x NEARKV.KEYS" redis-cli -s "$sock" NEARKV.KEYS 'big:>'
 measure "3 x watch (initial, 4 s)" timeout 4 "$NEARKV" --socket "$sock" watch big
+# Three whole scans at once, as `redis-cli --scan` runs them (COUNT 10), cut off after 60 s:
+# how long each took and how many keys it listed, besides the GETs meanwhile.
+started=$(date +%s.%N)
+(for i in 1 2 3; do
+  (timeout 60 redis-cli -s "$sock" --scan --pattern 'big:*' | wc -l >"$dir/scan.$i" || true
+   date +%s.%N >>"$dir/scan.$i") &
+done; wait) &
+scans=$!
+sleep 0.05
+probe "3 x SCAN (COUNT 10)" 4
+wait "$scans"
+for i in 1 2 3; do
+  { read -r listed; read -r ended; } <"$dir/scan.$i"
+  echo "  scan $i: $listed keys listed in $(python3 -c "print(f'{$ended - $started:.1f}')") s"
+done
+
+# Last, as it empties the bucket: a watch follows it, and the stream is purged behind the
+# sidecar's back; the sidecar notices at its next stream check and reloads.
+"$NEARKV" --socket "$sock" watch big --no-initial >/dev/null 2>&1 &
+sleep 0.5
+(sleep 0.5; PYTHONPATH="$NEARKV_PYTHONPATH" python3 -c '
+import asyncio, sys, nats
+async def purge():
+    nc = await nats.connect(sys.argv[1])
+    await nc.jetstream().purge_stream("KV_big")
+    await nc.close()
+asyncio.run(purge())' "$url") &
+probe "rebuild, watched (6 s)" 6
+pkill -f "$sock watch" 2>/dev/null || true

@@ -387,7 +387,9 @@ impl Actor {
         }
         staging.advance(target);
         let keys = staging.len();
-        self.state.mirror().install(staging);
+        if let Some(rebuild) = self.state.mirror().install(staging) {
+            rebuild.announce().await;
+        }
         self.state.mirror().confirm(Instant::now());
         super::memory::release_free_memory();
         self.expiring = expiring;

@@ -173,6 +173,64 @@ impl Drop for Replaced {
     }
 }
 
+/// A rebuild's old and new tables, for telling the mirror's watches what changed.
+pub(super) struct Rebuild {
+    old: Replaced,
+    new: Arc<Table>,
+    /// The new table's revision and stream time, given to the deletes of vanished keys.
+    applied: u64,
+    last_update: i64,
+    events: broadcast::Sender<MirrorEvent>,
+}
+
+impl Rebuild {
+    /// Tells the watches that the table was replaced, then sends a `delete` for each key that
+    /// vanished and a `put` for each key whose value changed. Compares both tables key by key,
+    /// on the blocking pool when they are large: at a million keys that holds up no client. The
+    /// caller (the bucket's actor) applies no update until this returns, so the watches get the
+    /// difference before any later change.
+    pub(super) async fn announce(self) {
+        let large = self.old.len().max(self.new.len()) > WALKED_INLINE;
+        let what = "telling watches what a rebuild changed";
+        if let Err(err) = walk_off_thread_if(large, self, Rebuild::send, what).await {
+            tracing::warn!(error = %err, "watches were not told what a rebuild changed");
+        }
+    }
+
+    fn send(self) {
+        let Rebuild {
+            old,
+            new,
+            applied,
+            last_update,
+            events,
+        } = self;
+        let _ = events.send(MirrorEvent::Rebuilt);
+        for gone in old
+            .iter()
+            .filter(|e| !new.contains_key(e.key().key_bytes()))
+        {
+            let _ = events.send(MirrorEvent::Removed(Arc::new(Entry {
+                key: gone.key().key().to_string(),
+                value: Bytes::new(),
+                revision: applied,
+                created: last_update,
+                operation: Operation::Delete,
+            })));
+        }
+        for slot in new.iter() {
+            let slot = slot.key();
+            let unchanged = old.get(slot.key_bytes()).is_some_and(|o| {
+                o.key().revision() == slot.revision() && o.key().value() == slot.value()
+            });
+            // An expired value is no news: the watch saw it expire (or will, at its sweep).
+            if !unchanged && slot.is_live() {
+                let _ = events.send(MirrorEvent::Applied(Arc::new(slot.entry())));
+            }
+        }
+    }
+}
+
 /// One table of a mirror, held for reading several keys (see [`Mirror::with_table`]).
 pub struct TableView<'a>(&'a Table);
 
@@ -363,7 +421,8 @@ impl Mirror {
             staging.apply(entry, 0);
         }
         let mirror = Mirror::new(1);
-        mirror.install(staging);
+        // A first load: nothing to announce.
+        let _ = mirror.install(staging);
         mirror
     }
 
@@ -626,45 +685,24 @@ impl Mirror {
     }
 
     /// Replaces the table with a loaded snapshot in one atomic store, and marks the mirror
-    /// synced. When it replaces a served table (a rebuild), watches are told so, then get a
-    /// `delete` for each key that vanished and a `put` for each key whose value changed.
-    pub(super) fn install(&self, staging: Staging) {
+    /// synced. When it replaces a served table (a rebuild) that watches follow, returns what they
+    /// must be told (see [`Rebuild::announce`]).
+    #[must_use = "a rebuild's watches learn of it only when it is announced"]
+    pub(super) fn install(&self, staging: Staging) -> Option<Rebuild> {
         let rebuild = self.is_synced();
         let (old, applied, last_update) = self.swap_in(staging);
         self.mark_synced();
         if !rebuild {
-            return;
+            return None;
         }
         self.rebuilds.fetch_add(1, Ordering::Relaxed);
-        if self.events.receiver_count() == 0 {
-            return;
-        }
-        let new = self.table.load();
-        let _ = self.events.send(MirrorEvent::Rebuilt);
-        for gone in old
-            .iter()
-            .filter(|e| !new.contains_key(e.key().key_bytes()))
-        {
-            let _ = self.events.send(MirrorEvent::Removed(Arc::new(Entry {
-                key: gone.key().key().to_string(),
-                value: Bytes::new(),
-                revision: applied,
-                created: last_update,
-                operation: Operation::Delete,
-            })));
-        }
-        for slot in new.iter() {
-            let slot = slot.key();
-            let unchanged = old.get(slot.key_bytes()).is_some_and(|o| {
-                o.key().revision() == slot.revision() && o.key().value() == slot.value()
-            });
-            // An expired value is no news: the watch saw it expire (or will, at its sweep).
-            if !unchanged && slot.is_live() {
-                let _ = self
-                    .events
-                    .send(MirrorEvent::Applied(Arc::new(slot.entry())));
-            }
-        }
+        (self.events.receiver_count() > 0).then(|| Rebuild {
+            old,
+            new: self.table.load_full(),
+            applied,
+            last_update,
+            events: self.events.clone(),
+        })
     }
 
     /// Puts a saved mirror in place of an empty one, not yet synced: the actor marks it synced
@@ -1080,15 +1118,53 @@ mod tests {
         for n in 1..=keys {
             first.apply(entry(&format!("k{n}"), "v", n + 10, Operation::Put), 0);
         }
-        mirror.install(first);
+        assert!(
+            mirror.install(first).is_none(),
+            "a first load is no rebuild"
+        );
         assert_eq!(mirror.lowest_revision().await, Some(11));
         mirror.apply(entry("k1", "w", keys + 11, Operation::Put), 0);
         assert_eq!(mirror.lowest_revision().await, Some(12));
         let mut second = Staging::default();
         second.apply(entry("only", "v", keys + 12, Operation::Put), 0);
-        mirror.install(second);
+        assert!(mirror.install(second).is_none(), "no watch to tell");
         assert_eq!((mirror.len(), mirror.rebuilds()), (1, 1));
         assert_eq!(mirror.lowest_revision().await, Some(keys + 12));
+    }
+
+    /// A rebuild of a large watched table is compared on the blocking pool; the watch hears the
+    /// same difference as for a small one, in the same order.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_large_rebuild_is_announced_off_the_serving_thread() {
+        let keys = WALKED_INLINE as u64 + 100;
+        let mirror = Mirror::new(2 * keys as usize);
+        let mut first = Staging::default();
+        for n in 1..=keys {
+            first.apply(entry(&format!("k{n}"), "v", n, Operation::Put), 0);
+        }
+        assert!(mirror.install(first).is_none());
+        let mut events = mirror.subscribe();
+        // Recreated with every key but k1, and k2 changed.
+        let mut second = Staging::default();
+        for n in 2..=keys {
+            let value = if n == 2 { "changed" } else { "v" };
+            second.apply(entry(&format!("k{n}"), value, n, Operation::Put), 0);
+        }
+        mirror
+            .install(second)
+            .expect("a watched rebuild")
+            .announce()
+            .await;
+        let mut seen = Vec::new();
+        while let Ok(event) = events.try_recv() {
+            seen.push(match event {
+                MirrorEvent::Rebuilt => "rebuilt".to_string(),
+                MirrorEvent::Removed(e) | MirrorEvent::Applied(e) => {
+                    format!("{} {}", e.operation.as_str(), e.key)
+                }
+            });
+        }
+        assert_eq!(seen, ["rebuilt", "delete k1", "put k2"]);
     }
 
     #[test]
@@ -1098,7 +1174,7 @@ mod tests {
         first.apply(entry("a", "1", 1, Operation::Put), 0);
         first.apply(entry("b", "2", 2, Operation::Put), 0);
         first.apply(entry("c", "3", 3, Operation::Put), 0);
-        mirror.install(first);
+        assert!(mirror.install(first).is_none());
         assert!(mirror.is_synced());
         assert_eq!((mirror.applied(), mirror.rebuilds()), (3, 0));
         let mut events = mirror.subscribe();
@@ -1108,7 +1184,7 @@ mod tests {
         second.apply(entry("b", "new", 1, Operation::Put), 0);
         second.apply(entry("c", "3", 2, Operation::Put), 0);
         assert_eq!(mirror.get("a").unwrap().value, Bytes::from("1"));
-        mirror.install(second);
+        mirror.install(second).expect("a watched rebuild").send();
         assert_eq!((mirror.applied(), mirror.rebuilds()), (2, 1));
         assert!(mirror.get("a").is_none());
         assert_eq!(mirror.get("b").unwrap().value, Bytes::from("new"));
@@ -1135,13 +1211,13 @@ mod tests {
             entry("ttl", "1", 1, Operation::Put),
             unix_nanos() + 60_000_000_000,
         );
-        mirror.install(first);
+        assert!(mirror.install(first).is_none());
         let mut events = mirror.subscribe();
         // The value expired and was swept; NATS still held it when the rebuild's snapshot read it.
         assert!(mirror.expire("ttl", 1));
         let mut second = Staging::default();
         second.apply(entry("ttl", "1", 1, Operation::Put), past);
-        mirror.install(second);
+        mirror.install(second).expect("a watched rebuild").send();
         let mut puts = 0;
         while let Ok(event) = events.try_recv() {
             if let MirrorEvent::Applied(e) = event {
@@ -1158,13 +1234,13 @@ mod tests {
         let mut first = Staging::default();
         first.apply(entry("a", "old-a", 1, Operation::Put), 0);
         first.apply(entry("b", "old-b", 2, Operation::Put), 0);
-        mirror.install(first);
+        assert!(mirror.install(first).is_none());
         let values = mirror.with_table(|table| {
             let a = table.read("a", |e| e.map(|e| e.value.to_vec()));
             // A rebuild swaps in a new table between the two keys.
             let mut second = Staging::default();
             second.apply(entry("b", "new-b", 1, Operation::Put), 0);
-            mirror.install(second);
+            assert!(mirror.install(second).is_none());
             let b = table.read("b", |e| e.map(|e| e.value.to_vec()));
             (a, b)
         });

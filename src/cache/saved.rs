@@ -510,7 +510,10 @@ mod tests {
             staging.apply(entry, expires);
         }
         let mirror = Mirror::new(16);
-        mirror.install(staging);
+        assert!(
+            mirror.install(staging).is_none(),
+            "a first load is no rebuild"
+        );
         mirror
     }
 
