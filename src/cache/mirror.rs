@@ -1132,6 +1132,20 @@ mod tests {
         assert_eq!(mirror.lowest_revision().await, Some(keys + 12));
     }
 
+    /// What a watch was told so far, an event a line: `rebuilt`, or the operation and the key.
+    fn told(events: &mut broadcast::Receiver<MirrorEvent>) -> Vec<String> {
+        let mut seen = Vec::new();
+        while let Ok(event) = events.try_recv() {
+            seen.push(match event {
+                MirrorEvent::Rebuilt => "rebuilt".to_string(),
+                MirrorEvent::Removed(e) | MirrorEvent::Applied(e) => {
+                    format!("{} {}", e.operation.as_str(), e.key)
+                }
+            });
+        }
+        seen
+    }
+
     /// A rebuild of a large watched table is compared on the blocking pool; the watch hears the
     /// same difference as for a small one, in the same order.
     #[tokio::test(flavor = "current_thread")]
@@ -1155,16 +1169,7 @@ mod tests {
             .expect("a watched rebuild")
             .announce()
             .await;
-        let mut seen = Vec::new();
-        while let Ok(event) = events.try_recv() {
-            seen.push(match event {
-                MirrorEvent::Rebuilt => "rebuilt".to_string(),
-                MirrorEvent::Removed(e) | MirrorEvent::Applied(e) => {
-                    format!("{} {}", e.operation.as_str(), e.key)
-                }
-            });
-        }
-        assert_eq!(seen, ["rebuilt", "delete k1", "put k2"]);
+        assert_eq!(told(&mut events), ["rebuilt", "delete k1", "put k2"]);
     }
 
     #[test]
@@ -1189,15 +1194,7 @@ mod tests {
         assert!(mirror.get("a").is_none());
         assert_eq!(mirror.get("b").unwrap().value, Bytes::from("new"));
         assert_eq!(mirror.bytes(), 4 + 2);
-        let mut seen = Vec::new();
-        while let Ok(event) = events.try_recv() {
-            seen.push(match event {
-                MirrorEvent::Rebuilt => "rebuilt".to_string(),
-                MirrorEvent::Removed(e) | MirrorEvent::Applied(e) => {
-                    format!("{} {}", e.operation.as_str(), e.key)
-                }
-            });
-        }
+        let mut seen = told(&mut events);
         seen[2..].sort();
         assert_eq!(seen, ["rebuilt", "delete a", "put b", "put c"]);
     }
