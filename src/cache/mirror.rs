@@ -483,6 +483,24 @@ impl Mirror {
         keys
     }
 
+    /// How many live keys of the table `stored` lacks: a walk of the whole table, on the
+    /// blocking pool when it is large.
+    pub(super) async fn live_keys_missing_from(
+        &self,
+        stored: std::collections::HashSet<String>,
+    ) -> Result<usize> {
+        let table = self.table.load_full();
+        let large = table.len() > WALKED_INLINE;
+        let count = |(table, stored): (Arc<Table>, std::collections::HashSet<String>)| {
+            table
+                .iter()
+                .filter(|e| e.key().is_live() && !stored.contains(e.key().key()))
+                .count()
+        };
+        let what = "comparing the mirror's keys with the stream's";
+        walk_off_thread_if(large, (table, stored), count, what).await
+    }
+
     /// A page of a scan of the live keys: those at the smallest scan positions at or after
     /// `cursor`, in scan order, and the cursor that continues after them (0: none are left).
     ///

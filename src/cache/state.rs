@@ -318,7 +318,14 @@ impl State {
                 }
             }
         }
-        let missing = self.mirror.keys(|key| !stored.contains(key)).len();
+        let missing = match self.mirror.live_keys_missing_from(stored).await {
+            Ok(missing) => missing,
+            Err(err) => {
+                return Some(format!(
+                    "cannot compare the mirror's keys with the stream's: {err}"
+                ))
+            }
+        };
         (missing > 0).then(|| {
             format!(
                 "{missing} keys of the mirror have no message left in the stream: they were removed \

@@ -295,6 +295,40 @@ async fn a_stream_purged_behind_the_sidecars_back_is_rebuilt() {
     assert_eq!(client.keys("p", None, false).await.unwrap(), ["z"]);
 }
 
+/// Messages removed below the mirror's oldest value while its feed was away, leaving as many
+/// messages as the mirror has keys (so the periodic stream check sees nothing amiss): the resumed
+/// feed compares the stream's keys with the mirror's, and reloads without the key that has no
+/// message left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_whose_messages_were_purged_while_the_feed_was_away_is_dropped() {
+    let nats = NatsServer::start().await;
+    let sidecar = Sidecar::start(&nats.url(), vec![bucket("h")]).await;
+    let client = sidecar.synced_client().await;
+    for (key, value) in [("a", "1"), ("b", "1"), ("a", "2"), ("a", "3")] {
+        client.put("h", key, value.as_bytes()).await.unwrap();
+    }
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let stream = js.get_stream("KV_h").await.unwrap();
+    // Revisions 1 and 2 go: `b` has no message left; `a` keeps two.
+    stream.purge().sequence(3).await.unwrap();
+    // The feed's consumer is lost, so the feed resumes from its revision and checks the stream.
+    let names: Vec<String> = stream.consumer_names().map(|n| n.unwrap()).collect().await;
+    assert!(stream.delete_consumer(&names[0]).await.unwrap().success);
+    let other = nats.kv("h").await;
+    other.put("c", "1".into()).await.unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "the mirror to drop the key whose messages were purged",
+        || async { client.keys("h", None, false).await.unwrap() == ["a", "c"] },
+    )
+    .await;
+    assert!(client.status(Some("h")).await.unwrap()[0].rebuilds >= 1);
+    assert_eq!(
+        client.get("h", "a").await.unwrap().unwrap().value.as_ref(),
+        b"3"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_reads_fail_past_max_staleness_unless_allowed() {
     let mut nats = NatsServer::start().await;
