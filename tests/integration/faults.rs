@@ -8,6 +8,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use nearkv::client::{ClientError, ClientOptions};
 use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::harness::{eventually, metric, NatsServer, SidecarProcess};
 use crate::raw_socket::{frame, read_response, send_raw};
@@ -184,18 +185,10 @@ async fn a_watcher_that_never_reads_cannot_grow_the_sidecar_and_ends_slow_consum
         ..Default::default()
     };
     assert!(client.get_with("slow", "k1", read).await.unwrap().is_some());
-    let peak = sidecar.peak_rss();
-    println!(
-        "slow watcher: 4 unread watches, {UPDATES} updates of 1 KiB: peak RSS {:.1} MiB (before the updates {:.1} MiB)",
-        peak as f64 / 1048576.0,
-        baseline as f64 / 1048576.0
-    );
     // 100,000 KiB went through; a sidecar that buffered them for the watcher would hold ~100 MiB
     // per watch. Bounded: the mirror (1000 keys), the event ring and the connection's queues.
-    assert!(
-        peak < baseline + 64 * 1024 * 1024,
-        "peak RSS {peak} grew far beyond {baseline}"
-    );
+    let what = format!("slow watcher: 4 unread watches, {UPDATES} updates of 1 KiB");
+    assert_peak_rss_within(&sidecar, baseline, 64, &what);
 
     // When the slow client reads at last, each watch ends with slow_consumer, and the
     // connection still answers.
@@ -217,6 +210,77 @@ async fn a_watcher_that_never_reads_cannot_grow_the_sidecar_and_ends_slow_consum
     }
     send_raw(&mut slow, &frame(&json!({"id": 99, "op": "ping"}))).await;
     assert_eq!(read_response(&mut slow).await.unwrap()["ok"], true);
+}
+
+/// A client that pipelines requests with large answers (reads of a 1 MB value, listings of a
+/// 12,000-key bucket) and reads nothing: the sidecar stops reading its requests once a write's
+/// worth of answers waits for it, and lists one request at a time for it, instead of answering
+/// everything into memory. Another client is served meanwhile, and the greedy one gets its
+/// answers once it reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_pipelines_large_answers_and_reads_none_cannot_grow_the_sidecar() {
+    let nats = NatsServer::start().await;
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(config.path(), "[socket]\nwrite_timeout = \"10m\"\n").unwrap();
+    let config_path = config.path().to_str().unwrap();
+    let sidecar = SidecarProcess::start(&nats.url(), &["greedy"], &["--config", config_path]).await;
+    let client = nearkv::Client::connect(&sidecar.socket).await.unwrap();
+    crate::harness::wait_synced(&client).await;
+    let kv = nats.kv("greedy").await;
+    futures::stream::iter(0..12_000)
+        .map(|i| {
+            let kv = kv.clone();
+            async move { kv.put(format!("key.{i}"), "v".into()).await.unwrap() }
+        })
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await;
+    let huge = vec![b'x'; 1_000_000];
+    let last = client.put("greedy", "huge", &huge).await.unwrap();
+    let baseline = sidecar.peak_rss();
+
+    // 500 reads of the 1 MB value (500 MB of answers), then 200 listings (about 28 MB).
+    let mut burst = Vec::new();
+    for id in 1..=500 {
+        burst.extend(frame(
+            &json!({"id": id, "op": "get", "bucket": "greedy", "key": "huge"}),
+        ));
+    }
+    for id in 501..=700 {
+        burst.extend(frame(&json!({"id": id, "op": "keys", "bucket": "greedy"})));
+    }
+    let greedy = tokio::net::UnixStream::connect(&sidecar.socket)
+        .await
+        .unwrap();
+    let (mut reader, mut writer) = greedy.into_split();
+    // Sent from a task of its own: the sidecar stops reading, so the send itself waits.
+    let sending = tokio::spawn(async move {
+        writer.write_all(&burst).await.unwrap();
+        writer
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_peak_rss_within(&sidecar, baseline, 48, "greedy client");
+    let read = nearkv::protocol::ReadOptions {
+        min_revision: Some(last),
+        ..Default::default()
+    };
+    let entry = client.get_with("greedy", "huge", read).await.unwrap();
+    assert_eq!(
+        entry.unwrap().value.len(),
+        huge.len(),
+        "another client is served"
+    );
+
+    // The greedy client reads at last: every answer arrives.
+    let mut answered = 0;
+    let mut len = [0u8; 4];
+    while answered < 700 {
+        reader.read_exact(&mut len).await.unwrap();
+        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+        reader.read_exact(&mut body).await.unwrap();
+        answered += 1;
+    }
+    sending.await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -313,4 +377,19 @@ async fn a_cut_nats_connection_heals_without_a_restart_and_loses_no_change() {
     })
     .await;
     println!("network cut for 2 s: {} changes made meanwhile, all seen in order; {reconnects} reconnects", written.len());
+}
+
+/// Prints the sidecar's peak RSS against `baseline` (bytes), and asserts it grew by less than
+/// `mib` MiB.
+fn assert_peak_rss_within(sidecar: &SidecarProcess, baseline: u64, mib: u64, what: &str) {
+    let peak = sidecar.peak_rss();
+    println!(
+        "{what}: peak RSS {:.1} MiB (before {:.1} MiB)",
+        peak as f64 / 1048576.0,
+        baseline as f64 / 1048576.0
+    );
+    assert!(
+        peak < baseline + mib * 1024 * 1024,
+        "{what}: peak RSS {peak} grew far beyond {baseline}"
+    );
 }
