@@ -67,7 +67,7 @@ pub(super) async fn walk_off_thread_if<T: Send + 'static, R: Send + 'static>(
 /// shard meanwhile. At a million keys and 8 shards a save held each for about 55 ms, and writes
 /// (answered once their update is applied) waited that long. Not many more: with 256, the shard
 /// locks' cache lines (32 KiB) crowd the L1 cache and pipelined reads lost 6 to 13%.
-const SHARDS: usize = 64;
+pub(super) const SHARDS: usize = 64;
 
 /// The bits of a scan position below its shard's index (see [`Mirror::scan`]): positions stay
 /// below 2^63, since some Redis clients read the cursor as a signed 64-bit integer.
@@ -140,13 +140,36 @@ fn read_table<R>(table: &Table, key: &str, f: impl FnOnce(Option<EntryRef<'_>>) 
     result
 }
 
-/// Every live entry of `table` matching `matches`, in no particular order.
-pub(super) fn live_entries(table: &Table, matches: impl Fn(&str) -> bool) -> Vec<Entry> {
-    table
-        .iter()
-        .filter(|e| e.key().is_live() && matches(e.key().key()))
-        .map(|e| e.key().entry())
-        .collect()
+/// Lends `f` the slots of shard `index` of `table`, and how many the shard holds, under the
+/// shard's read lock; an index past the last shard lends none. The slots cannot outlive the call:
+/// `f`'s result cannot borrow from them.
+fn with_shard<R>(
+    table: &Table,
+    index: usize,
+    f: impl FnOnce(usize, &mut dyn Iterator<Item = &Slot>) -> R,
+) -> R {
+    let Some(shard) = table.shards().get(index) else {
+        return f(0, &mut std::iter::empty());
+    };
+    let shard = shard.read();
+    // SAFETY: the slots are lent to `f` only while `shard` holds the shard's read lock, and `f`
+    // cannot keep a reference to any of them.
+    let mut slots = unsafe { shard.iter() }.map(|bucket| unsafe { &bucket.as_ref().0 });
+    f(shard.len(), &mut slots)
+}
+
+/// The live entries of shard `index` of `table` whose keys `matches` accepts.
+pub(super) fn live_entries_in_shard(
+    table: &Table,
+    index: usize,
+    matches: impl Fn(&str) -> bool,
+) -> Vec<Entry> {
+    with_shard(table, index, |_, slots| {
+        slots
+            .filter(|slot| slot.is_live() && matches(slot.key()))
+            .map(Slot::entry)
+            .collect()
+    })
 }
 
 /// A table swapped out, freed on the blocking pool when it is large: freeing a million values
@@ -526,31 +549,40 @@ impl Mirror {
         let low_bits = (1u64 << IN_SHARD_BITS) - 1;
         let first = usize::try_from(cursor >> IN_SHARD_BITS).unwrap_or(usize::MAX);
         let mut page = Vec::new();
-        for (index, shard) in table.shards().iter().enumerate().skip(first) {
+        for index in first..SHARDS {
             let start = (index as u64) << IN_SHARD_BITS;
             let from = cursor.max(start);
-            let shard = shard.read();
-            // SAFETY: the slots are borrowed only while `shard` holds the shard's read lock.
-            let slots = unsafe { shard.iter().map(|bucket| &bucket.as_ref().0) };
-            let mut found: Vec<(u64, &Slot)> = slots
-                .filter(|slot| slot.is_live())
-                .map(|slot| {
-                    let hash = table.hash_usize(&slot.key_bytes()) as u64;
-                    (start | (in_shard(hash, slot.key_bytes()) & low_bits), slot)
-                })
-                .filter(|(at, _)| *at >= from)
-                .collect();
-            found.sort_unstable_by_key(|(at, _)| *at);
-            let take = (count.max(1) - page.len()).max(shard.len() / PAGE_SHARE);
-            if take < found.len() {
-                let last = found[take - 1].0;
-                let ties = found.partition_point(|(at, _)| *at <= last);
-                if ties < found.len() {
-                    page.extend(found[..ties].iter().map(|(_, slot)| slot.key().to_string()));
-                    return (last + 1, page);
+            let need = count.max(1) - page.len();
+            let (keys, more_in_shard) = with_shard(&table, index, |len, slots| {
+                let mut found: Vec<(u64, &Slot)> = slots
+                    .filter(|slot| slot.is_live())
+                    .map(|slot| {
+                        let hash = table.hash_usize(&slot.key_bytes()) as u64;
+                        (start | (in_shard(hash, slot.key_bytes()) & low_bits), slot)
+                    })
+                    .filter(|(at, _)| *at >= from)
+                    .collect();
+                found.sort_unstable_by_key(|(at, _)| *at);
+                let take = need.max(len / PAGE_SHARE);
+                let mut more = None;
+                if take < found.len() {
+                    let last = found[take - 1].0;
+                    let ties = found.partition_point(|(at, _)| *at <= last);
+                    if ties < found.len() {
+                        found.truncate(ties);
+                        more = Some(last + 1);
+                    }
                 }
+                let keys: Vec<String> = found
+                    .iter()
+                    .map(|(_, slot)| slot.key().to_string())
+                    .collect();
+                (keys, more)
+            });
+            page.extend(keys);
+            if let Some(next) = more_in_shard {
+                return (next, page);
             }
-            page.extend(found.iter().map(|(_, slot)| slot.key().to_string()));
             if page.len() >= count.max(1) {
                 let next = if index + 1 < SHARDS {
                     start + (1 << IN_SHARD_BITS)
