@@ -4,8 +4,10 @@
 # `NEARKV.KEYS`), three `watch`es with their initial entries, or three whole `SCAN`s at
 # redis-cli's COUNT of 10, while one other connection sends GETs for 4 s; last, the bucket's
 # stream purged behind the sidecar's back while a watch follows it (a rebuild that tells the watch
-# of every vanished key). Prints the GETs' p50, p99 and worst latency for each. Used for
-# README.md and the issue notes; run it against two builds to compare (NEARKV=path/to/nearkv).
+# of every vanished key). Prints the GETs' p50, p99 and worst latency for each. Then what greedy
+# clients that read nothing do to the sidecar's memory: 3,000 pipelined `get`s of a 1 MB value,
+# 300 `keys` of the bucket, 10 `watch`es of it. Used for README.md and the issue notes; run it
+# against two builds to compare (NEARKV=path/to/nearkv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/tools.sh
@@ -91,6 +93,55 @@ for i in 1 2 3; do
   { read -r listed; read -r ended; } <"$dir/scan.$i"
   echo "  scan $i: $listed keys listed in $(python3 -c "print(f'{$ended - $started:.1f}')") s"
 done
+
+# Greedy clients: each sends its requests in one burst to a sidecar of its own, just started, and
+# reads nothing for 6 s (less than the default write_timeout). That sidecar's RSS once ready, and
+# the most it reached meanwhile.
+head -c 1000000 /dev/zero | tr '\0' x | "$NEARKV" --socket "$sock" put big huge - >/dev/null
+greedy() { # label, op, count
+  local fresh="$dir/greedy.sock" fresh_http before peak rss
+  fresh_http=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  "$NEARKV" serve --nats-url "$url" --bucket big --socket "$fresh" \
+    --http-listen "127.0.0.1:$fresh_http" --log-level error &
+  local greedy_sidecar=$!
+  until curl -sf "http://127.0.0.1:$fresh_http/readyz" >/dev/null 2>&1; do sleep 0.1; done
+  sleep 1
+  before=$(awk '/VmRSS/ {print $2}' "/proc/$greedy_sidecar/status")
+  PYTHONPATH="$NEARKV_PYTHONPATH" python3 - "$fresh" "$2" "$3" <<'PY' &
+import socket, struct, sys, time, msgpack
+path, op, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+request = {"op": op, "bucket": "big"}
+if op == "get":
+    request["key"] = "huge"
+burst = b""
+for i in range(count):
+    body = msgpack.packb(dict(request, id=i + 1))
+    burst += struct.pack(">I", len(body)) + body
+s = socket.socket(socket.AF_UNIX)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+s.connect(path)
+s.setblocking(False)
+try:
+    s.send(burst)
+except BlockingIOError:
+    pass
+time.sleep(6)
+PY
+  local client=$!
+  peak=$before
+  for _ in $(seq 28); do
+    sleep 0.2
+    rss=$(awk '/VmRSS/ {print $2}' "/proc/$greedy_sidecar/status")
+    [ "$rss" -gt "$peak" ] && peak=$rss
+  done
+  wait "$client" 2>/dev/null || true
+  kill "$greedy_sidecar"
+  wait "$greedy_sidecar" 2>/dev/null || true
+  printf '%-28s RSS %d MiB before, at most %d MiB while it read nothing\n' "$1" $((before / 1024)) $((peak / 1024))
+}
+greedy "3,000 x get of 1 MB" get 3000
+greedy "300 x v1 keys" keys 300
+greedy "10 x watch" watch 10
 
 # Last, as it empties the bucket: a watch follows it, and the stream is purged behind the
 # sidecar's back; the sidecar notices at its next stream check and reloads.
