@@ -6,8 +6,8 @@
 # stream purged behind the sidecar's back while a watch follows it (a rebuild that tells the watch
 # of every vanished key). Prints the GETs' p50, p99 and worst latency for each. Then what greedy
 # clients that read nothing do to the sidecar's memory: 3,000 pipelined `get`s of a 1 MB value,
-# 300 `keys` of the bucket, 10 `watch`es of it. Used for README.md and the issue notes; run it
-# against two builds to compare (NEARKV=path/to/nearkv).
+# one `mget` naming it 3,000 times, 300 `keys` of the bucket, 10 `watch`es of it. Used for
+# README.md and the issue notes; run it against two builds to compare (NEARKV=path/to/nearkv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/tools.sh
@@ -113,6 +113,8 @@ path, op, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
 request = {"op": op, "bucket": "big"}
 if op == "get":
     request["key"] = "huge"
+elif op == "mget":
+    request["keys"] = ["huge"] * 3000
 burst = b""
 for i in range(count):
     body = msgpack.packb(dict(request, id=i + 1))
@@ -140,6 +142,7 @@ PY
   printf '%-28s RSS %d MiB before, at most %d MiB while it read nothing\n' "$1" $((before / 1024)) $((peak / 1024))
 }
 greedy "3,000 x get of 1 MB" get 3000
+greedy "mget of 1 MB x 3,000" mget 1
 greedy "300 x v1 keys" keys 300
 greedy "10 x watch" watch 10
 

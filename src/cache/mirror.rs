@@ -262,6 +262,13 @@ impl TableView<'_> {
     pub fn read<R>(&self, key: &str, f: impl FnOnce(Option<EntryRef<'_>>) -> R) -> R {
         read_table(self.0, key, f)
     }
+
+    /// The bytes of the live values of `keys` (a key listed twice counts twice).
+    pub fn value_bytes<K: AsRef<str>>(&self, keys: &[K]) -> usize {
+        keys.iter()
+            .map(|key| self.read(key.as_ref(), |e| e.map_or(0, |e| e.value.len())))
+            .sum()
+    }
 }
 
 /// Where a walked table stood (see [`Mirror::walk`]).
@@ -595,15 +602,21 @@ impl Mirror {
         (0, page)
     }
 
-    /// The live entries of `keys`, from one table (see [`Mirror::with_table`]).
-    pub fn get_many(&self, keys: &[&str]) -> Vec<Option<Entry>> {
+    /// The live entries of `keys`, from one table (see [`Mirror::with_table`]); `Err` with their
+    /// values' bytes, and no copy made, when those exceed `max_bytes`.
+    pub fn get_many(&self, keys: &[&str], max_bytes: usize) -> Result<Vec<Option<Entry>>, usize> {
         let table = self.table.load();
-        keys.iter()
+        let bytes = TableView(&table).value_bytes(keys);
+        if bytes > max_bytes {
+            return Err(bytes);
+        }
+        Ok(keys
+            .iter()
             .map(|&key| {
                 let slot = table.get(key.as_bytes())?;
                 slot.key().is_live().then(|| slot.key().entry())
             })
-            .collect()
+            .collect())
     }
 
     /// The lowest revision of a value in the table, expired or not; `None` when it is empty.
@@ -1292,7 +1305,12 @@ mod tests {
             (a, b)
         });
         assert_eq!(values, (Some(b"old-a".to_vec()), Some(b"old-b".to_vec())));
-        let now = mirror.get_many(&["a", "b"]);
+        let now = mirror.get_many(&["a", "b"], 100).unwrap();
+        assert_eq!(
+            mirror.get_many(&["b", "b"], 9).err(),
+            Some(10),
+            "too large: no copy"
+        );
         assert!(now[0].is_none());
         assert_eq!(now[1].as_ref().unwrap().value, Bytes::from("new-b"));
     }

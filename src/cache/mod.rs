@@ -34,7 +34,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use bucket::{Bucket, SaveStats};
+pub(crate) use bucket::mget_too_large;
+pub use bucket::{Bucket, SaveStats, MAX_MGET_BYTES};
 pub use error::{Error, ErrorKind, Result};
 pub use memory::map_large_allocations;
 pub use mirror::Mirror;

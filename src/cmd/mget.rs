@@ -3,7 +3,7 @@
 use super::Text;
 
 use super::{Outcome, Reply};
-use crate::cache::{Bucket, Cache};
+use crate::cache::{mget_too_large, Bucket, Cache, MAX_MGET_BYTES};
 use crate::protocol::{Entry, ReadOptions};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,14 +42,22 @@ impl Mget {
             Err(err) => return Outcome::failed(err, reply),
         };
         let mut hits = 0;
-        bucket.mirror().with_table(|table| {
+        let answered = bucket.mirror().with_table(|table| {
+            let bytes = table.value_bytes(keys);
+            if bytes > MAX_MGET_BYTES {
+                return Err(mget_too_large(bytes, keys.len()));
+            }
             reply.entries(keys.len(), fresh, |i, write| {
                 table.read(keys[i].as_ref(), |entry| {
                     hits += u64::from(entry.is_some());
                     write(entry)
                 })
-            })
+            });
+            Ok(())
         });
+        if let Err(err) = answered {
+            return Outcome::failed(err, reply);
+        }
         Outcome::lookups(hits, keys.len() as u64 - hits)
     }
 

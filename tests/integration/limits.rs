@@ -115,3 +115,54 @@ async fn each_limit_answers_with_its_error_and_spares_the_other_clients() {
     // And the idle Rust client reconnects by itself on its next call.
     client.ping().await.unwrap();
 }
+
+/// An `mget` that names a large value many times is refused with `value_too_large` before any
+/// answer is built, on every path (from memory, after a wait, and Redis `MGET` of one bucket or
+/// several); one within the limit is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mget_whose_values_exceed_the_answer_limit_is_refused() {
+    let nats = NatsServer::start().await;
+    let sidecar = Sidecar::start(&nats.url(), vec![bucket("m"), bucket("n")]).await;
+    let client = sidecar.synced_client().await;
+    let huge = vec![b'x'; 1_000_000];
+    let last = client.put("m", "huge", &huge).await.unwrap();
+    client.put("n", "small", b"v").await.unwrap();
+    // 70 names of a 1 MB value: 70 MB, over the 64 MiB an mget answers with.
+    let names = vec!["huge"; 70];
+    let mut raw = UnixStream::connect(&sidecar.socket).await.unwrap();
+    for (id, waits) in [(1, false), (2, true)] {
+        let mut request = json!({"id": id, "op": "mget", "bucket": "m", "keys": names});
+        if waits {
+            request["min_revision"] = json!(last);
+        }
+        send_raw(&mut raw, &frame(&request)).await;
+        let answer = read_response(&mut raw).await.unwrap();
+        assert_eq!(answer["error"]["code"], "value_too_large", "{id}");
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(message.contains("70000000 bytes"), "{message}");
+    }
+    let within = json!({"id": 3, "op": "mget", "bucket": "m", "keys": vec!["huge"; 10]});
+    send_raw(&mut raw, &frame(&within)).await;
+    let answer = read_response(&mut raw).await.unwrap();
+    assert_eq!(answer["entries"].as_array().unwrap().len(), 10);
+
+    // The same through the Redis face, for one bucket's keys and for keys of two buckets.
+    let mut redis = UnixStream::connect(&sidecar.socket).await.unwrap();
+    for first in ["m:huge", "n:small"] {
+        let mut command = format!("*71\r\n$4\r\nMGET\r\n${}\r\n{first}\r\n", first.len());
+        for _ in 0..69 {
+            command.push_str("$6\r\nm:huge\r\n");
+        }
+        send_raw(&mut redis, command.as_bytes()).await;
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while !line.ends_with(b"\r\n") {
+            tokio::io::AsyncReadExt::read_exact(&mut redis, &mut byte)
+                .await
+                .unwrap();
+            line.push(byte[0]);
+        }
+        let line = String::from_utf8(line).unwrap();
+        assert!(line.starts_with("-VALUE_TOO_LARGE "), "{first}: {line}");
+    }
+}

@@ -9,7 +9,7 @@ use super::encode::Out;
 use super::glob;
 use super::reply::{keys_reply, write_key, RespReply, Style};
 use super::session::{arity, bad, integer, is, Handled, Session};
-use crate::cache::{Bucket, ErrorKind};
+use crate::cache::{mget_too_large, Bucket, ErrorKind, MAX_MGET_BYTES};
 use crate::cmd::{self, Op, Outcome};
 use crate::error::{Error, ErrorCode};
 use crate::metrics::ReadTally;
@@ -160,8 +160,14 @@ pub fn mget(
     }
     // Keys of several buckets: each read from its own mirror.
     let mut values = Vec::with_capacity(located.len());
+    let mut bytes = 0;
     for Located { bucket, key } in &located {
-        values.push(bucket.get_cached(key).map_err(Error::from)?);
+        let value = bucket.get_cached(key).map_err(Error::from)?;
+        bytes += value.as_ref().map_or(0, |entry| entry.value.len());
+        if bytes > MAX_MGET_BYTES {
+            return Err(mget_too_large(bytes, located.len()).into());
+        }
+        values.push(value);
     }
     out.array(values.len());
     for value in values {
