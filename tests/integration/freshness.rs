@@ -304,9 +304,16 @@ async fn a_key_whose_messages_were_purged_while_the_feed_was_away_is_dropped() {
     let nats = NatsServer::start().await;
     let sidecar = Sidecar::start(&nats.url(), vec![bucket("h")]).await;
     let client = sidecar.synced_client().await;
+    let other = nats.kv("h").await;
     for (key, value) in [("a", "1"), ("b", "1"), ("a", "2"), ("a", "3")] {
-        client.put("h", key, value.as_bytes()).await.unwrap();
+        other.put(key, value.into()).await.unwrap();
     }
+    eventually(
+        Duration::from_secs(30),
+        "the mirror to apply the four writes",
+        || async { client.status(Some("h")).await.unwrap()[0].revision >= 4 },
+    )
+    .await;
     let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
     let stream = js.get_stream("KV_h").await.unwrap();
     // Revisions 1 and 2 go: `b` has no message left; `a` keeps two.
@@ -314,7 +321,6 @@ async fn a_key_whose_messages_were_purged_while_the_feed_was_away_is_dropped() {
     // The feed's consumer is lost, so the feed resumes from its revision and checks the stream.
     let names: Vec<String> = stream.consumer_names().map(|n| n.unwrap()).collect().await;
     assert!(stream.delete_consumer(&names[0]).await.unwrap().success);
-    let other = nats.kv("h").await;
     other.put("c", "1".into()).await.unwrap();
     eventually(
         Duration::from_secs(30),
