@@ -209,6 +209,15 @@ impl Bucket {
         read.min_revision.is_none() && read.consistency == Consistency::Cached
     }
 
+    /// Waits until the mirror can answer a read of `keys` as `read` asks (a revision, a strong
+    /// read), so that the answer itself can then be made at once from the mirror.
+    pub async fn wait_to_read<K: AsRef<str>>(&self, keys: &[K], read: ReadOptions) -> Result<()> {
+        for key in keys {
+            self.check_readable_key(key.as_ref())?;
+        }
+        self.prepare_read(read).await.map(|_| ())
+    }
+
     async fn prepare_read(&self, read: ReadOptions) -> Result<Freshness> {
         let timeout = self.timeout(read.timeout_ms);
         let deadline = tokio::time::Instant::now() + timeout;

@@ -4,8 +4,8 @@
 use super::Text;
 
 use super::{Outcome, Reply};
-use crate::cache::{Bucket, Cache};
-use crate::protocol::{Entry, ReadOptions};
+use crate::cache::{Bucket, Cache, Error};
+use crate::protocol::ReadOptions;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Get {
@@ -55,17 +55,16 @@ impl Get {
         }
     }
 
+    /// Waits until the mirror can answer (a revision, a strong read); the bucket to read then.
+    pub async fn wait<'c>(&self, cache: &'c Cache) -> Result<&'c Bucket, Error> {
+        let bucket = cache.bucket(&self.bucket)?;
+        bucket.wait_to_read(&[&self.key], self.read).await?;
+        Ok(bucket)
+    }
+
     pub async fn answer(self, cache: &Cache, reply: &mut impl Reply) -> Outcome {
-        let read = match cache.bucket(&self.bucket) {
-            Ok(bucket) => bucket.get(&self.key, self.read).await,
-            Err(err) => Err(err),
-        };
-        match read {
-            Ok((entry, fresh)) => {
-                reply.entry(entry.as_ref().map(Entry::as_ref), fresh);
-                let hit = entry.is_some();
-                Outcome::lookups(u64::from(hit), u64::from(!hit))
-            }
+        match self.wait(cache).await {
+            Ok(bucket) => Get::read_now(bucket, &self.key, self.read.allow_stale, reply),
             Err(err) => Outcome::failed(err, reply),
         }
     }

@@ -3,8 +3,8 @@
 use super::Text;
 
 use super::{Outcome, Reply};
-use crate::cache::{mget_too_large, Bucket, Cache, MAX_MGET_BYTES};
-use crate::protocol::{Entry, ReadOptions};
+use crate::cache::{mget_too_large, Bucket, Cache, Error, MAX_MGET_BYTES};
+use crate::protocol::ReadOptions;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mget {
@@ -16,10 +16,6 @@ pub struct Mget {
 impl Mget {
     pub fn is_immediate(&self) -> bool {
         Bucket::is_immediate(&self.read)
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        self.keys.iter().map(Text::as_str).collect()
     }
 
     /// Like `get`'s: each entry encoded straight from one table of the mirror, no owned copies.
@@ -61,20 +57,16 @@ impl Mget {
         Outcome::lookups(hits, keys.len() as u64 - hits)
     }
 
+    /// Waits until the mirror can answer (a revision, a strong read); the bucket to read then.
+    pub async fn wait<'c>(&self, cache: &'c Cache) -> Result<&'c Bucket, Error> {
+        let bucket = cache.bucket(&self.bucket)?;
+        bucket.wait_to_read(&self.keys, self.read).await?;
+        Ok(bucket)
+    }
+
     pub async fn answer(self, cache: &Cache, reply: &mut impl Reply) -> Outcome {
-        let keys = self.keys();
-        let read = match cache.bucket(&self.bucket) {
-            Ok(bucket) => bucket.mget(&keys, self.read).await,
-            Err(err) => Err(err),
-        };
-        match read {
-            Ok((entries, fresh)) => {
-                reply.entries(entries.len(), fresh, |i, write| {
-                    write(entries[i].as_ref().map(Entry::as_ref))
-                });
-                let hits = entries.iter().filter(|e| e.is_some()).count() as u64;
-                Outcome::lookups(hits, entries.len() as u64 - hits)
-            }
+        match self.wait(cache).await {
+            Ok(bucket) => Mget::read_now(bucket, &self.keys, self.read.allow_stale, reply),
             Err(err) => Outcome::failed(err, reply),
         }
     }

@@ -206,6 +206,16 @@ impl Command {
         }
     }
 
+    /// For a read that waits (a revision, a strong read): waits until the mirror can answer it,
+    /// after which [`Command::answer_now`] answers it at once. `None` for any other command.
+    pub async fn wait_to_read(&self, cache: &Cache) -> Option<Result<(), crate::cache::Error>> {
+        match self {
+            Command::Get(c) => Some(c.wait(cache).await.map(|_| ())),
+            Command::Mget(c) => Some(c.wait(cache).await.map(|_| ())),
+            _ => None,
+        }
+    }
+
     /// Answers a command routed [`Route::Waits`]; also answers the others.
     pub async fn answer(self, cache: &Cache, reply: &mut impl Reply) -> Outcome {
         match self {

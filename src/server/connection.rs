@@ -31,11 +31,17 @@ const OUTPUT_QUEUE: usize = 256;
 /// must not pile up in memory (3,000 pipelined `get`s of a 1 MB value once held 1.3 GB).
 const MAX_WRITE: usize = 256 * 1024;
 
+/// Answers of waiting reads (`min_revision`, strong) a connection holds at once, from their
+/// encoding until they are written: the reads themselves wait together, but a client that does
+/// not read their answers cannot make the sidecar hold more than these (a `get` answers with up to
+/// a value, an `mget` with up to 64 MiB).
+const READ_ANSWERS: usize = 16;
+
 /// A response or watch message waiting in the connection's queue.
 struct Queued {
     frame: Vec<u8>,
-    /// The connection's listing turn (see `Connection::listing`), kept until the frame is
-    /// written.
+    /// The turn its answer took (see `Connection::listing` and `Connection::read_answers`), kept
+    /// until the frame is written.
     turn: Option<OwnedSemaphorePermit>,
 }
 
@@ -71,6 +77,8 @@ pub struct Connection {
     /// pipelines hundreds of them and reads nothing otherwise grew the sidecar by 500 MB in the
     /// 10 s before `write_timeout` closed it.
     listing: Arc<Semaphore>,
+    /// `READ_ANSWERS` permits: a waiting read takes one once its wait is over, to make its answer.
+    read_answers: Arc<Semaphore>,
     /// Requests answered at once, added to the shared metrics once per burst.
     tally: ReadTally,
 }
@@ -96,6 +104,7 @@ impl Connection {
             limits,
             in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
             listing: Arc::new(Semaphore::new(1)),
+            read_answers: Arc::new(Semaphore::new(READ_ANSWERS)),
             tally: ctx.metrics.tally(),
         };
         let mut frames = FrameReader::with_input(read_half, limits.max_frame_size, input);
@@ -249,6 +258,7 @@ impl Connection {
                 let ctx = self.ctx.clone();
                 let out = self.out.clone();
                 let listing = matches!(command, Command::Keys(_)).then(|| self.listing.clone());
+                let read_answers = self.read_answers.clone();
                 self.tasks.spawn(async move {
                     let _permit = permit;
                     let turn = match listing {
@@ -265,7 +275,14 @@ impl Connection {
                         out: &mut response,
                         id,
                     };
-                    let outcome = command.answer(&ctx.cache, &mut reply).await;
+                    let (outcome, turn) = match command.wait_to_read(&ctx.cache).await {
+                        Some(Ok(())) => {
+                            let turn = read_answers.acquire_owned().await.ok();
+                            (command.answer_now(&ctx.cache, &mut reply), turn)
+                        }
+                        Some(Err(err)) => (Outcome::failed(err, &mut reply), turn),
+                        None => (command.answer(&ctx.cache, &mut reply).await, turn),
+                    };
                     ctx.count(&bucket, op, started, outcome);
                     let _ = out
                         .send(Queued {

@@ -212,10 +212,10 @@ async fn a_watcher_that_never_reads_cannot_grow_the_sidecar_and_ends_slow_consum
     assert_eq!(read_response(&mut slow).await.unwrap()["ok"], true);
 }
 
-/// A client that pipelines requests with large answers (reads of a 1 MB value, listings of a
-/// 12,000-key bucket) and reads nothing: the sidecar stops reading its requests once a write's
-/// worth of answers waits for it, and lists one request at a time for it, instead of answering
-/// everything into memory. Another client is served meanwhile, and the greedy one gets its
+/// A client that pipelines requests with large answers (reads of a 1 MB value, waiting or not,
+/// listings of a 12,000-key bucket) and reads nothing: the sidecar stops reading its requests
+/// once a write's worth of answers waits for it, makes a few waiting reads' answers at a time and
+/// lists one request at a time for it, instead of answering everything into memory. Another client is served meanwhile, and the greedy one gets its
 /// answers once it reads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_pipelines_large_answers_and_reads_none_cannot_grow_the_sidecar() {
@@ -239,14 +239,19 @@ async fn a_client_that_pipelines_large_answers_and_reads_none_cannot_grow_the_si
     let last = client.put("greedy", "huge", &huge).await.unwrap();
     let baseline = sidecar.peak_rss();
 
-    // 500 reads of the 1 MB value (500 MB of answers), then 200 listings (about 28 MB).
+    // 300 reads of the 1 MB value that wait for its revision and 500 that do not (800 MB of
+    // answers), then 200 listings (about 28 MB).
     let mut burst = Vec::new();
-    for id in 1..=500 {
-        burst.extend(frame(
-            &json!({"id": id, "op": "get", "bucket": "greedy", "key": "huge"}),
-        ));
+    for id in 1..=300 {
+        let get = json!({"id": id, "op": "get", "bucket": "greedy", "key": "huge",
+                         "min_revision": last});
+        burst.extend(frame(&get));
     }
-    for id in 501..=700 {
+    for id in 301..=800 {
+        let get = json!({"id": id, "op": "get", "bucket": "greedy", "key": "huge"});
+        burst.extend(frame(&get));
+    }
+    for id in 801..=1000 {
         burst.extend(frame(&json!({"id": id, "op": "keys", "bucket": "greedy"})));
     }
     let greedy = tokio::net::UnixStream::connect(&sidecar.socket)
@@ -274,7 +279,7 @@ async fn a_client_that_pipelines_large_answers_and_reads_none_cannot_grow_the_si
     // The greedy client reads at last: every answer arrives.
     let mut answered = 0;
     let mut len = [0u8; 4];
-    while answered < 700 {
+    while answered < 1000 {
         reader.read_exact(&mut len).await.unwrap();
         let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
         reader.read_exact(&mut body).await.unwrap();
