@@ -305,11 +305,35 @@ pub enum Applied {
     Done { replaced: Option<ExpiryKey> },
 }
 
+/// The size of the largest value ever put in a mirror; it never shrinks. It tells whether a read
+/// of a number of values could exceed a limit without looking them up (see
+/// [`Mirror::values_may_exceed`]).
+#[derive(Debug, Default)]
+struct LargestValue(AtomicUsize);
+
+impl LargestValue {
+    fn saw(&self, len: usize) {
+        if len > self.0.load(Ordering::Relaxed) {
+            self.0.fetch_max(len, Ordering::Relaxed);
+        }
+    }
+
+    fn get(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// Puts or removes the entry's key in `table` (a live table or a staged snapshot); returns how
 /// many bytes of keys and values that added, and the expiry of the value it replaced.
-fn write_table(table: &Table, entry: &Entry, expires: i64) -> (i64, Option<ExpiryKey>) {
+fn write_table(
+    table: &Table,
+    largest: &LargestValue,
+    entry: &Entry,
+    expires: i64,
+) -> (i64, Option<ExpiryKey>) {
     let (added, old) = match entry.operation {
         Operation::Put => {
+            largest.saw(entry.value.len());
             let slot = Slot::new(
                 &entry.key,
                 &entry.value,
@@ -345,6 +369,7 @@ fn put_slot(table: &Table, slot: Slot) -> Option<Slot> {
 /// A snapshot being loaded while the mirror keeps serving its current table.
 pub struct Staging {
     table: Table,
+    largest: LargestValue,
     bytes: i64,
     applied: u64,
     last_update: i64,
@@ -356,6 +381,7 @@ impl Default for Staging {
     fn default() -> Self {
         Staging {
             table: new_table(0),
+            largest: LargestValue::default(),
             bytes: 0,
             applied: 0,
             last_update: 0,
@@ -386,6 +412,7 @@ impl Staging {
     /// Puts a saved slot as it was (see `saved.rs`; saved slots come in no revision order, and
     /// several threads may put at once); returns the bytes it added.
     pub(super) fn put_saved(&self, slot: Slot) -> i64 {
+        self.largest.saw(slot.value().len());
         let added = slot.size() as i64;
         added - put_slot(&self.table, slot).map_or(0, |old| old.size() as i64)
     }
@@ -402,7 +429,7 @@ impl Staging {
         if entry.revision <= self.applied {
             return Applied::Again;
         }
-        let (added, replaced) = write_table(&self.table, &entry, expires);
+        let (added, replaced) = write_table(&self.table, &self.largest, &entry, expires);
         self.bytes += added;
         self.applied = entry.revision;
         self.last_update = entry.created;
@@ -421,6 +448,7 @@ impl Staging {
 
 pub struct Mirror {
     table: ArcSwap<Table>,
+    largest: LargestValue,
     applied: AtomicU64,
     synced: AtomicBool,
     bytes: AtomicU64,
@@ -459,6 +487,7 @@ impl Mirror {
     pub(super) fn new(event_buffer: usize) -> Self {
         Mirror {
             table: ArcSwap::from_pointee(new_table(0)),
+            largest: LargestValue::default(),
             applied: AtomicU64::new(0),
             synced: AtomicBool::new(false),
             bytes: AtomicU64::new(0),
@@ -602,6 +631,12 @@ impl Mirror {
         (0, page)
     }
 
+    /// Whether `keys` values could hold more than `max_bytes` together, judged by the largest
+    /// value the mirror ever held: when not, a read of them needs no size check.
+    pub fn values_may_exceed(&self, keys: usize, max_bytes: usize) -> bool {
+        keys.saturating_mul(self.largest.get()) > max_bytes
+    }
+
     /// The live entries of `keys`, from one table (see [`Mirror::with_table`]); `Err` with their
     /// values' bytes, and no copy made, when those exceed `max_bytes`.
     pub fn get_many(&self, keys: &[&str], max_bytes: usize) -> Result<Vec<Option<Entry>>, usize> {
@@ -702,7 +737,7 @@ impl Mirror {
         if entry.revision <= self.applied() {
             return Applied::Again;
         }
-        let (added, replaced) = write_table(&self.table.load(), &entry, expires);
+        let (added, replaced) = write_table(&self.table.load(), &self.largest, &entry, expires);
         self.add_bytes(added);
         self.last_update.store(entry.created, Ordering::Relaxed);
         self.advance(entry.revision);
@@ -779,11 +814,13 @@ impl Mirror {
     fn swap_in(&self, staging: Staging) -> (Replaced, u64, i64) {
         let Staging {
             table,
+            largest,
             bytes,
             applied,
             last_update,
             stream_created,
         } = staging;
+        self.largest.saw(largest.get());
         self.generation.fetch_add(1, Ordering::SeqCst);
         let old = Replaced(self.table.swap(Arc::new(table)));
         if let Ok(mut slot) = self.stream_created.lock() {
@@ -1067,6 +1104,23 @@ mod tests {
             let times = listed.iter().filter(|key| **key == stays).count();
             assert_eq!(times, 1, "{stays} listed {times} times");
         }
+    }
+
+    #[test]
+    fn the_largest_value_ever_held_bounds_what_a_read_of_n_values_may_hold() {
+        let mirror = Mirror::new(16);
+        assert!(!mirror.values_may_exceed(1000, 0), "an empty mirror");
+        mirror.apply(entry("a", "0123456789", 1, Operation::Put), 0);
+        mirror.apply(entry("b", "x", 2, Operation::Put), 0);
+        assert!(mirror.values_may_exceed(3, 29));
+        assert!(!mirror.values_may_exceed(2, 29));
+        // A rebuild's table brings its own largest value; the mirror's never shrinks.
+        let mut staging = Staging::default();
+        staging.apply(entry("c", &"y".repeat(100), 1, Operation::Put), 0);
+        assert!(mirror.install(staging).is_none(), "no watch to tell");
+        assert!(mirror.values_may_exceed(1, 99));
+        mirror.apply(entry("c", "", 2, Operation::Delete), 0);
+        assert!(mirror.values_may_exceed(1, 99));
     }
 
     #[test]

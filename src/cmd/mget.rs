@@ -38,8 +38,15 @@ impl Mget {
             Err(err) => return Outcome::failed(err, reply),
         };
         let mut hits = 0;
+        let may_exceed = bucket
+            .mirror()
+            .values_may_exceed(keys.len(), MAX_MGET_BYTES);
         let answered = bucket.mirror().with_table(|table| {
-            let bytes = table.value_bytes(keys);
+            let bytes = if may_exceed {
+                table.value_bytes(keys)
+            } else {
+                0
+            };
             if bytes > MAX_MGET_BYTES {
                 return Err(mget_too_large(bytes, keys.len()));
             }
