@@ -6,7 +6,8 @@
 # stream purged behind the sidecar's back while a watch follows it (a rebuild that tells the watch
 # of every vanished key). Prints the GETs' p50, p99 and worst latency for each. Then what greedy
 # clients that read nothing do to the sidecar's memory: 3,000 pipelined `get`s of a 1 MB value,
-# one `mget` naming it 3,000 times, 300 `keys` of the bucket, 10 `watch`es of it. Used for
+# one `mget` naming it 3,000 times, 300 `keys` of the bucket, 10 `watch`es of it, 1,000 pipelined
+# `put`s of 1 MB while NATS is stalled (SIGSTOP). Used for
 # README.md and the issue notes; run it against two builds to compare (NEARKV=path/to/nearkv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -107,26 +108,29 @@ greedy() { # label, op, count
   until curl -sf "http://127.0.0.1:$fresh_http/readyz" >/dev/null 2>&1; do sleep 0.1; done
   sleep 1
   before=$(awk '/VmRSS/ {print $2}' "/proc/$greedy_sidecar/status")
+  # Puts wait for NATS: it is stalled meanwhile, so that they all wait.
+  [ "$2" = put ] && kill -STOP "$nats"
   PYTHONPATH="$NEARKV_PYTHONPATH" python3 - "$fresh" "$2" "$3" <<'PY' &
-import socket, struct, sys, time, msgpack
+import socket, struct, sys, threading, time, msgpack
 path, op, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
 request = {"op": op, "bucket": "big"}
 if op == "get":
     request["key"] = "huge"
 elif op == "mget":
     request["keys"] = ["huge"] * 3000
-burst = b""
+elif op == "put":
+    request["key"] = "flood"
+    request["value"] = b"x" * 1000000
+frames = []
 for i in range(count):
     body = msgpack.packb(dict(request, id=i + 1))
-    burst += struct.pack(">I", len(body)) + body
+    frames += [struct.pack(">I", len(body)), body]
+burst = b"".join(frames)
 s = socket.socket(socket.AF_UNIX)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
 s.connect(path)
-s.setblocking(False)
-try:
-    s.send(burst)
-except BlockingIOError:
-    pass
+# As fast as the sidecar reads them, in the background, for as long as it reads.
+threading.Thread(target=s.sendall, args=(burst,), daemon=True).start()
 time.sleep(6)
 PY
   local client=$!
@@ -137,14 +141,21 @@ PY
     [ "$rss" -gt "$peak" ] && peak=$rss
   done
   wait "$client" 2>/dev/null || true
-  kill "$greedy_sidecar"
+  if [ "$2" = put ]; then
+    # Gone before NATS wakes, so that the stalled puts are not written.
+    kill -KILL "$greedy_sidecar"
+    kill -CONT "$nats"
+  else
+    kill "$greedy_sidecar"
+  fi
   wait "$greedy_sidecar" 2>/dev/null || true
-  printf '%-28s RSS %d MiB before, at most %d MiB while it read nothing\n' "$1" $((before / 1024)) $((peak / 1024))
+  printf '%-34s RSS %d MiB before, at most %d MiB while it read nothing\n' "$1" $((before / 1024)) $((peak / 1024))
 }
 greedy "3,000 x get of 1 MB" get 3000
 greedy "mget of 1 MB x 3,000" mget 1
 greedy "300 x v1 keys" keys 300
 greedy "10 x watch" watch 10
+greedy "1,000 x put of 1 MB, NATS stalled" put 1000
 
 # Last, as it empties the bucket: a watch follows it, and the stream is purged behind the
 # sidecar's back; the sidecar notices at its next stream check and reloads.

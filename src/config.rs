@@ -160,6 +160,9 @@ pub struct SocketConfig {
     /// connection; one more is answered `too_many_requests`. Reads answered from memory do not
     /// count.
     pub max_in_flight: usize,
+    /// Bytes of the frames of those waiting requests (a put's holds its value) on one connection;
+    /// a request that would pass it is answered `too_many_requests`, unless it is the only one.
+    pub max_in_flight_bytes: usize,
     /// Active watches on one connection; one more is answered `too_many_watches`.
     pub max_watches: usize,
     /// A connection that sends nothing for this long, with no request in flight and no watch, is
@@ -197,6 +200,7 @@ impl Default for SocketConfig {
             request_timeout: Duration::from_secs(5),
             max_connections: 1024,
             max_in_flight: 1024,
+            max_in_flight_bytes: 64 * 1024 * 1024,
             max_watches: 256,
             idle_timeout: Duration::from_secs(15 * 60),
             write_timeout: Duration::from_secs(10),
@@ -439,6 +443,10 @@ impl Config {
         for (field, value) in [
             ("socket.max_connections", self.socket.max_connections),
             ("socket.max_in_flight", self.socket.max_in_flight),
+            (
+                "socket.max_in_flight_bytes",
+                self.socket.max_in_flight_bytes,
+            ),
             ("socket.max_watches", self.socket.max_watches),
         ] {
             if value == 0 {

@@ -37,6 +37,12 @@ const MAX_WRITE: usize = 256 * 1024;
 /// a value, an `mget` with up to 64 MiB).
 const READ_ANSWERS: usize = 16;
 
+/// A waiting request's share of its connection's limits, given back when it is answered.
+struct WaitingSlot {
+    _slot: OwnedSemaphorePermit,
+    _bytes: OwnedSemaphorePermit,
+}
+
 /// A response or watch message waiting in the connection's queue.
 struct Queued {
     frame: Vec<u8>,
@@ -56,6 +62,7 @@ impl From<Vec<u8>> for Queued {
 pub struct Limits {
     pub max_frame_size: u32,
     pub max_in_flight: usize,
+    pub max_in_flight_bytes: usize,
     pub max_watches: usize,
     /// `Duration::ZERO`: never close an idle connection.
     pub idle_timeout: Duration,
@@ -72,6 +79,10 @@ pub struct Connection {
     limits: Limits,
     /// One permit per waiting request in flight.
     in_flight: Arc<Semaphore>,
+    /// One permit per KiB of the frames of waiting requests in flight: a request holds its frame
+    /// (a put, its value) until answered. Without this, a client pipelining puts of 1 MB while
+    /// NATS was slow pinned up to `max_in_flight` of them (1 GB) in the sidecar.
+    in_flight_bytes: Arc<Semaphore>,
     /// One permit: a connection lists keys one request at a time, from the walk until its
     /// client has read the answer. A listing of a million keys is about 11 MB; a client that
     /// pipelines hundreds of them and reads nothing otherwise grew the sidecar by 500 MB in the
@@ -81,6 +92,14 @@ pub struct Connection {
     read_answers: Arc<Semaphore>,
     /// Requests answered at once, added to the shared metrics once per burst.
     tally: ReadTally,
+}
+
+impl Limits {
+    /// `max_in_flight_bytes` in KiB, the unit of a connection's byte permits (a request takes
+    /// at most `u32::MAX` of them at once).
+    fn in_flight_kib(&self) -> usize {
+        (self.max_in_flight_bytes / 1024).clamp(1, u32::MAX as usize)
+    }
 }
 
 impl Connection {
@@ -103,6 +122,7 @@ impl Connection {
             shutdown,
             limits,
             in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
+            in_flight_bytes: Arc::new(Semaphore::new(limits.in_flight_kib())),
             listing: Arc::new(Semaphore::new(1)),
             read_answers: Arc::new(Semaphore::new(READ_ANSWERS)),
             tally: ctx.metrics.tally(),
@@ -241,19 +261,14 @@ impl Connection {
             }
             Route::Waits => {
                 let started = std::time::Instant::now();
-                let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
-                    let error = Error::new(
-                        ErrorCode::TooManyRequests,
-                        format!(
-                            "this connection already has {} requests waiting (socket.max_in_flight); \
-                             wait for their responses, or spread the load over more connections",
-                            self.limits.max_in_flight
-                        ),
-                    );
-                    let outcome = Outcome::failed(error, &mut reply);
-                    self.ctx
-                        .count(self.ctx.bucket_label(&command), op, started, outcome);
-                    return;
+                let permit = match self.waiting_slot(frame.len()) {
+                    Ok(permit) => permit,
+                    Err(error) => {
+                        let outcome = Outcome::failed(error, &mut reply);
+                        self.ctx
+                            .count(self.ctx.bucket_label(&command), op, started, outcome);
+                        return;
+                    }
                 };
                 let ctx = self.ctx.clone();
                 let out = self.out.clone();
@@ -366,6 +381,47 @@ impl Connection {
 }
 
 impl Connection {
+    /// The turn of a waiting request whose frame is `frame_len` bytes long (the request holds
+    /// its frame until it is answered): one of `max_in_flight` slots, and its share of
+    /// `max_in_flight_bytes`. A frame larger than that share goes through when it is alone.
+    fn waiting_slot(&self, frame_len: usize) -> Result<WaitingSlot, Error> {
+        let refused = |what: String| {
+            Error::new(
+                ErrorCode::TooManyRequests,
+                format!(
+                    "this connection already has {what}; wait for their responses, or spread the \
+                     load over more connections"
+                ),
+            )
+        };
+        let Ok(slot) = self.in_flight.clone().try_acquire_owned() else {
+            return Err(refused(format!(
+                "{} requests waiting (socket.max_in_flight)",
+                self.limits.max_in_flight
+            )));
+        };
+        let kib = frame_len
+            .div_ceil(1024)
+            .clamp(1, self.limits.in_flight_kib());
+        let Ok(bytes) = self
+            .in_flight_bytes
+            .clone()
+            .try_acquire_many_owned(u32::try_from(kib).unwrap_or(u32::MAX))
+        else {
+            let waiting =
+                (self.limits.in_flight_kib() - self.in_flight_bytes.available_permits()) * 1024;
+            return Err(refused(format!(
+                "about {waiting} bytes of requests waiting, and this one of {frame_len} bytes \
+                 would pass socket.max_in_flight_bytes ({})",
+                self.limits.max_in_flight_bytes
+            )));
+        };
+        Ok(WaitingSlot {
+            _slot: slot,
+            _bytes: bytes,
+        })
+    }
+
     /// Nothing in flight and no watch: only then may the idle timeout close the connection.
     fn is_idle(&mut self) -> bool {
         self.watches.retain(|_, token| !token.is_cancelled());

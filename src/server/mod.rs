@@ -94,6 +94,7 @@ impl Server {
             limits: Limits {
                 max_frame_size: config.max_frame_size,
                 max_in_flight: config.max_in_flight,
+                max_in_flight_bytes: config.max_in_flight_bytes,
                 max_watches: config.max_watches,
                 idle_timeout: config.idle_timeout,
                 write_timeout: config.write_timeout,

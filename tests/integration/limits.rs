@@ -166,3 +166,56 @@ async fn an_mget_whose_values_exceed_the_answer_limit_is_refused() {
         assert!(line.starts_with("-VALUE_TOO_LARGE "), "{first}: {line}");
     }
 }
+
+/// Waiting requests hold their frames (a put, its value) until answered: a connection may hold
+/// at most `max_in_flight_bytes` of them, whatever `max_in_flight` allows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_requests_may_hold_at_most_max_in_flight_bytes_of_frames_per_connection() {
+    let nats = NatsServer::start().await;
+    let sidecar = Sidecar::start_with(&nats.url(), vec![bucket("b")], |config| {
+        config.socket.max_in_flight_bytes = 5 * 512 * 1024;
+    })
+    .await;
+    let _ = sidecar.synced_client().await;
+    let mut raw = UnixStream::connect(&sidecar.socket).await.unwrap();
+    // Reads that wait for a revision that never comes, each padded to 1 MiB (unknown fields are
+    // ignored, but the request holds its whole frame).
+    let padded = |id: u64, pad: usize| {
+        frame(&json!({"id": id, "op": "get", "bucket": "b", "key": "k",
+                      "min_revision": 1_000_000, "timeout_ms": 1500, "pad": "p".repeat(pad)}))
+    };
+    let mut burst = Vec::new();
+    for id in 1..=3 {
+        burst.extend(padded(id, 1024 * 1024));
+    }
+    // Half a MiB is left of 2.5: a small request still fits.
+    burst.extend(padded(4, 0));
+    send_raw(&mut raw, &burst).await;
+    let refused = read_response(&mut raw).await.unwrap();
+    assert_eq!(
+        (refused["id"].clone(), refused["error"]["code"].clone()),
+        (json!(3), json!("too_many_requests")),
+        "{refused}"
+    );
+    let message = refused["error"]["message"].as_str().unwrap();
+    assert!(message.contains("socket.max_in_flight_bytes"), "{message}");
+    let mut timed_out = Vec::new();
+    for _ in 0..3 {
+        let answer = read_response(&mut raw).await.unwrap();
+        assert_eq!(answer["error"]["code"], "timeout", "{answer}");
+        timed_out.push(answer["id"].as_u64().unwrap());
+    }
+    timed_out.sort_unstable();
+    assert_eq!(timed_out, [1, 2, 4]);
+    // Answered, they gave their bytes back; and a request larger than the whole budget goes
+    // through when it is alone.
+    send_raw(&mut raw, &padded(5, 3 * 1024 * 1024)).await;
+    let alone = read_response(&mut raw).await.unwrap();
+    assert_eq!(
+        (alone["id"].clone(), alone["error"]["code"].clone()),
+        (json!(5), json!("timeout"))
+    );
+    // Another connection was never limited by this one.
+    let other = sidecar.client().await;
+    other.put("b", "k", b"v").await.unwrap();
+}
