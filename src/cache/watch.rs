@@ -68,6 +68,11 @@ impl Watch {
         }
     }
 
+    /// Whether the initial listing (ended by `Synced`) is not all taken yet.
+    pub fn is_listing(&self) -> bool {
+        self.unlisted.is_some() || self.snapshot.len() > 0 || self.synced_pending
+    }
+
     /// Updates this watch missed because it fell behind (it then ends with `slow_consumer`).
     pub fn missed(&self) -> u64 {
         self.missed

@@ -2,7 +2,7 @@
 //! waiting requests to their own tasks, and writes every response, coalescing a pipelined burst
 //! into one write; plus the connection's watches.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,6 +36,10 @@ const MAX_WRITE: usize = 256 * 1024;
 /// not read their answers cannot make the sidecar hold more than these (a `get` answers with up to
 /// a value, an `mget` with up to 64 MiB).
 const READ_ANSWERS: usize = 16;
+
+/// KiB of watch messages a connection holds for its client, taken from their buckets but not yet
+/// written (see `run_watch`).
+const WATCH_OUTPUT_KIB: usize = 32 * 1024;
 
 /// A waiting request's share of its connection's limits, given back when it is answered.
 struct WaitingSlot {
@@ -88,6 +92,8 @@ pub struct Connection {
     /// pipelines hundreds of them and reads nothing otherwise grew the sidecar by 500 MB in the
     /// 10 s before `write_timeout` closed it.
     listing: Arc<Semaphore>,
+    /// One permit per KiB of watch messages held for the client (`WATCH_OUTPUT_KIB`).
+    watch_output: Arc<Semaphore>,
     /// `READ_ANSWERS` permits: a waiting read takes one once its wait is over, to make its answer.
     read_answers: Arc<Semaphore>,
     /// Requests answered at once, added to the shared metrics once per burst.
@@ -125,6 +131,7 @@ impl Connection {
             in_flight_bytes: Arc::new(Semaphore::new(limits.in_flight_kib())),
             listing: Arc::new(Semaphore::new(1)),
             read_answers: Arc::new(Semaphore::new(READ_ANSWERS)),
+            watch_output: Arc::new(Semaphore::new(WATCH_OUTPUT_KIB)),
             tally: ctx.metrics.tally(),
         };
         let mut frames = FrameReader::with_input(read_half, limits.max_frame_size, input);
@@ -349,7 +356,10 @@ impl Connection {
                 let task = run_watch(
                     id,
                     started,
-                    self.out.clone(),
+                    WatchOutlet {
+                        queue: self.out.clone(),
+                        room: self.watch_output.clone(),
+                    },
                     token,
                     self.shutdown.clone(),
                     self.ctx.clone(),
@@ -469,11 +479,25 @@ impl IdleClock {
     }
 }
 
+/// Where a watch's messages go: the connection's queue, and the room for watch messages it holds.
+struct WatchOutlet {
+    queue: mpsc::Sender<Queued>,
+    /// `WATCH_OUTPUT_KIB` permits, shared by the connection's watches.
+    room: Arc<Semaphore>,
+}
+
 /// Sends a watch's items until it is cancelled, falls behind, or the connection goes away.
+///
+/// Once the initial listing is sent, updates are taken from the bucket as they come, even while
+/// the client is not reading: an update not yet taken pins its value in the bucket's event ring
+/// (a watcher that read nothing while another client put 1 MB values grew the sidecar by 2.1 GB
+/// in 12 s). Taken but unwritten, the messages of a connection's watches may hold
+/// `WATCH_OUTPUT_KIB`; past it the watch ends with `slow_consumer`, as Redis drops a subscriber
+/// whose output passes 32 MB. The initial listing instead goes at the client's pace.
 async fn run_watch(
     id: u64,
     mut watch: crate::cache::Watch,
-    out: mpsc::Sender<Queued>,
+    outlet: WatchOutlet,
     token: CancellationToken,
     server_shutdown: CancellationToken,
     ctx: Arc<Context>,
@@ -484,11 +508,24 @@ async fn run_watch(
     let delivered = metrics.watch_delivered(&bucket);
     let cancelled = token.cancelled();
     tokio::pin!(cancelled);
+    let mut pending: VecDeque<Queued> = VecDeque::new();
     let end = loop {
+        let listing = watch.is_listing();
         let item = tokio::select! {
             biased;
             _ = &mut cancelled => break None,
-            item = watch.next() => item,
+            slot = outlet.queue.reserve(), if !pending.is_empty() => match (slot, pending.pop_front()) {
+                (Ok(slot), Some(queued)) => {
+                    slot.send(queued);
+                    delivered.inc();
+                    continue;
+                }
+                _ => {
+                    metrics.watches.dec();
+                    return;
+                }
+            },
+            item = watch.next(), if !listing || pending.is_empty() => item,
         };
         let mut frame = Vec::new();
         match item {
@@ -498,17 +535,36 @@ async fn run_watch(
             Ok(WatchItem::Synced) => encode_watch(&mut frame, id, WatchMessage::Synced),
             Err(err) => break Some(err),
         }
-        let sent = tokio::select! {
-            biased;
-            _ = &mut cancelled => break None,
-            sent = out.send(frame.into()) => sent,
+        let kib = frame.len().div_ceil(1024).min(WATCH_OUTPUT_KIB) as u32;
+        let turn = match outlet.room.clone().try_acquire_many_owned(kib) {
+            Ok(turn) => turn,
+            Err(_) if listing => tokio::select! {
+                biased;
+                _ = &mut cancelled => break None,
+                turn = outlet.room.clone().acquire_many_owned(kib) => match turn {
+                    Ok(turn) => turn,
+                    Err(_) => break None,
+                },
+            },
+            Err(_) => {
+                break Some(crate::cache::Error::new(
+                    crate::cache::ErrorKind::SlowConsumer,
+                    format!(
+                        "the client left {} MiB of watch messages unread on this connection and \
+                         the watch was ended; read faster, or watch again to resume from a fresh \
+                         snapshot",
+                        WATCH_OUTPUT_KIB / 1024
+                    ),
+                ))
+            }
         };
-        if sent.is_err() {
-            metrics.watches.dec();
-            return;
-        }
-        delivered.inc();
+        pending.push_back(Queued {
+            frame,
+            turn: Some(turn),
+        });
     };
+    // Messages taken but not sent are missed: the client is told `slow_consumer` or left.
+    drop(pending);
     metrics.watches.dec();
     metrics.watch_dropped(&bucket, watch.missed());
     // Ended by the server, not by the client's unwatch: the client must learn why.
@@ -523,7 +579,7 @@ async fn run_watch(
     token.cancel();
     let mut frame = Vec::new();
     encode_watch(&mut frame, id, WatchMessage::End(end.as_ref()));
-    let _ = out.send(frame.into()).await;
+    let _ = outlet.queue.send(frame.into()).await;
 }
 
 /// Writes `buf` and whatever else is queued (up to `MAX_WRITE`) in one write, then clears `buf`

@@ -384,6 +384,67 @@ async fn a_cut_nats_connection_heals_without_a_restart_and_loses_no_change() {
     println!("network cut for 2 s: {} changes made meanwhile, all seen in order; {reconnects} reconnects", written.len());
 }
 
+/// A watcher that reads nothing while another client writes large values: its updates are taken
+/// from the bucket's event ring at once (where they would pin every value written meanwhile) and
+/// the watch ends with `slow_consumer` once 32 MiB of its messages wait for the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_that_reads_nothing_while_large_values_are_written_is_ended_not_held() {
+    let nats = NatsServer::start().await;
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(config.path(), "[socket]\nwrite_timeout = \"10m\"\n").unwrap();
+    let config_path = config.path().to_str().unwrap();
+    let sidecar = SidecarProcess::start(&nats.url(), &["flood"], &["--config", config_path]).await;
+    let client = nearkv::Client::connect(&sidecar.socket).await.unwrap();
+    crate::harness::wait_synced(&client).await;
+    let mut watcher = tokio::net::UnixStream::connect(&sidecar.socket)
+        .await
+        .unwrap();
+    let watch = json!({"id": 1, "op": "watch", "bucket": "flood", "initial": false});
+    send_raw(&mut watcher, &frame(&watch)).await;
+    assert_eq!(read_response(&mut watcher).await.unwrap()["ok"], true);
+    let value = vec![b'x'; 1_000_000];
+    client.put("flood", "big", &value).await.unwrap();
+    let baseline = sidecar.peak_rss();
+
+    // 200 MB written to one key while the watcher reads nothing.
+    futures::stream::iter(0..200)
+        .map(|_| client.put("flood", "big", &value))
+        .buffer_unordered(8)
+        .for_each(|put| async move {
+            put.unwrap();
+        })
+        .await;
+    assert_peak_rss_within(&sidecar, baseline, 96, "a watcher reading nothing");
+
+    // It reads at last: what waited for it, then the end of the watch and why.
+    let mut events = 0;
+    let end = loop {
+        let message = read_response(&mut watcher)
+            .await
+            .expect("the watch's messages");
+        if message.get("end").is_some() {
+            break message;
+        }
+        events += 1;
+    };
+    assert_eq!(end["error"]["code"], "slow_consumer", "{end}");
+    assert!(
+        (1..200).contains(&events),
+        "{events} updates before the end"
+    );
+    assert_eq!(
+        client
+            .get("flood", "big")
+            .await
+            .unwrap()
+            .unwrap()
+            .value
+            .len(),
+        value.len(),
+        "another client is served"
+    );
+}
+
 /// Prints the sidecar's peak RSS against `baseline` (bytes), and asserts it grew by less than
 /// `mib` MiB.
 fn assert_peak_rss_within(sidecar: &SidecarProcess, baseline: u64, mib: u64, what: &str) {
