@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio_util::sync::CancellationToken;
 
 use super::encode::Out;
@@ -20,9 +20,9 @@ use crate::cache::{Cache, WatchItem};
 use crate::error::Error;
 use crate::protocol::Operation;
 
-/// Notifications queued for a connection before its watches must wait (and, if it stays
-/// behind, end with `slow_consumer`).
-const QUEUE: usize = 4096;
+/// Notifications queued for a connection; one more, and the subscriber is disconnected with
+/// `slow_consumer`.
+const QUEUE: usize = 16 * 1024;
 
 /// One change of one key, as the mirror applied it.
 #[derive(Debug, Clone)]
@@ -231,10 +231,23 @@ fn start(cache: &Arc<Cache>) -> Result<(mpsc::Receiver<Delivery>, CancellationTo
                     Err(err) => Err(Error::from(err)),
                 };
                 let ended = delivery.is_err();
-                if sender.send(delivery).await.is_err() || ended {
-                    return;
+                match sender.try_send(delivery) {
+                    Ok(()) if !ended => {}
+                    Ok(()) | Err(TrySendError::Closed(_)) => return,
+                    Err(TrySendError::Full(_)) => break,
                 }
             }
+            // QUEUE notifications wait unread. Waiting here with the watch would pin every
+            // value written meanwhile in the bucket's event ring: drop it, then say why.
+            drop(watch);
+            let behind = crate::cache::Error::new(
+                crate::cache::ErrorKind::SlowConsumer,
+                format!(
+                    "the subscriber left {QUEUE} notifications unread and was disconnected; \
+                     read faster, then subscribe again"
+                ),
+            );
+            let _ = sender.send(Err(Error::from(behind))).await;
         });
     }
     Ok((receiver, stop))
