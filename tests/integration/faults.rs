@@ -146,14 +146,7 @@ async fn sigterm_mid_request_loses_no_acknowledged_write_and_clients_reconnect()
 async fn a_watcher_that_never_reads_cannot_grow_the_sidecar_and_ends_slow_consumer() {
     const UPDATES: usize = 100_000;
     let nats = NatsServer::start().await;
-    // The slow client must outlast the updates on a loaded machine: the write timeout (which
-    // would close its connection, tested elsewhere) is not what this test is about.
-    let config = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(config.path(), "[socket]\nwrite_timeout = \"10m\"\n").unwrap();
-    let config_path = config.path().to_str().unwrap();
-    let sidecar = SidecarProcess::start(&nats.url(), &["slow"], &["--config", config_path]).await;
-    let client = nearkv::Client::connect(&sidecar.socket).await.unwrap();
-    crate::harness::wait_synced(&client).await;
+    let (sidecar, client) = patient_sidecar(&nats, "slow").await;
     // The slow client: opens watches on its own connection, then reads nothing.
     let mut slow = tokio::net::UnixStream::connect(&sidecar.socket)
         .await
@@ -220,12 +213,7 @@ async fn a_watcher_that_never_reads_cannot_grow_the_sidecar_and_ends_slow_consum
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_pipelines_large_answers_and_reads_none_cannot_grow_the_sidecar() {
     let nats = NatsServer::start().await;
-    let config = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(config.path(), "[socket]\nwrite_timeout = \"10m\"\n").unwrap();
-    let config_path = config.path().to_str().unwrap();
-    let sidecar = SidecarProcess::start(&nats.url(), &["greedy"], &["--config", config_path]).await;
-    let client = nearkv::Client::connect(&sidecar.socket).await.unwrap();
-    crate::harness::wait_synced(&client).await;
+    let (sidecar, client) = patient_sidecar(&nats, "greedy").await;
     let kv = nats.kv("greedy").await;
     futures::stream::iter(0..12_000)
         .map(|i| {
@@ -390,12 +378,7 @@ async fn a_cut_nats_connection_heals_without_a_restart_and_loses_no_change() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watcher_that_reads_nothing_while_large_values_are_written_is_ended_not_held() {
     let nats = NatsServer::start().await;
-    let config = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(config.path(), "[socket]\nwrite_timeout = \"10m\"\n").unwrap();
-    let config_path = config.path().to_str().unwrap();
-    let sidecar = SidecarProcess::start(&nats.url(), &["flood"], &["--config", config_path]).await;
-    let client = nearkv::Client::connect(&sidecar.socket).await.unwrap();
-    crate::harness::wait_synced(&client).await;
+    let (sidecar, client) = patient_sidecar(&nats, "flood").await;
     let mut watcher = tokio::net::UnixStream::connect(&sidecar.socket)
         .await
         .unwrap();
@@ -443,6 +426,19 @@ async fn a_watcher_that_reads_nothing_while_large_values_are_written_is_ended_no
         value.len(),
         "another client is served"
     );
+}
+
+/// A sidecar process mirroring `bucket`, and a client synced with it. Its write timeout outlasts
+/// the test: a client that reads nothing must stay connected on a loaded machine, since what these
+/// tests measure is what it costs the sidecar meanwhile (the timeout is tested elsewhere).
+async fn patient_sidecar(nats: &NatsServer, bucket: &str) -> (SidecarProcess, nearkv::Client) {
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(config.path(), "[socket]\nwrite_timeout = \"10m\"\n").unwrap();
+    let config_path = config.path().to_str().unwrap();
+    let sidecar = SidecarProcess::start(&nats.url(), &[bucket], &["--config", config_path]).await;
+    let client = nearkv::Client::connect(&sidecar.socket).await.unwrap();
+    crate::harness::wait_synced(&client).await;
+    (sidecar, client)
 }
 
 /// Prints the sidecar's peak RSS against `baseline` (bytes), and asserts it grew by less than
