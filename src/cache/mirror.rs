@@ -634,7 +634,13 @@ impl Mirror {
     /// Whether `keys` values could hold more than `max_bytes` together, judged by the largest
     /// value the mirror ever held: when not, a read of them needs no size check.
     pub fn values_may_exceed(&self, keys: usize, max_bytes: usize) -> bool {
-        keys.saturating_mul(self.largest.get()) > max_bytes
+        self.values_at_most(keys) > max_bytes
+    }
+
+    /// The most bytes `keys` values could hold together, judged by the largest value the mirror
+    /// ever held.
+    pub fn values_at_most(&self, keys: usize) -> usize {
+        keys.saturating_mul(self.largest.get())
     }
 
     /// The live entries of `keys`, from one table (see [`Mirror::with_table`]); `Err` with their

@@ -216,6 +216,22 @@ impl Command {
         }
     }
 
+    /// The most value bytes a read's answer could hold (0 for any other command), judged by the
+    /// largest value its bucket's mirror ever held; an `mget` beyond `MAX_MGET_BYTES` is refused.
+    pub fn answer_bytes_at_most(&self, cache: &Cache) -> usize {
+        let (bucket, keys) = match self {
+            Command::Get(c) => (&c.bucket, 1),
+            Command::Mget(c) => (&c.bucket, c.keys.len()),
+            _ => return 0,
+        };
+        cache.bucket(bucket).map_or(0, |bucket| {
+            bucket
+                .mirror()
+                .values_at_most(keys)
+                .min(crate::cache::MAX_MGET_BYTES)
+        })
+    }
+
     /// Answers a command routed [`Route::Waits`]; also answers the others.
     pub async fn answer(self, cache: &Cache, reply: &mut impl Reply) -> Outcome {
         match self {

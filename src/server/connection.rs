@@ -33,9 +33,11 @@ const MAX_WRITE: usize = 256 * 1024;
 
 /// Answers of waiting reads (`min_revision`, strong) a connection holds at once, from their
 /// encoding until they are written: the reads themselves wait together, but a client that does
-/// not read their answers cannot make the sidecar hold more than these (a `get` answers with up to
-/// a value, an `mget` with up to 64 MiB).
+/// not read their answers cannot make the sidecar hold more than these. An answer that could hold
+/// more than `READ_ANSWER_SHARE` of values takes a share per such size (an `mget` of up to 64 MiB
+/// takes them all), so that they hold at most about 64 MiB.
 const READ_ANSWERS: usize = 16;
+const READ_ANSWER_SHARE: usize = 4 * 1024 * 1024;
 
 /// KiB of watch messages a connection holds for its client, taken from their buckets but not yet
 /// written (see `run_watch`).
@@ -299,7 +301,11 @@ impl Connection {
                     };
                     let (outcome, turn) = match command.wait_to_read(&ctx.cache).await {
                         Some(Ok(())) => {
-                            let turn = read_answers.acquire_owned().await.ok();
+                            let shares = command
+                                .answer_bytes_at_most(&ctx.cache)
+                                .div_ceil(READ_ANSWER_SHARE)
+                                .clamp(1, READ_ANSWERS);
+                            let turn = read_answers.acquire_many_owned(shares as u32).await.ok();
                             (command.answer_now(&ctx.cache, &mut reply), turn)
                         }
                         Some(Err(err)) => (Outcome::failed(err, &mut reply), turn),

@@ -276,6 +276,43 @@ async fn a_client_that_pipelines_large_answers_and_reads_none_cannot_grow_the_si
     sending.await.unwrap();
 }
 
+/// Waiting `mget`s of 64 MB each, unread: their answers are made a few at a time, weighed by the
+/// size they could reach, so that they hold about 64 MiB (16 at a time held 1 GB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unread_answers_of_waiting_mgets_are_made_by_size_not_only_by_count() {
+    let nats = NatsServer::start().await;
+    let (sidecar, client) = patient_sidecar(&nats, "large").await;
+    let value = vec![b'x'; 1_000_000];
+    let mut last = 0;
+    for i in 0..64 {
+        last = client.put("large", &format!("v{i}"), &value).await.unwrap();
+    }
+    let baseline = sidecar.peak_rss();
+    let keys: Vec<String> = (0..64).map(|i| format!("v{i}")).collect();
+    let mut burst = Vec::new();
+    for id in 1..=20 {
+        let mget = json!({"id": id, "op": "mget", "bucket": "large", "keys": keys,
+                          "min_revision": last});
+        burst.extend(frame(&mget));
+    }
+    let greedy = tokio::net::UnixStream::connect(&sidecar.socket)
+        .await
+        .unwrap();
+    let (mut reader, mut writer) = greedy.into_split();
+    writer.write_all(&burst).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_peak_rss_within(&sidecar, baseline, 192, "unread waiting mgets");
+
+    // Read at last, every answer arrives whole.
+    let mut len = [0u8; 4];
+    for _ in 0..20 {
+        reader.read_exact(&mut len).await.unwrap();
+        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+        reader.read_exact(&mut body).await.unwrap();
+        assert!(body.len() > 64 * value.len(), "all 64 values");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_consumer_is_recreated_from_the_last_applied_revision() {
     let nats = NatsServer::start().await;
