@@ -75,10 +75,40 @@ pub(super) fn serve(args: ServeArgs, socket: Option<PathBuf>) -> ExitCode {
         LogFormat::Json => logs.json().with_current_span(true).init(),
     }
     nearkv::cache::map_large_allocations();
+    raise_open_file_limit();
     // 0 is refused by `nearkv::serve`'s validation, with the field's name.
     match super::runtime(Some(config.socket.threads.max(1))) {
         Ok(runtime) => runtime.block_on(serve_until_signalled(config)),
         Err(code) => code,
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit, as Go programs do at start. Each client
+/// takes a descriptor, and under systemd's default soft limit of 1024 a sidecar with 1,011
+/// clients had none left: the next of its `socket.max_connections` (1024) got no answer, and a
+/// NATS reconnect then could not have opened its socket.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0
+        || limit.rlim_cur >= limit.rlim_max
+    {
+        return;
+    }
+    let raised = libc::rlimit {
+        rlim_cur: limit.rlim_max,
+        ..limit
+    };
+    // SAFETY: setrlimit only reads the struct it is given.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+        tracing::warn!(
+            error = %std::io::Error::last_os_error(),
+            soft_limit = limit.rlim_cur,
+            "cannot raise the limit on open files; clients beyond it will not be answered"
+        );
     }
 }
 

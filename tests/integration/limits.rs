@@ -219,3 +219,58 @@ async fn waiting_requests_may_hold_at_most_max_in_flight_bytes_of_frames_per_con
     let other = sidecar.client().await;
     other.put("b", "k", b"v").await.unwrap();
 }
+
+/// Started under a soft limit of 256 open files (systemd's default is 1024), the sidecar raises
+/// it to the hard limit: each client takes a descriptor, and clients past the soft limit would
+/// otherwise get no answer at all, well below `socket.max_connections`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sidecar_serves_more_clients_than_the_soft_limit_on_open_files() {
+    let nats = NatsServer::start().await;
+    let dir = tempfile::TempDir::new().unwrap();
+    let socket = dir.path().join("n.sock");
+    let child = std::process::Command::new("sh")
+        .args(["-c", "ulimit -Sn 256 && exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_nearkv"))
+        .args(["serve", "--nats-url", &nats.url(), "--bucket", "fd"])
+        .args(["--create-buckets", "--http-listen", "", "--socket"])
+        .arg(&socket)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Stopped however the test ends.
+    struct Stopped(std::process::Child);
+    impl Drop for Stopped {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let child = Stopped(child);
+    crate::harness::eventually(Duration::from_secs(20), "the socket", || {
+        let exists = socket.exists();
+        async move { exists }
+    })
+    .await;
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.0.id())).unwrap();
+    let open_files: Vec<&str> = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    let hard: u64 = open_files[4].parse().unwrap_or(u64::MAX);
+    assert!(
+        hard > 400,
+        "this test needs a hard limit above 400: {open_files:?}"
+    );
+    assert_eq!(open_files[3], open_files[4], "soft raised to hard");
+    let mut clients = Vec::new();
+    for id in 0..300u64 {
+        let mut client = UnixStream::connect(&socket).await.unwrap();
+        send_raw(&mut client, &frame(&json!({"id": id, "op": "ping"}))).await;
+        let answer = read_response(&mut client).await.expect("an answer");
+        assert_eq!(answer["ok"], true, "client {id}: {answer}");
+        clients.push(client);
+    }
+}
