@@ -28,6 +28,8 @@ nats=$!
 sidecar=
 cleanup() {
   [ -n "$sidecar" ] && kill "$sidecar" 2>/dev/null || true
+  # Continued first: a NATS stopped for the stalled puts would not act on the signal.
+  kill -CONT "$nats" 2>/dev/null || true
   kill "$nats" 2>/dev/null || true
   wait 2>/dev/null || true
   rm -rf "$dir"

@@ -52,8 +52,8 @@ struct WaitingSlot {
 /// A response or watch message waiting in the connection's queue.
 struct Queued {
     frame: Vec<u8>,
-    /// The turn its answer took (see `Connection::listing` and `Connection::read_answers`), kept
-    /// until the frame is written.
+    /// The turn its answer took (see `Connection::listing` and `Connection::read_answers`), or
+    /// the room a watch message takes (`WatchOutlet::room`), kept until the frame is written.
     turn: Option<OwnedSemaphorePermit>,
 }
 
@@ -416,16 +416,11 @@ impl Connection {
                 self.limits.max_in_flight
             )));
         };
-        let kib = frame_len
-            .div_ceil(1024)
-            .clamp(1, self.limits.in_flight_kib());
-        let Ok(bytes) = self
-            .in_flight_bytes
-            .clone()
-            .try_acquire_many_owned(u32::try_from(kib).unwrap_or(u32::MAX))
-        else {
-            let waiting =
-                (self.limits.in_flight_kib() - self.in_flight_bytes.available_permits()) * 1024;
+        let budget = self.limits.in_flight_kib();
+        // At most `u32::MAX` (see `in_flight_kib`).
+        let kib = frame_len.div_ceil(1024).clamp(1, budget) as u32;
+        let Ok(bytes) = self.in_flight_bytes.clone().try_acquire_many_owned(kib) else {
+            let waiting = (budget - self.in_flight_bytes.available_permits()) * 1024;
             return Err(refused(format!(
                 "about {waiting} bytes of requests waiting, and this one of {frame_len} bytes \
                  would pass socket.max_in_flight_bytes ({})",
