@@ -1,8 +1,10 @@
 //! The operators' HTTP endpoint: `/metrics` for Prometheus, `/healthz` for liveness and
 //! `/readyz` for readiness.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::extract::State;
@@ -10,8 +12,12 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::cache::Cache;
 use crate::metrics::Metrics;
@@ -25,7 +31,17 @@ struct Endpoint {
     socket: PathBuf,
 }
 
-/// Serves the endpoint on `listener` until `shutdown` is cancelled.
+/// Connections the endpoint holds at once. Probes and scrapes need a handful; the cap bounds what
+/// a client that opens many connections can take (about 16 KiB and a descriptor each).
+const MAX_CONNECTIONS: usize = 256;
+
+/// How long a connection may take to send a request's headers, and may stay idle between
+/// requests. Without it, a client that opens connections and never finishes a request would hold
+/// each one (and its descriptor) for ever.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves the endpoint on `listener` until `shutdown` is cancelled, then lets requests in
+/// progress finish.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     cache: Arc<Cache>,
@@ -42,11 +58,85 @@ pub async fn serve(
             metrics,
             socket,
         });
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await;
-    if let Err(err) = served {
-        tracing::error!(error = %err, "HTTP endpoint failed");
+    let open = Arc::new(OpenConnections::default());
+    let connections = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(err) => {
+                // Out of descriptors, or a connection reset before it was accepted: the listener
+                // itself is fine. A pause keeps a lack of descriptors from spinning the loop.
+                tracing::warn!(error = %err, "HTTP endpoint: accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let (id, evicted) = open.admit();
+        let service = TowerToHyperService::new(app.clone());
+        let (shutdown, open) = (shutdown.clone(), open.clone());
+        connections.spawn(async move {
+            let mut builder = http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT);
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            let served = tokio::select! {
+                served = connection.as_mut() => served,
+                () = evicted.cancelled() => Ok(()),
+                () = shutdown.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            open.close(id);
+            if let Err(err) = served {
+                tracing::debug!(error = %err, "HTTP endpoint: connection ended");
+            }
+        });
+    }
+    connections.close();
+    connections.wait().await;
+}
+
+/// The endpoint's open connections, oldest first. When [`MAX_CONNECTIONS`] are open, a new one
+/// closes the oldest rather than being refused: a probe's connection lives for milliseconds, so
+/// a client holding many connections open cannot keep the kubelet's probes out, only churn its
+/// own connections.
+#[derive(Default)]
+struct OpenConnections {
+    by_age: Mutex<BTreeMap<u64, CancellationToken>>,
+    next_id: AtomicU64,
+}
+
+impl OpenConnections {
+    /// Registers a new connection; returns its id and the token that closes it if it is evicted.
+    fn admit(&self) -> (u64, CancellationToken) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let token = CancellationToken::new();
+        let mut by_age = self.by_age.lock().unwrap_or_else(PoisonError::into_inner);
+        if by_age.len() >= MAX_CONNECTIONS {
+            if let Some((_, oldest)) = by_age.pop_first() {
+                tracing::debug!(
+                    limit = MAX_CONNECTIONS,
+                    "HTTP endpoint: too many connections, the oldest closed"
+                );
+                oldest.cancel();
+            }
+        }
+        by_age.insert(id, token.clone());
+        (id, token)
+    }
+
+    fn close(&self, id: u64) {
+        self.by_age
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
     }
 }
 

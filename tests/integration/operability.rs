@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use nearkv::protocol::WriteOptions;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
-use crate::harness::{bucket, eventually, http_get, NatsServer, Sidecar};
+use crate::harness::{bucket, eventually, http_get, NatsServer, Sidecar, SidecarProcess};
 
 /// The value of one sample, e.g. `nearkv_requests_total{bucket="m",op="put"}`; 0 when absent.
 fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
@@ -272,4 +274,59 @@ async fn a_taken_http_port_disables_the_endpoint_not_the_sidecar() {
     assert_eq!(http_get(&first.http, "/healthz").await.0, 200);
     second.stop().await;
     first.stop().await;
+}
+
+/// A client that opens many HTTP connections and never finishes a request keeps neither the
+/// probes out nor the descriptors: past 256 open connections the oldest is closed, and a
+/// connection is closed 10 s after it last completed a request (or opened).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_connections_that_never_finish_a_request_neither_block_probes_nor_pile_up() {
+    let nats = NatsServer::start().await;
+    let mut sidecar = SidecarProcess::start(&nats.url(), &["slow"], &[]).await;
+    eventually(Duration::from_secs(20), "/readyz to turn 200", || async {
+        http_get(&sidecar.http, "/readyz").await.0 == 200
+    })
+    .await;
+    let descriptors = || {
+        std::fs::read_dir(format!("/proc/{}/fd", sidecar.pid()))
+            .expect("the sidecar's descriptors")
+            .count()
+    };
+    let idle = descriptors();
+
+    let mut held = Vec::new();
+    for _ in 0..600 {
+        let mut stream = TcpStream::connect(&sidecar.http).await.unwrap();
+        stream
+            .write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        held.push(stream);
+    }
+    let (status, body) = http_get(&sidecar.http, "/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(http_get(&sidecar.http, "/healthz").await.0, 200);
+    let open = descriptors() - idle;
+    assert!(
+        (200..=260).contains(&open),
+        "600 unfinished requests hold {open} descriptors; at most 256 connections stay open"
+    );
+
+    // The oldest were closed at once, the rest within the header timeout; each sees the end.
+    let mut ended = 0;
+    for stream in &mut held {
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(15), stream.read_to_end(&mut rest));
+        if matches!(read.await, Ok(Ok(_)) | Ok(Err(_))) {
+            ended += 1;
+        }
+    }
+    assert_eq!(ended, 600, "connections left open past the header timeout");
+    eventually(
+        Duration::from_secs(5),
+        "the sidecar to close its side",
+        || async { descriptors() <= idle },
+    )
+    .await;
+    assert!(sidecar.terminate().await, "a clean exit after the flood");
 }
