@@ -40,6 +40,10 @@ const MAX_CONNECTIONS: usize = 256;
 /// each one (and its descriptor) for ever.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long shutdown waits for requests in progress: longer than the slowest (`/healthz` waits up
+/// to 2 s for the socket's answer).
+const REQUESTS_FINISH_WITHIN: Duration = Duration::from_secs(3);
+
 /// Serves the endpoint on `listener` until `shutdown` is cancelled, then lets requests in
 /// progress finish.
 pub async fn serve(
@@ -100,7 +104,8 @@ pub async fn serve(
         });
     }
     connections.close();
-    connections.wait().await;
+    // Requests in progress finish; a client still sending its headers is not waited for.
+    let _ = tokio::time::timeout(REQUESTS_FINISH_WITHIN, connections.wait()).await;
 }
 
 /// The endpoint's open connections, oldest first. When [`MAX_CONNECTIONS`] are open, a new one
