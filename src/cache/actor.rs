@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, kv};
+use futures::FutureExt;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -30,6 +31,8 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How often an initial sync logs its progress.
 const SYNC_PROGRESS_EVERY: Duration = Duration::from_secs(2);
+/// Snapshot messages taken in a row while they are already received (see `load_snapshot`).
+const SNAPSHOT_BURST: u32 = 256;
 /// Errors in a row after which a feed is recreated instead of left to recover by itself.
 const FEED_ERROR_LIMIT: u32 = 3;
 
@@ -347,43 +350,60 @@ impl Actor {
         // Nothing to deliver: an empty bucket (or filter) yields no message to say it is done.
         let mut done = feed.caught_up();
         while !done {
-            let item = tokio::select! {
+            let first = tokio::select! {
                 _ = self.shutdown.cancelled() => return Some(FeedEnd::Shutdown),
                 () = reconnected(link, connects) => return Some(FeedEnd::Reconnected),
                 item = feed.next() => item,
             };
-            let update = match self.check_item(item, &mut errors) {
-                Ok(Some(update)) => update,
-                Ok(None) => continue,
-                Err(end) => return Some(end),
-            };
-            let (revision, pending) = (update.revision, update.pending);
-            let (mut entry, mut expires) = self.entry(update);
-            if expires != 0 && expires <= unix_nanos() {
-                // Expired while NATS still held it: the old mirror swept it already (and told its
-                // watches), so the snapshot must not bring it back for a moment.
-                entry.operation = Operation::Purge;
-                entry.value = bytes::Bytes::new();
-                expires = 0;
+            // Messages already received are taken without a `select!` each (its futures take a
+            // lock and register a waker per message), up to a burst between two looks at
+            // shutdown and the connection.
+            let mut item = Some(first);
+            let mut burst = 0;
+            while let Some(next) = item.take() {
+                let update = match self.check_item(next, &mut errors) {
+                    Ok(Some(update)) => update,
+                    Ok(None) => break,
+                    Err(end) => return Some(end),
+                };
+                let (revision, pending) = (update.revision, update.pending);
+                let (mut entry, mut expires) = self.entry(update);
+                if expires != 0 && expires <= unix_nanos() {
+                    // Expired while NATS still held it: the old mirror swept it already (and told
+                    // its watches), so the snapshot must not bring it back for a moment.
+                    entry.operation = Operation::Purge;
+                    entry.value = bytes::Bytes::new();
+                    expires = 0;
+                }
+                let tracked = (expires != 0).then(|| ((expires, revision), entry.key.clone()));
+                if staging.apply(entry, expires) {
+                    if let Some((expiry, key)) = tracked {
+                        expiring.insert(expiry, key);
+                    }
+                }
+                done = revision >= target || (filtered && pending == 0);
+                loaded += 1;
+                // The clock is read once per thousand messages, not per message.
+                if !done
+                    && loaded.is_multiple_of(1024)
+                    && progress_logged.elapsed() >= SYNC_PROGRESS_EVERY
+                {
+                    progress_logged = tokio::time::Instant::now();
+                    tracing::info!(
+                        messages_loaded = loaded,
+                        revision,
+                        target_revision = target,
+                        "snapshot loading"
+                    );
+                }
+                burst += 1;
+                if !done && burst < SNAPSHOT_BURST {
+                    item = feed.next().now_or_never();
+                }
             }
-            let tracked = (expires != 0).then(|| ((expires, revision), entry.key.clone()));
-            let applied = staging.apply(entry, expires);
-            track_expiry(&mut expiring, applied, tracked);
-            done = revision >= target || (filtered && pending == 0);
-            loaded += 1;
-            // The clock is read once per thousand messages, not per message.
-            if !done
-                && loaded.is_multiple_of(1024)
-                && progress_logged.elapsed() >= SYNC_PROGRESS_EVERY
-            {
-                progress_logged = tokio::time::Instant::now();
-                tracing::info!(
-                    keys_loaded = staging.len(),
-                    revision,
-                    target_revision = target,
-                    "snapshot loading"
-                );
-            }
+        }
+        for replaced in staging.flush() {
+            expiring.remove(&replaced);
         }
         staging.advance(target);
         let keys = staging.len();
