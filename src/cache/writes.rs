@@ -209,7 +209,7 @@ async fn publish(
             .map(|ack| ack.sequence)
             .map_err(|err| publish_error(err, key, expect_revision)),
         // The answer would have come on that connection: waiting out the timeout tells nothing more.
-        () = link::lost(&mut link, sent_on) => Err(Error::write_failed(
+        () = link::lost(&mut link, || Link::of(to.client), sent_on) => Err(Error::write_failed(
             ErrorKind::Unavailable,
             true,
             format!(
