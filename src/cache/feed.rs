@@ -13,6 +13,7 @@
 //! channel sender) and parses its whole `$JS.ACK` subject, timestamp as a date included: about a
 //! tenth of the sidecar's CPU in a cold start of a million keys.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -80,6 +81,10 @@ pub struct Feed {
     stream_sequence: u64,
     /// The consumer must be replaced before anything more is read.
     broken: bool,
+    /// The replacement under way. Kept here, not in `next`'s future: the actor polls `next` in a
+    /// `select!` that drops it whenever another branch fires, and a recreation restarted each
+    /// time might never finish.
+    recreation: Option<Recreation>,
     /// When the consumer counts as lost unless something arrived meanwhile (`heard`); moved on
     /// only when it passes: resetting a timer per message would cost more than the message.
     silence: Pin<Box<Sleep>>,
@@ -87,6 +92,10 @@ pub struct Feed {
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A consumer's subscription, its name, and whether it had nothing to deliver when created.
+type Subscribed = (async_nats::Subscriber, String, bool);
+type Recreation = Pin<Box<dyn Future<Output = Result<Subscribed, FeedError>> + Send>>;
 
 /// Why a feed could not start or deliver; the actor recovers from each.
 #[derive(Debug, thiserror::Error)]
@@ -140,6 +149,7 @@ impl Feed {
             consumer_sequence: 0,
             stream_sequence: 0,
             broken: false,
+            recreation: None,
             silence: Box::pin(tokio::time::sleep(HEARTBEATS_MISSED_AFTER)),
             heard: false,
         })
@@ -155,8 +165,16 @@ impl Feed {
     pub async fn next(&mut self) -> Option<Result<Update, FeedError>> {
         loop {
             if self.broken {
-                if let Err(err) = self.recreate().await {
-                    return Some(Err(err));
+                let recreation = match self.recreation.take() {
+                    Some(recreation) => recreation,
+                    None => self.replacement(),
+                };
+                let recreation = self.recreation.insert(recreation);
+                let recreated = recreation.as_mut().await;
+                self.recreation = None;
+                match recreated {
+                    Ok(subscribed) => self.resume_on(subscribed),
+                    Err(err) => return Some(Err(err)),
                 }
             }
             let message = tokio::select! {
@@ -175,7 +193,7 @@ impl Feed {
             match message.status {
                 None => {}
                 Some(StatusCode::IDLE_HEARTBEAT) => {
-                    self.control(&message).await;
+                    self.control(&message);
                     continue;
                 }
                 Some(_) => continue,
@@ -220,7 +238,7 @@ impl Feed {
     /// A status-100 message: a flow control request (answered, or the server stops delivering),
     /// or an idle heartbeat, which names the last consumer sequence the server sent and may say
     /// that a flow control answer went missing.
-    async fn control(&mut self, message: &async_nats::Message) {
+    fn control(&mut self, message: &async_nats::Message) {
         let header = |name: &str| {
             message
                 .headers
@@ -233,8 +251,11 @@ impl Feed {
             None => header("Nats-Consumer-Stalled"),
         };
         if let Some(answer) = answer {
-            // Lost with the connection if it drops; the consumer is then recreated anyway.
-            let _ = self.client.publish(answer, Bytes::new()).await;
+            // Sent apart, as async-nats' ordered consumer does, so that no wait for the
+            // connection's queue holds up the feed. Lost if the connection drops; the consumer is
+            // then recreated anyway.
+            let client = self.client.clone();
+            tokio::spawn(async move { client.publish(answer, Bytes::new()).await });
         }
         let last = header("Nats-Last-Consumer").and_then(|v| v.parse::<u64>().ok());
         if message.reply.is_none() && last.is_some_and(|last| last != self.consumer_sequence) {
@@ -247,12 +268,15 @@ impl Feed {
         }
     }
 
-    /// Replaces the consumer by one that starts after the last message delivered (or where the
-    /// feed started, if none was), on a new subscription.
-    async fn recreate(&mut self) -> Result<(), FeedError> {
-        // Best effort, and not waited for long: the consumer is often gone with its server.
-        let delete = self.stream.delete_consumer(&self.consumer);
-        let _ = tokio::time::timeout(DELETE_WITHIN, delete).await;
+    /// A new consumer that starts after the last message delivered (or where the feed started,
+    /// if none was), on a new subscription; the old consumer is deleted first.
+    fn replacement(&self) -> Recreation {
+        let (client, stream, config) = (
+            self.client.clone(),
+            self.stream.clone(),
+            self.config.clone(),
+        );
+        let old = self.consumer.clone();
         let start = if self.delivered == 0 {
             deliver_policy(self.start)
         } else {
@@ -260,8 +284,14 @@ impl Feed {
                 start_sequence: self.stream_sequence + 1,
             }
         };
-        let (messages, consumer, caught_up) =
-            subscribe(&self.client, &self.stream, &self.config, start).await?;
+        Box::pin(async move {
+            // Best effort, and not waited for long: the consumer is often gone with its server.
+            let _ = tokio::time::timeout(DELETE_WITHIN, stream.delete_consumer(&old)).await;
+            subscribe(&client, &stream, &config, start).await
+        })
+    }
+
+    fn resume_on(&mut self, (messages, consumer, caught_up): Subscribed) {
         self.messages = messages;
         self.consumer = consumer;
         self.caught_up |= caught_up;
@@ -269,7 +299,6 @@ impl Feed {
         self.broken = false;
         self.hear_again();
         self.heard = false;
-        Ok(())
     }
 
     fn hear_again(&mut self) {
@@ -295,7 +324,7 @@ async fn subscribe(
     stream: &jetstream::stream::Stream,
     config: &push::Config,
     deliver_policy: DeliverPolicy,
-) -> Result<(async_nats::Subscriber, String, bool), FeedError> {
+) -> Result<Subscribed, FeedError> {
     let inbox = client.new_inbox();
     let messages = client
         .subscribe(inbox.clone())
