@@ -376,7 +376,7 @@ fn put_slot(table: &Table, slot: Slot) -> Option<Slot> {
 pub struct Staging {
     table: Table,
     /// Writes not yet in `table`, by shard, each shard's in the order they came.
-    pending: Vec<Vec<PendingWrite>>,
+    pending: ShardLists,
     largest: LargestValue,
     bytes: i64,
     applied: u64,
@@ -385,8 +385,12 @@ pub struct Staging {
     stream_created: Option<i128>,
 }
 
-/// A write of a snapshot waiting for [`Staging::flush`], with its key's hash.
-struct PendingWrite {
+/// Writes waiting to be put in a table, one list per shard of it.
+pub(super) type ShardLists = Vec<Vec<PendingWrite>>;
+
+/// A write of a snapshot waiting for [`Staging::flush`] (or a saved slot waiting for
+/// [`Staging::put_saved`]), with its key's hash.
+pub(super) struct PendingWrite {
     hash: u64,
     write: StagedWrite,
 }
@@ -437,12 +441,29 @@ impl Staging {
         }
     }
 
-    /// Puts a saved slot as it was (see `saved.rs`; saved slots come in no revision order, and
-    /// several threads may put at once); returns the bytes it added.
-    pub(super) fn put_saved(&self, slot: Slot) -> i64 {
+    /// One empty list per shard of the table, for [`Staging::sort_saved`].
+    pub(super) fn shard_lists(&self) -> ShardLists {
+        (0..self.table.shards().len()).map(|_| Vec::new()).collect()
+    }
+
+    /// Adds a saved slot to the list of the shard that will hold it (`lists` from
+    /// [`Staging::shard_lists`]); several threads may sort slots at once.
+    pub(super) fn sort_saved(&self, slot: Slot, lists: &mut [Vec<PendingWrite>]) {
         self.largest.saw(slot.value().len());
-        let added = slot.size() as i64;
-        added - put_slot(&self.table, slot).map_or(0, |old| old.size() as i64)
+        let hash = self.table.hash_usize(&slot.key_bytes());
+        if let Some(list) = lists.get_mut(self.table.determine_shard(hash)) {
+            list.push(PendingWrite {
+                hash: hash as u64,
+                write: StagedWrite::Put(slot),
+            });
+        }
+    }
+
+    /// Puts the saved slots of shard `index` in the table, in the order of their table positions
+    /// (saved slots come in no revision order; several threads may put shards at once); returns
+    /// the bytes they added.
+    pub(super) fn put_saved(&self, index: usize, mut slots: Vec<PendingWrite>) -> i64 {
+        self.write_shard(index, &mut slots, &mut Vec::new())
     }
 
     /// Records where a saved mirror stood, and the bytes its slots hold.
@@ -490,42 +511,59 @@ impl Staging {
     /// or removed that could expire.
     pub fn flush(&mut self) -> Vec<ExpiryKey> {
         let mut replaced = Vec::new();
-        let hasher = self.table.hasher().clone();
+        let mut pending = std::mem::take(&mut self.pending);
+        for (index, writes) in pending.iter_mut().enumerate() {
+            self.bytes += self.write_shard(index, writes, &mut replaced);
+        }
+        replaced
+    }
+
+    /// Puts `writes`, all of them keys of shard `index`, in the table in the order of their
+    /// table positions (see [`Staging`]), and empties `writes`; returns the bytes this added, and
+    /// adds to `replaced` the expiry of each value replaced or removed that could expire.
+    fn write_shard(
+        &self,
+        index: usize,
+        writes: &mut Vec<PendingWrite>,
+        replaced: &mut Vec<ExpiryKey>,
+    ) -> i64 {
+        let Some(shard) = self.table.shards().get(index) else {
+            return 0;
+        };
+        let hasher = self.table.hasher();
         let rehash = |(slot, _): &(Slot, SharedValue<()>)| hasher.hash_one(slot);
-        for (writes, shard) in self.pending.iter_mut().zip(self.table.shards()) {
-            let mut shard = shard.write();
-            shard.reserve(writes.len(), rehash);
-            // A slot's first position is its hash's low bits. The sort is stable: a key's
-            // writes stay in the order they came.
-            let positions = shard.buckets() as u64 - 1;
-            writes.sort_by_key(|pending| pending.hash & positions);
-            for PendingWrite { hash, write } in writes.drain(..) {
-                let old = match write {
-                    StagedWrite::Put(slot) => {
-                        self.bytes += slot.size() as i64;
-                        let same_key = |(old, _): &(Slot, SharedValue<()>)| *old == slot;
-                        match shard.get_mut(hash, same_key) {
-                            Some((old, _)) => Some(std::mem::replace(old, slot)),
-                            None => {
-                                shard.insert(hash, (slot, SharedValue::new(())), rehash);
-                                None
-                            }
+        let mut shard = shard.write();
+        shard.reserve(writes.len(), rehash);
+        // A slot's first position is its hash's low bits. The sort is stable: a key's writes
+        // stay in the order they came.
+        let positions = shard.buckets() as u64 - 1;
+        writes.sort_by_key(|pending| pending.hash & positions);
+        let mut added = 0;
+        for PendingWrite { hash, write } in writes.drain(..) {
+            let old = match write {
+                StagedWrite::Put(slot) => {
+                    added += slot.size() as i64;
+                    let same_key = |(old, _): &(Slot, SharedValue<()>)| *old == slot;
+                    match shard.get_mut(hash, same_key) {
+                        Some((old, _)) => Some(std::mem::replace(old, slot)),
+                        None => {
+                            shard.insert(hash, (slot, SharedValue::new(())), rehash);
+                            None
                         }
                     }
-                    StagedWrite::Remove(key) => shard
-                        .remove_entry(hash, |(old, _)| old.key_bytes() == key.as_bytes())
-                        .map(|(old, _)| old),
-                };
-                if let Some(old) = old {
-                    self.bytes -= old.size() as i64;
-                    if old.expires() != 0 {
-                        replaced.push((old.expires(), old.revision()));
-                    }
+                }
+                StagedWrite::Remove(key) => shard
+                    .remove_entry(hash, |(old, _)| old.key_bytes() == key.as_bytes())
+                    .map(|(old, _)| old),
+            };
+            if let Some(old) = old {
+                added -= old.size() as i64;
+                if old.expires() != 0 {
+                    replaced.push((old.expires(), old.revision()));
                 }
             }
         }
-        self.pending = Vec::new();
-        replaced
+        added
     }
 
     /// Records that the snapshot covers every revision up to `revision`.

@@ -27,7 +27,9 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use super::mirror::{unix_nanos, ExpiryKey, Mirror, SavedPosition, Staging};
+use super::mirror::{
+    unix_nanos, ExpiryKey, Mirror, PendingWrite, SavedPosition, ShardLists, Staging,
+};
 use super::slot::Slot;
 use super::state::State;
 
@@ -269,36 +271,57 @@ pub(super) fn read(dir: &Path, bucket: &str, filter: &str) -> Result<Saved, Save
     let room = (records.len() / MIN_RECORD_LEN).min(usize::try_from(values).unwrap_or(0));
     let staging = Staging::with_room(room);
     let now = unix_nanos();
-    let loaded: Vec<Result<Loaded, SavedError>> = std::thread::scope(|scope| {
+    // Two passes, each on every thread: the slots are made and sorted by shard, then each thread
+    // puts whole shards in the table, in table-position order (see `Staging`).
+    let loaded: Vec<Result<(Loaded, ShardLists), SavedError>> = std::thread::scope(|scope| {
         let workers: Vec<_> = chunks
             .into_iter()
             .map(|chunk| scope.spawn(|| load_records(chunk, &staging, now)))
             .collect();
-        workers
-            .into_iter()
-            .map(|worker| {
-                worker.join().unwrap_or_else(|_| {
-                    Err(SavedError::Damaged("a reading thread panicked".to_string()))
-                })
-            })
-            .collect()
+        workers.into_iter().map(joined).collect()
     });
-    let mut staging = staging;
     let mut total = Loaded::default();
+    let mut by_shard = staging.shard_lists();
     for chunk in loaded {
-        let chunk = chunk?;
+        let (chunk, lists) = chunk?;
         total.records += chunk.records;
-        total.bytes += chunk.bytes;
         total.lowest_revision = lowest(total.lowest_revision, chunk.lowest_revision);
         total.expiring.extend(chunk.expiring);
+        for (all, list) in by_shard.iter_mut().zip(lists) {
+            all.extend(list);
+        }
     }
+    let mut shares: Vec<Vec<(usize, Vec<PendingWrite>)>> =
+        (0..threads).map(|_| Vec::new()).collect();
+    for (index, list) in by_shard.into_iter().enumerate() {
+        shares[index % threads].push((index, list));
+    }
+    let added: Vec<Result<i64, SavedError>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = shares
+            .into_iter()
+            .map(|share| {
+                scope.spawn(|| {
+                    Ok(share
+                        .into_iter()
+                        .map(|(index, list)| staging.put_saved(index, list))
+                        .sum::<i64>())
+                })
+            })
+            .collect();
+        workers.into_iter().map(joined).collect()
+    });
+    let mut bytes = 0;
+    for added in added {
+        bytes += added?;
+    }
+    let mut staging = staging;
     if total.records != values {
         return Err(SavedError::Damaged(format!(
             "it says {values} values but holds {}",
             total.records
         )));
     }
-    staging.set_saved_position(position, total.bytes);
+    staging.set_saved_position(position, bytes);
     Ok(Saved {
         staging,
         expiring: total.expiring,
@@ -320,7 +343,6 @@ fn lowest(a: Option<u64>, b: Option<u64>) -> Option<u64> {
 #[derive(Default)]
 struct Loaded {
     records: u64,
-    bytes: i64,
     lowest_revision: Option<u64>,
     expiring: Vec<(ExpiryKey, String)>,
 }
@@ -365,8 +387,23 @@ fn split_records(records: &[u8], values: u64, parts: usize) -> Result<Vec<&[u8]>
     Ok(chunks)
 }
 
-fn load_records(records: &[u8], staging: &Staging, now: i64) -> Result<Loaded, SavedError> {
+/// A reading thread's result; a thread that panicked is a damaged file, not a crash.
+fn joined<T>(
+    worker: std::thread::ScopedJoinHandle<'_, Result<T, SavedError>>,
+) -> Result<T, SavedError> {
+    worker
+        .join()
+        .unwrap_or_else(|_| Err(SavedError::Damaged("a reading thread panicked".to_string())))
+}
+
+/// Makes the slots of `records`, sorted by the shard that will hold them.
+fn load_records(
+    records: &[u8],
+    staging: &Staging,
+    now: i64,
+) -> Result<(Loaded, ShardLists), SavedError> {
     let mut loaded = Loaded::default();
+    let mut lists = staging.shard_lists();
     let mut input = Input { rest: records };
     while !input.rest.is_empty() {
         let (key, value, revision, created, expires) = next_record(&mut input)?;
@@ -380,9 +417,12 @@ fn load_records(records: &[u8], staging: &Staging, now: i64) -> Result<Loaded, S
         if expires != 0 {
             loaded.expiring.push(((expires, revision), key.to_string()));
         }
-        loaded.bytes += staging.put_saved(Slot::new(key, value, revision, created, expires));
+        staging.sort_saved(
+            Slot::new(key, value, revision, created, expires),
+            &mut lists,
+        );
     }
-    Ok(loaded)
+    Ok((loaded, lists))
 }
 
 /// The unread part of a saved file.
