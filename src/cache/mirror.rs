@@ -450,11 +450,20 @@ impl Staging {
     /// [`Staging::shard_lists`]); several threads may sort slots at once.
     pub(super) fn sort_saved(&self, slot: Slot, lists: &mut [Vec<PendingWrite>]) {
         self.largest.saw(slot.value().len());
-        let hash = self.table.hash_usize(&slot.key_bytes());
+        self.stage(StagedWrite::Put(slot), lists);
+    }
+
+    /// Adds `write` to the list (of `lists`, one per shard) of the shard that holds its key.
+    fn stage(&self, write: StagedWrite, lists: &mut [Vec<PendingWrite>]) {
+        let key = match &write {
+            StagedWrite::Put(slot) => slot.key_bytes(),
+            StagedWrite::Remove(key) => key.as_bytes(),
+        };
+        let hash = self.table.hash_usize(&key);
         if let Some(list) = lists.get_mut(self.table.determine_shard(hash)) {
             list.push(PendingWrite {
                 hash: hash as u64,
-                write: StagedWrite::Put(slot),
+                write,
             });
         }
     }
@@ -482,7 +491,6 @@ impl Staging {
         }
         self.applied = entry.revision;
         self.last_update = entry.created;
-        let hash = self.table.hash_usize(&entry.key.as_bytes());
         let write = match entry.operation {
             Operation::Put => {
                 self.largest.saw(entry.value.len());
@@ -497,13 +505,11 @@ impl Staging {
             Operation::Delete | Operation::Purge => StagedWrite::Remove(entry.key.into_boxed_str()),
         };
         if self.pending.is_empty() {
-            self.pending
-                .resize_with(self.table.shards().len(), Vec::new);
+            self.pending = self.shard_lists();
         }
-        self.pending[self.table.determine_shard(hash)].push(PendingWrite {
-            hash: hash as u64,
-            write,
-        });
+        let mut pending = std::mem::take(&mut self.pending);
+        self.stage(write, &mut pending);
+        self.pending = pending;
         true
     }
 
