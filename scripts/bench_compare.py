@@ -505,13 +505,19 @@ bucket: {r['nearkv idle']['rss_kib'] / 1024:.1f} MiB. Runs, cold: {', '.join(f"{
   table-position order, as a cold snapshot does (above): interleaved warm starts, medians of
   seven, 0.45 s before, 0.35 s after. The target is a ratio to the cold start, which got faster
   too.
-- **RSS at 1M keys.** Each value is one allocation (`src/cache/slot.rs`: key length, revision,
-  created, expires, key, value: 136 bytes for an 11-byte key and a 100-byte value, glibc's 144-byte
-  class) and the table holds only a 16-byte pointer per slot: 2^15 buckets in each of 64 shards
-  (15,625 keys a shard is past 7/8 of 2^14, hashbrown's load limit), 34 MiB with the control bytes. That is 137 + 34 MiB plus
-  the process itself (the idle row). glibc's free pages left by the snapshot's transit are returned
-  with `malloc_trim` after the load. The stretch target (1.3× raw bytes) would need values packed
-  into shared blocks without per-value allocator overhead.
+- **RSS at 1M keys.** Each value is one allocation behind an 8-byte pointer (`src/cache/slot.rs`:
+  a length header with an expiry flag, key length, revision, created, the expiry only when there is
+  one, key, value: 132 bytes for an 11-byte key and a 100-byte value, glibc's 144-byte class), and
+  the table holds only that pointer per slot: 2^15 buckets in each of 64 shards (15,625 keys a shard
+  is past 7/8 of 2^14, hashbrown's load limit), 18 MiB with the control bytes. That is 137 + 18 MiB
+  plus the process itself (the idle row). Before the pointer was thin, the table held a 16-byte
+  `Box<[u8]>` per bucket: 34 MiB, and RSS after a cold start was 185 MiB against 170 MiB now
+  (interleaved runs, three each). glibc's free pages left by the snapshot's transit are returned
+  with `malloc_trim` after the load. The stretch target (1.3× raw bytes, 138 MiB here) is out of
+  reach of one allocation per value: glibc's smallest class that holds a 100-byte value, an 11-byte
+  key and a revision is 128 bytes (120 usable), so the values alone would take 122 MiB before the
+  table and the process. It would need values packed into shared blocks without per-value
+  allocator overhead (an arena with its own compaction).
 
 ## Reproduce
 

@@ -1,76 +1,140 @@
-//! One mirrored value, its key and its metadata in a single allocation: the mirror's table is a
-//! set of these. A table slot is then one 16-byte pointer, and a read touches the slot and one
-//! contiguous block (key compare, revision, value), with no separate key, `Bytes` control block
-//! or value allocation: at a million 100-byte values, about half the memory of a
-//! `(key, Bytes, metadata)` slot in a table sized by power-of-two growth.
+//! One mirrored value, its key and its metadata in a single allocation, behind a thin pointer:
+//! the mirror's table is a set of these. A table slot is then one 8-byte pointer, and a read
+//! touches the slot and one contiguous block (key compare, revision, value), with no separate key,
+//! `Bytes` control block or value allocation.
 //!
-//! Layout: the key's length (one byte below 255; else 255 and a `u16`), `u64` revision, `i64`
-//! created, `i64` expires (little-endian), the key, then the value to the end. The one-byte length
-//! matters: a 100-byte value with an 11-byte key then takes 136 bytes, which glibc serves from its
-//! 144-byte size class; with a `u16` it took the 160-byte one.
+//! Layout (little-endian): a `u32` header, the length of the rest with a flag in its top bit
+//! saying whether an expiry is stored; the key's length (one byte below 255; else 255 and a
+//! `u16`); `u64` revision; `i64` created; `i64` expires, only if flagged; the key; the value to
+//! the end. Every byte counts at a million keys, because glibc serves blocks in 16-byte size
+//! classes: a 100-byte value with an 11-byte key and no expiry takes 132 bytes, the 144-byte
+//! class, the same as a `Box<[u8]>` without the header took; a stored expiry of 0 (or a `u16` key
+//! length) would have taken the 160-byte one. A table of thin pointers is half the size of one of
+//! `Box<[u8]>`s (16 bytes each): about 16 MiB less at a million keys.
 
+use std::alloc::{self, Layout};
 use std::borrow::Borrow;
 use std::hash::{Hash, Hasher};
+use std::ptr::NonNull;
 
 use crate::protocol::types::EntryRef;
 use crate::protocol::Operation;
 
+/// The header's size, and its flag saying that an expiry follows the creation time.
+const HEADER: usize = std::mem::size_of::<u32>();
+const HAS_EXPIRY: u32 = 1 << 31;
 /// Offsets after the key's length.
 const REVISION: usize = 0;
 const CREATED: usize = 8;
 const EXPIRES: usize = 16;
-const FIELDS: usize = 24;
 /// A first byte saying that a `u16` length follows.
 const LONG_KEY: u8 = 255;
+const _: () = assert!(usize::BITS >= 64, "slot sizes assume a 64-bit target");
 
-pub struct Slot(Box<[u8]>);
+/// Owns one block: its header, then as many bytes as the header says.
+pub struct Slot(NonNull<u8>);
+
+// SAFETY: a slot owns its block outright and never writes it after making it, like a `Box<[u8]>`.
+unsafe impl Send for Slot {}
+unsafe impl Sync for Slot {}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `Slot::new` with this very layout, and dropped once.
+        unsafe { alloc::dealloc(self.0.as_ptr(), Self::layout(self.bytes().len())) }
+    }
+}
 
 impl Slot {
     /// `expires`: Unix nanoseconds; 0 never. Keys are NATS subjects, far below 64 KiB; a longer
-    /// one is cut to fit (the writes path refuses such keys long before).
+    /// one is cut to fit (the writes path refuses such keys long before), and so is a value past
+    /// 1 GiB (NATS refuses those first: its largest payload is 64 MiB).
     pub fn new(key: &str, value: &[u8], revision: u64, created: i64, expires: i64) -> Slot {
         let key = &key.as_bytes()[..key.len().min(u16::MAX as usize)];
-        let prefix = if key.len() < LONG_KEY as usize { 1 } else { 3 };
-        // Exactly: shrinking a larger allocation into the box would keep its size class.
-        let mut bytes = Vec::with_capacity(prefix + FIELDS + key.len() + value.len());
-        if prefix == 1 {
-            bytes.push(key.len() as u8);
+        let prefix: &[u8] = if key.len() < LONG_KEY as usize {
+            &[key.len() as u8]
         } else {
-            bytes.push(LONG_KEY);
-            bytes.extend_from_slice(&(key.len() as u16).to_le_bytes());
+            let [low, high] = (key.len() as u16).to_le_bytes();
+            &[LONG_KEY, low, high]
+        };
+        let expiry: &[u8] = if expires == 0 {
+            &[]
+        } else {
+            &expires.to_le_bytes()
+        };
+        let fixed = prefix.len() + 16 + expiry.len() + key.len();
+        let value = &value[..value.len().min(Self::MAX_LEN - fixed)];
+        let len = fixed + value.len();
+        let flag = if expires == 0 { 0 } else { HAS_EXPIRY };
+        let layout = Self::layout(len);
+        // SAFETY: the layout is never zero-sized (HEADER > 0); on success the block has room for
+        // exactly the `HEADER + len` bytes written here, before the slot is ever read.
+        unsafe {
+            let Some(block) = NonNull::new(alloc::alloc(layout)) else {
+                alloc::handle_alloc_error(layout)
+            };
+            let mut at = block.as_ptr();
+            for part in [
+                &(len as u32 | flag).to_le_bytes()[..],
+                prefix,
+                &revision.to_le_bytes(),
+                &created.to_le_bytes(),
+                expiry,
+                key,
+                value,
+            ] {
+                std::ptr::copy_nonoverlapping(part.as_ptr(), at, part.len());
+                at = at.add(part.len());
+            }
+            debug_assert_eq!(at, block.as_ptr().add(HEADER + len));
+            Slot(block)
         }
-        bytes.extend_from_slice(&revision.to_le_bytes());
-        bytes.extend_from_slice(&created.to_le_bytes());
-        bytes.extend_from_slice(&expires.to_le_bytes());
-        bytes.extend_from_slice(key);
-        bytes.extend_from_slice(value);
-        Slot(bytes.into_boxed_slice())
     }
 
-    /// Where the fixed fields start, and the key's length.
-    fn prefix(&self) -> (usize, usize) {
-        match self.0[0] {
-            LONG_KEY => (3, u16::from_le_bytes([self.0[1], self.0[2]]) as usize),
+    /// The most bytes a block holds after its header.
+    const MAX_LEN: usize = (HAS_EXPIRY - 1) as usize;
+
+    fn layout(len: usize) -> Layout {
+        // SAFETY: an alignment of 1 is a power of two, and `len` is at most `MAX_LEN`, so the
+        // size stays far below `isize::MAX` on the 64-bit targets this builds for.
+        unsafe { Layout::from_size_align_unchecked(HEADER + len, 1) }
+    }
+
+    fn header(&self) -> u32 {
+        // SAFETY: every block starts with its header, initialised in `Slot::new`.
+        u32::from_le_bytes(unsafe { self.0.as_ptr().cast::<[u8; HEADER]>().read_unaligned() })
+    }
+
+    /// The bytes after the header.
+    fn bytes(&self) -> &[u8] {
+        let len = (self.header() & !HAS_EXPIRY) as usize;
+        // SAFETY: the header is followed by that many bytes, initialised in `Slot::new`, which
+        // live and stay unchanged as long as the slot.
+        unsafe { std::slice::from_raw_parts(self.0.as_ptr().add(HEADER), len) }
+    }
+
+    /// The bytes after the header, where its fields start and where its key starts and ends:
+    /// read once for all the accessors a read needs.
+    fn parts(&self) -> Parts<'_> {
+        let bytes = self.bytes();
+        let (fields, key_len) = match bytes[0] {
+            LONG_KEY => (3, u16::from_le_bytes([bytes[1], bytes[2]]) as usize),
             short => (1, short as usize),
+        };
+        let expiry = self.header() & HAS_EXPIRY != 0;
+        let key = fields + 16 + if expiry { 8 } else { 0 };
+        Parts {
+            bytes,
+            fields,
+            expiry,
+            key,
+            value: key + key_len,
         }
-    }
-
-    fn field<const N: usize>(&self, at: usize) -> [u8; N] {
-        let at = self.prefix().0 + at;
-        let mut field = [0; N];
-        field.copy_from_slice(&self.0[at..at + N]);
-        field
-    }
-
-    /// Where the key starts and ends.
-    fn key_range(&self) -> (usize, usize) {
-        let (fields, len) = self.prefix();
-        (fields + FIELDS, fields + FIELDS + len)
     }
 
     pub fn key_bytes(&self) -> &[u8] {
-        let (start, end) = self.key_range();
-        &self.0[start..end]
+        let parts = self.parts();
+        &parts.bytes[parts.key..parts.value]
     }
 
     /// The key. Slots are made from `&str` keys, so this never comes out empty for a real key.
@@ -79,36 +143,72 @@ impl Slot {
     }
 
     pub fn value(&self) -> &[u8] {
-        &self.0[self.key_range().1..]
+        self.parts().value()
     }
 
     pub fn revision(&self) -> u64 {
-        u64::from_le_bytes(self.field(REVISION))
+        self.parts().revision()
     }
 
     pub fn created(&self) -> i64 {
-        i64::from_le_bytes(self.field(CREATED))
+        self.parts().created()
     }
 
     /// When the value expires, in Unix nanoseconds; 0: never.
     pub fn expires(&self) -> i64 {
-        i64::from_le_bytes(self.field(EXPIRES))
+        let parts = self.parts();
+        if !parts.expiry {
+            return 0;
+        }
+        i64::from_le_bytes(parts.field(EXPIRES))
     }
 
     /// Bytes of key and value, as the mirror counts them.
     pub fn size(&self) -> usize {
-        self.0.len() - self.key_range().0
+        let parts = self.parts();
+        parts.bytes.len() - parts.key
     }
 
     /// The value as an entry, borrowed; `key` is the key it was looked up by (the same bytes).
     pub fn entry_ref<'a>(&'a self, key: &'a str) -> EntryRef<'a> {
+        let parts = self.parts();
         EntryRef {
             key,
-            value: self.value(),
-            revision: self.revision(),
-            created: self.created(),
+            value: parts.value(),
+            revision: parts.revision(),
+            created: parts.created(),
             operation: Operation::Put,
         }
+    }
+}
+
+/// A slot's bytes after the header, with the offsets of its fields, key and value.
+struct Parts<'a> {
+    bytes: &'a [u8],
+    fields: usize,
+    expiry: bool,
+    key: usize,
+    value: usize,
+}
+
+impl<'a> Parts<'a> {
+    fn field<const N: usize>(&self, at: usize) -> [u8; N] {
+        let at = self.fields + at;
+        let mut field = [0; N];
+        field.copy_from_slice(&self.bytes[at..at + N]);
+        field
+    }
+
+    fn value(&self) -> &'a [u8] {
+        &self.bytes[self.value..]
+    }
+
+    fn revision(&self) -> u64 {
+        u64::from_le_bytes(self.field(REVISION))
+    }
+
+    fn created(&self) -> i64 {
+        i64::from_le_bytes(self.field(CREATED))
     }
 }
 
@@ -167,13 +267,31 @@ mod tests {
         assert_eq!(slot.size(), 8 + 7);
         let empty = Slot::new("k", b"", 1, 0, 0);
         assert_eq!((empty.key(), empty.value()), ("k", &b""[..]));
-        for len in [254, 255, 256, 4000] {
+        for len in [1, 254, 255, 256, 4000] {
             let key = "k".repeat(len);
-            let slot = Slot::new(&key, b"v", 9, 8, 7);
-            assert_eq!((slot.key(), slot.value()), (key.as_str(), &b"v"[..]));
-            assert_eq!((slot.revision(), slot.created(), slot.expires()), (9, 8, 7));
-            assert_eq!(slot.size(), len + 1);
+            for expires in [0, 7, -1, i64::MAX] {
+                let slot = Slot::new(&key, b"v", 9, 8, expires);
+                assert_eq!((slot.key(), slot.value()), (key.as_str(), &b"v"[..]));
+                assert_eq!(
+                    (slot.revision(), slot.created(), slot.expires()),
+                    (9, 8, expires)
+                );
+                assert_eq!(slot.size(), len + 1);
+            }
         }
+    }
+
+    #[test]
+    fn a_slot_without_expiry_stores_none() {
+        // An 11-byte key and a 100-byte value in 132 bytes: glibc's 144-byte size class.
+        let plain = Slot::new("key00000001", &[7; 100], 1, 2, 0);
+        assert_eq!(HEADER + plain.bytes().len(), 132);
+        let expiring = Slot::new("key00000001", &[7; 100], 1, 2, 3);
+        assert_eq!(expiring.bytes().len(), plain.bytes().len() + 8);
+        assert_eq!(
+            (plain.value(), expiring.value()),
+            (&[7; 100][..], &[7; 100][..])
+        );
     }
 
     #[test]
