@@ -163,6 +163,11 @@ pub struct SocketConfig {
     /// Bytes of the frames of those waiting requests (a put's holds its value) on one connection;
     /// a request that would pass it is answered `too_many_requests`, unless it is the only one.
     pub max_in_flight_bytes: usize,
+    /// Bytes of requests the sidecar holds for all its clients together: requests still arriving,
+    /// past their first 64 KiB, and the frames of waiting requests. A waiting request that would
+    /// pass it is answered `too_many_requests`; a connection sending a large request waits for
+    /// room (see `server::input`).
+    pub max_buffered_bytes: usize,
     /// Active watches on one connection; one more is answered `too_many_watches`.
     pub max_watches: usize,
     /// A connection that sends nothing for this long, with no request in flight and no watch, is
@@ -201,6 +206,7 @@ impl Default for SocketConfig {
             max_connections: 1024,
             max_in_flight: 1024,
             max_in_flight_bytes: 64 * 1024 * 1024,
+            max_buffered_bytes: 256 * 1024 * 1024,
             max_watches: 256,
             idle_timeout: Duration::from_secs(15 * 60),
             write_timeout: Duration::from_secs(10),
@@ -447,11 +453,19 @@ impl Config {
                 "socket.max_in_flight_bytes",
                 self.socket.max_in_flight_bytes,
             ),
+            ("socket.max_buffered_bytes", self.socket.max_buffered_bytes),
             ("socket.max_watches", self.socket.max_watches),
         ] {
             if value == 0 {
                 return Err(invalid(field, "must be at least 1"));
             }
+        }
+        if self.socket.max_buffered_bytes / 2 < self.socket.max_frame_size as usize {
+            return Err(invalid(
+                "socket.max_buffered_bytes",
+                "must be at least twice socket.max_frame_size: half of it holds requests \
+                 still arriving, and the largest must fit",
+            ));
         }
         if !(1..=256).contains(&self.socket.threads) {
             return Err(invalid("socket.threads", "must be between 1 and 256"));
@@ -660,6 +674,15 @@ mod tests {
                 "{err}"
             );
         }
+        let err = parse(
+            "[socket]\nmax_frame_size = 4194304\nmax_buffered_bytes = 8388607\n\
+             [[buckets]]\nname = \"a\"",
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("socket.max_buffered_bytes: must be at least twice"),
+            "{err}"
+        );
         let err =
             parse("[nats]\nservers = [\"nats://a:1\", \"nats://b:x\"]\n[[buckets]]\nname = \"a\"")
                 .unwrap_err();

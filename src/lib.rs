@@ -102,6 +102,7 @@ pub async fn serve(config: config::Config, shutdown: CancellationToken) -> Resul
     let ctx = Arc::new(server::Context {
         cache: cache.clone(),
         metrics,
+        requests: server::RequestBudgets::new(config.socket.max_buffered_bytes),
     });
     server.run(ctx, shutdown).await;
     let grace = config.socket.shutdown_grace;

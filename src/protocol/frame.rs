@@ -60,15 +60,6 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
-    /// A reader whose stream's first bytes were already read into `input`.
-    pub fn with_input(inner: R, max_frame_size: u32, input: BytesMut) -> Self {
-        FrameReader {
-            inner,
-            buf: input,
-            max_frame_size,
-        }
-    }
-
     /// The next frame's body; `None` when the peer closed the stream between frames.
     pub async fn next_frame(&mut self) -> Result<Option<Bytes>, FrameError> {
         loop {

@@ -15,12 +15,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::context::Context;
+use super::input::{Input, InputError};
 use super::v1::{self, V1Reply};
 use crate::cache::WatchItem;
 use crate::cmd::{Command, Op, Outcome, Reply, Route};
 use crate::error::{Error, ErrorCode};
 use crate::metrics::ReadTally;
-use crate::protocol::frame::{FrameError, FrameReader};
+use crate::protocol::frame::{check, FrameCheck, LENGTH_PREFIX};
 use crate::protocol::response::{encode_error, encode_watch, WatchMessage};
 
 /// Responses queued by waiting requests and watches before they must wait: this bounds a
@@ -43,10 +44,12 @@ const READ_ANSWER_SHARE: usize = 4 * 1024 * 1024;
 /// written (see `run_watch`).
 const WATCH_OUTPUT_KIB: usize = 32 * 1024;
 
-/// A waiting request's share of its connection's limits, given back when it is answered.
+/// A waiting request's share of its connection's limits and of the sidecar's request bytes,
+/// given back when it is answered.
 struct WaitingSlot {
     _slot: OwnedSemaphorePermit,
     _bytes: OwnedSemaphorePermit,
+    _shared: OwnedSemaphorePermit,
 }
 
 /// A response or watch message waiting in the connection's queue.
@@ -136,10 +139,10 @@ impl Connection {
             watch_output: Arc::new(Semaphore::new(WATCH_OUTPUT_KIB)),
             tally: ctx.metrics.tally(),
         };
-        let mut frames = FrameReader::with_input(read_half, limits.max_frame_size, input);
+        let mut input = Input::new(read_half, input, ctx.requests.arriving.clone());
         let mut batch = Vec::new();
         let open = connection
-            .serve(&mut frames, &mut socket, &mut queued, &mut batch)
+            .serve(&mut input, &mut socket, &mut queued, &mut batch)
             .await;
         // Stop watches; let requests already started finish, and send what they answer.
         for (_, watch) in connection.watches.drain() {
@@ -172,9 +175,9 @@ impl Connection {
     /// the client leaves or the server shuts down. Returns whether the socket is still writable.
     ///
     /// One task does both, so an answer from memory goes out without waking another task.
-    async fn serve<R: tokio::io::AsyncRead + Unpin>(
+    async fn serve(
         &mut self,
-        frames: &mut FrameReader<R>,
+        input: &mut Input,
         socket: &mut OwnedWriteHalf,
         queued: &mut mpsc::Receiver<Queued>,
         batch: &mut Vec<u8>,
@@ -198,7 +201,7 @@ impl Connection {
                     }
                     continue;
                 }
-                next = frames.next_frame() => next,
+                next = next_frame(input, self.limits.max_frame_size) => next,
                 quiet = clock.check() => {
                     if quiet && self.is_idle() {
                         let error = idle_timeout(idle);
@@ -211,22 +214,11 @@ impl Connection {
             };
             clock.seen += 1;
             let frame = match next {
-                Ok(Some(frame)) => frame,
-                Ok(None) => return true,
-                Err(FrameError::TooLarge { len, max }) => {
-                    let error = Error::new(
-                        ErrorCode::FrameTooLarge,
-                        format!(
-                            "frame of {len} bytes exceeds the maximum frame size of {max} bytes; \
-                             the connection is closed"
-                        ),
-                    );
+                Next::Frame(frame) => frame,
+                Next::Closed => return true,
+                Next::Refused(error) => {
                     encode_error(batch, 0, &error);
                     self.ctx.metrics.connection_refused(error.code);
-                    return true;
-                }
-                Err(err) => {
-                    tracing::debug!(error = %err, "connection closed");
                     return true;
                 }
             };
@@ -234,7 +226,11 @@ impl Connection {
             // Answer a pipelined burst in one write: flush when no whole frame is waiting, or
             // when the answers so far reach MAX_WRITE (so a client that does not read stops
             // being read from, rather than growing the batch).
-            if !frames.has_buffered_frame() || batch.len() >= MAX_WRITE {
+            let whole_frame_waiting = !matches!(
+                check(&input.buf, self.limits.max_frame_size),
+                FrameCheck::Incomplete
+            );
+            if !whole_frame_waiting || batch.len() >= MAX_WRITE {
                 self.tally.flush();
                 if !batch.is_empty()
                     && !send_to_client(socket, batch, None, queued, &self.limits, &self.ctx).await
@@ -427,9 +423,23 @@ impl Connection {
                 self.limits.max_in_flight_bytes
             )));
         };
+        let waiting = &self.ctx.requests.waiting;
+        let Some(shared) = waiting.try_take(frame_len) else {
+            return Err(Error::new(
+                ErrorCode::TooManyRequests,
+                format!(
+                    "the sidecar's waiting requests already hold about {} bytes for all its \
+                     clients, and this one of {frame_len} bytes would pass their half of \
+                     socket.max_buffered_bytes ({} bytes); retry once some are answered",
+                    waiting.held(),
+                    waiting.total()
+                ),
+            ));
+        };
         Ok(WaitingSlot {
             _slot: slot,
             _bytes: bytes,
+            _shared: shared,
         })
     }
 
@@ -437,6 +447,42 @@ impl Connection {
     fn is_idle(&mut self) -> bool {
         self.watches.retain(|_, token| !token.is_cancelled());
         self.watches.is_empty() && self.in_flight.available_permits() == self.limits.max_in_flight
+    }
+}
+
+/// What the next read of a v1 connection's input gives.
+enum Next {
+    Frame(Bytes),
+    /// The client left (between frames, or in the middle of one).
+    Closed,
+    /// The connection must close after telling the client why.
+    Refused(Error),
+}
+
+/// The next whole frame's body. Cancel-safe: what was read stays in `input`.
+async fn next_frame(input: &mut Input, max_frame_size: u32) -> Next {
+    loop {
+        match check(&input.buf, max_frame_size) {
+            FrameCheck::Complete(len) => {
+                bytes::Buf::advance(&mut input.buf, LENGTH_PREFIX);
+                return Next::Frame(input.buf.split_to(len).freeze());
+            }
+            FrameCheck::TooLarge(len) => {
+                return Next::Refused(Error::new(
+                    ErrorCode::FrameTooLarge,
+                    format!(
+                        "frame of {len} bytes exceeds the maximum frame size of {max_frame_size} \
+                         bytes; the connection is closed"
+                    ),
+                ))
+            }
+            FrameCheck::Incomplete => {}
+        }
+        match input.read().await {
+            Ok(_) => {}
+            Err(InputError::Closed) => return Next::Closed,
+            Err(InputError::Stalled(error)) => return Next::Refused(error),
+        }
     }
 }
 

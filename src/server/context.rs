@@ -6,6 +6,8 @@ use std::sync::Arc;
 pub struct Context {
     pub cache: Arc<crate::cache::Cache>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Bytes of requests held for all clients (`socket.max_buffered_bytes`).
+    pub requests: super::input::RequestBudgets,
 }
 
 impl Context {

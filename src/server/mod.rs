@@ -2,6 +2,7 @@
 
 mod connection;
 mod context;
+mod input;
 mod resp;
 mod v1;
 
@@ -22,6 +23,7 @@ use crate::error::{Error, ErrorCode};
 use crate::protocol::response::encode_error;
 use connection::{Connection, Limits};
 pub use context::Context;
+pub use input::RequestBudgets;
 pub use resp::parse_stream as parse_resp_stream;
 
 #[derive(Debug, thiserror::Error)]

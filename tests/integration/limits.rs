@@ -274,3 +274,123 @@ async fn the_sidecar_serves_more_clients_than_the_soft_limit_on_open_files() {
         clients.push(client);
     }
 }
+
+/// `socket.max_buffered_bytes` bounds what all connections together hold of requests, in two
+/// halves: waiting requests' frames, and requests still arriving. The starts of large requests
+/// that never finish cannot grow the sidecar (500 such 4 MB requests once held 1.9 GiB), keep
+/// other clients' requests from being served, or hold their half for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_of_all_connections_share_one_budget_and_unfinished_ones_are_closed() {
+    const LARGE: usize = 1536 * 1024;
+    let nats = NatsServer::start().await;
+    let sidecar = Sidecar::start_with(&nats.url(), vec![bucket("u")], |config| {
+        config.socket.max_frame_size = 2 * 1024 * 1024;
+        config.socket.max_buffered_bytes = 4 * 1024 * 1024;
+    })
+    .await;
+    let client = sidecar.synced_client().await;
+
+    // Waiting requests have 2 MiB: two of 900 KiB fit, a third is refused and told why.
+    let mut raw = UnixStream::connect(&sidecar.socket).await.unwrap();
+    let padded = |id: u64| {
+        frame(&json!({"id": id, "op": "get", "bucket": "u", "key": "k",
+                      "min_revision": 1_000_000, "timeout_ms": 1000,
+                      "pad": "p".repeat(900 * 1024)}))
+    };
+    let mut burst = Vec::new();
+    for id in 1..=3 {
+        burst.extend(padded(id));
+    }
+    send_raw(&mut raw, &burst).await;
+    let refused = read_response(&mut raw).await.unwrap();
+    assert_eq!(
+        (refused["id"].clone(), refused["error"]["code"].clone()),
+        (json!(3), json!("too_many_requests")),
+        "{refused}"
+    );
+    let message = refused["error"]["message"].as_str().unwrap();
+    assert!(message.contains("socket.max_buffered_bytes"), "{message}");
+    for _ in 0..2 {
+        assert_eq!(
+            read_response(&mut raw).await.unwrap()["error"]["code"],
+            "timeout"
+        );
+    }
+
+    // Eight v1 connections and two RESP ones send all but the last byte of a large request:
+    // more than the 2 MiB that arriving requests have.
+    let mut stalled = Vec::new();
+    let mut writers = Vec::new();
+    for i in 0..10 {
+        let stream = UnixStream::connect(&sidecar.socket).await.unwrap();
+        let (mut read, mut write) = stream.into_split();
+        let start = if i < 8 {
+            let mut start = (LARGE as u32).to_be_bytes().to_vec();
+            start.resize(4 + LARGE - 1, b'x');
+            start
+        } else {
+            let mut start = format!("*3\r\n$3\r\nSET\r\n$1\r\nk\r\n${LARGE}\r\n").into_bytes();
+            start.resize(start.len() + LARGE - 1, b'x');
+            start
+        };
+        // It blocks once the sidecar stops reading. Its handle keeps the write half, whose drop
+        // would end the request.
+        writers.push(tokio::spawn(async move {
+            let _ = tokio::io::AsyncWriteExt::write_all(&mut write, &start).await;
+            write
+        }));
+        stalled.push(tokio::spawn(async move {
+            let mut told = Vec::new();
+            let _ = tokio::time::timeout(
+                Duration::from_secs(30),
+                tokio::io::AsyncReadExt::read_to_end(&mut read, &mut told),
+            )
+            .await;
+            told
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Other clients' requests are served meanwhile, writes included.
+    let put = client.put("u", "small", b"v").await.unwrap();
+    assert_eq!(
+        client.get("u", "small").await.unwrap().unwrap().revision,
+        put
+    );
+    let mut redis = UnixStream::connect(&sidecar.socket).await.unwrap();
+    send_raw(&mut redis, b"SET u:small w\r\nGET u:small\r\n").await;
+    let mut answer = [0; 64];
+    let mut got = 0;
+    while !answer[..got].ends_with(b"w\r\n") {
+        got += tokio::io::AsyncReadExt::read(&mut redis, &mut answer[got..])
+            .await
+            .unwrap();
+    }
+    assert_eq!(&answer[..got], b"+OK\r\n$1\r\nw\r\n");
+
+    // Within 10 s of holding budget each unfinished request is told `timeout` and closed, in its
+    // connection's protocol (a v1 error frame with id 0, or a RESP error).
+    for (i, told) in stalled.into_iter().enumerate() {
+        let told = told.await.unwrap();
+        if i < 8 {
+            let len = u32::from_be_bytes(told[..4].try_into().unwrap()) as usize;
+            let answer: serde_json::Value = rmp_serde::from_slice(&told[4..4 + len]).unwrap();
+            assert_eq!(
+                (answer["id"].clone(), answer["error"]["code"].clone()),
+                (json!(0), json!("timeout")),
+                "{answer}"
+            );
+            assert_eq!(told.len(), 4 + len, "then the connection is closed");
+        } else {
+            let told = String::from_utf8_lossy(&told);
+            assert!(told.starts_with("-TIMEOUT "), "{told}");
+            assert!(told.contains("did not arrive whole"), "{told}");
+        }
+    }
+    drop(writers);
+    // The budget is free again: a large write goes through.
+    let large = vec![b'v'; 1024 * 1024];
+    let put = client.put("u", "large", &large).await.unwrap();
+    let entry = client.get("u", "large").await.unwrap().unwrap();
+    assert_eq!((entry.revision, entry.value.len()), (put, large.len()));
+}

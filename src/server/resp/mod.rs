@@ -21,13 +21,14 @@ mod strings;
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixStream;
 use tokio_util::sync::CancellationToken;
 
 use super::connection::{IdleClock, Limits};
 use super::context::Context;
+use super::input::{Input, InputError};
 use crate::error::{Error, ErrorCode};
 use crate::metrics::ReadTally;
 use encode::{Out, Version};
@@ -50,9 +51,8 @@ pub async fn run(
     let (reader, writer) = stream.into_split();
     let mut connection = Connection {
         session: Session::new(ctx.clone(), id),
-        reader,
+        input: Input::new(reader, input, ctx.requests.arriving.clone()),
         writer,
-        input,
         args: Vec::new(),
         batch: Vec::with_capacity(16 * 1024),
         tally: ctx.metrics.tally(),
@@ -64,9 +64,8 @@ pub async fn run(
 
 struct Connection {
     session: Session,
-    reader: tokio::net::unix::OwnedReadHalf,
+    input: Input,
     writer: OwnedWriteHalf,
-    input: BytesMut,
     /// The arguments of the command being run, reused from one command to the next.
     args: Vec<bytes::Bytes>,
     batch: Vec<u8>,
@@ -103,9 +102,16 @@ impl Connection {
                     }
                     None => {}
                 },
-                read = self.reader.read_buf(&mut self.input) => match read {
-                    Ok(0) | Err(_) => return,
+                read = self.input.read() => match read {
                     Ok(_) => {}
+                    Err(InputError::Closed) => return,
+                    Err(InputError::Stalled(error)) => {
+                        let mut out = Out { buf: &mut self.batch, version: self.session.version };
+                        reply::error(&mut out, &error);
+                        self.session.ctx.metrics.connection_refused(error.code);
+                        self.flush().await;
+                        return;
+                    }
                 },
                 quiet = clock.check() => {
                     if quiet && !self.session.pubsub.is_active() {
@@ -127,11 +133,11 @@ impl Connection {
         let mut answered = 0;
         loop {
             let max = self.limits.max_frame_size as usize;
-            match parse::check(&self.input, max) {
+            match parse::check(&self.input.buf, max) {
                 Ok(Check::Incomplete) => return Ok(answered),
-                Ok(Check::Empty { len }) => parse::skip(&mut self.input, len),
+                Ok(Check::Empty { len }) => parse::skip(&mut self.input.buf, len),
                 Ok(Check::Complete { len }) => {
-                    parse::take(&mut self.input, len, &mut self.args);
+                    parse::take(&mut self.input.buf, len, &mut self.args);
                     answered += 1;
                     let mut out = Out {
                         buf: &mut self.batch,
