@@ -122,7 +122,8 @@ impl Metrics {
             connections_refused: counter(
                 "nearkv_connections_refused_total",
                 "Connections refused on accept or closed by the server, by error code \
-                 (too_many_connections, forbidden, idle_timeout, frame_too_large).",
+                 (too_many_connections, forbidden, idle_timeout, frame_too_large, and timeout \
+                 for a request that stopped arriving).",
                 &["code"],
             ),
             slow_clients: registered(
