@@ -142,8 +142,8 @@ impl Input {
         }
         let deadline = *self.holding_since.get_or_insert_with(Instant::now) + ARRIVE_WITHIN;
         let too_slow = || InputError::Stalled(stalled(buffered));
-        // A request never holds more than the whole budget (`socket.max_buffered_bytes` is at
-        // least `max_frame_size`, so a valid one fits): one that would is left to stall.
+        // A request never holds more than the whole budget (half of `socket.max_buffered_bytes`
+        // is at least `max_frame_size`, so a valid one fits): one that would is left to stall.
         let room = (FREE + self.budget.total()).saturating_sub(buffered);
         if room == 0 {
             tokio::time::sleep_until(deadline).await;
