@@ -178,12 +178,7 @@ async fn waiting_requests_may_hold_at_most_max_in_flight_bytes_of_frames_per_con
     .await;
     let _ = sidecar.synced_client().await;
     let mut raw = UnixStream::connect(&sidecar.socket).await.unwrap();
-    // Reads that wait for a revision that never comes, each padded to 1 MiB (unknown fields are
-    // ignored, but the request holds its whole frame).
-    let padded = |id: u64, pad: usize| {
-        frame(&json!({"id": id, "op": "get", "bucket": "b", "key": "k",
-                      "min_revision": 1_000_000, "timeout_ms": 1500, "pad": "p".repeat(pad)}))
-    };
+    let padded = |id: u64, pad: usize| padded_wait("b", id, pad, 1500);
     let mut burst = Vec::new();
     for id in 1..=3 {
         burst.extend(padded(id, 1024 * 1024));
@@ -191,14 +186,7 @@ async fn waiting_requests_may_hold_at_most_max_in_flight_bytes_of_frames_per_con
     // Half a MiB is left of 2.5: a small request still fits.
     burst.extend(padded(4, 0));
     send_raw(&mut raw, &burst).await;
-    let refused = read_response(&mut raw).await.unwrap();
-    assert_eq!(
-        (refused["id"].clone(), refused["error"]["code"].clone()),
-        (json!(3), json!("too_many_requests")),
-        "{refused}"
-    );
-    let message = refused["error"]["message"].as_str().unwrap();
-    assert!(message.contains("socket.max_in_flight_bytes"), "{message}");
+    expect_too_many_requests(&mut raw, 3, "socket.max_in_flight_bytes").await;
     let mut timed_out = Vec::new();
     for _ in 0..3 {
         let answer = read_response(&mut raw).await.unwrap();
@@ -218,6 +206,26 @@ async fn waiting_requests_may_hold_at_most_max_in_flight_bytes_of_frames_per_con
     // Another connection was never limited by this one.
     let other = sidecar.client().await;
     other.put("b", "k", b"v").await.unwrap();
+}
+
+/// A read of `bucket` that waits for a revision that never comes, padded with `pad` bytes
+/// (unknown fields are ignored, but the request holds its whole frame while it waits).
+fn padded_wait(bucket: &str, id: u64, pad: usize, timeout_ms: u64) -> Vec<u8> {
+    frame(&json!({"id": id, "op": "get", "bucket": bucket, "key": "k",
+                  "min_revision": 1_000_000, "timeout_ms": timeout_ms,
+                  "pad": "p".repeat(pad)}))
+}
+
+/// The next response is request `id`'s `too_many_requests`, whose message names `limit`.
+async fn expect_too_many_requests(raw: &mut UnixStream, id: u64, limit: &str) {
+    let refused = read_response(raw).await.unwrap();
+    assert_eq!(
+        (refused["id"].clone(), refused["error"]["code"].clone()),
+        (json!(id), json!("too_many_requests")),
+        "{refused}"
+    );
+    let message = refused["error"]["message"].as_str().unwrap();
+    assert!(message.contains(limit), "{message}");
 }
 
 /// Started under a soft limit of 256 open files (systemd's default is 1024), the sidecar raises
@@ -292,24 +300,13 @@ async fn requests_of_all_connections_share_one_budget_and_unfinished_ones_are_cl
 
     // Waiting requests have 2 MiB: two of 900 KiB fit, a third is refused and told why.
     let mut raw = UnixStream::connect(&sidecar.socket).await.unwrap();
-    let padded = |id: u64| {
-        frame(&json!({"id": id, "op": "get", "bucket": "u", "key": "k",
-                      "min_revision": 1_000_000, "timeout_ms": 1000,
-                      "pad": "p".repeat(900 * 1024)}))
-    };
+    let padded = |id: u64| padded_wait("u", id, 900 * 1024, 1000);
     let mut burst = Vec::new();
     for id in 1..=3 {
         burst.extend(padded(id));
     }
     send_raw(&mut raw, &burst).await;
-    let refused = read_response(&mut raw).await.unwrap();
-    assert_eq!(
-        (refused["id"].clone(), refused["error"]["code"].clone()),
-        (json!(3), json!("too_many_requests")),
-        "{refused}"
-    );
-    let message = refused["error"]["message"].as_str().unwrap();
-    assert!(message.contains("socket.max_buffered_bytes"), "{message}");
+    expect_too_many_requests(&mut raw, 3, "socket.max_buffered_bytes").await;
     for _ in 0..2 {
         assert_eq!(
             read_response(&mut raw).await.unwrap()["error"]["code"],
