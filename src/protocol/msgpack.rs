@@ -8,6 +8,7 @@
 pub struct Writer<'a>(pub &'a mut Vec<u8>);
 
 impl Writer<'_> {
+    #[inline]
     pub fn map(&mut self, len: u32) -> &mut Self {
         match len {
             0..=15 => self.0.push(0x80 | len as u8),
@@ -23,6 +24,7 @@ impl Writer<'_> {
         self
     }
 
+    #[inline]
     pub fn array(&mut self, len: u32) -> &mut Self {
         match len {
             0..=15 => self.0.push(0x90 | len as u8),
@@ -38,6 +40,7 @@ impl Writer<'_> {
         self
     }
 
+    #[inline]
     pub fn str(&mut self, s: &str) -> &mut Self {
         let len = s.len();
         match len {
@@ -56,6 +59,7 @@ impl Writer<'_> {
         self
     }
 
+    #[inline]
     pub fn bin(&mut self, b: &[u8]) -> &mut Self {
         let len = b.len();
         match len {
@@ -73,6 +77,7 @@ impl Writer<'_> {
         self
     }
 
+    #[inline]
     pub fn uint(&mut self, v: u64) -> &mut Self {
         match v {
             0..=0x7f => self.0.push(v as u8),
@@ -94,6 +99,7 @@ impl Writer<'_> {
     }
 
     /// A signed integer: non-negative values use the unsigned encodings, as MessagePack prefers.
+    #[inline]
     pub fn int(&mut self, v: i64) -> &mut Self {
         if v >= 0 {
             return self.uint(v as u64);
@@ -117,11 +123,13 @@ impl Writer<'_> {
         self
     }
 
+    #[inline]
     pub fn bool(&mut self, v: bool) -> &mut Self {
         self.0.push(if v { 0xc3 } else { 0xc2 });
         self
     }
 
+    #[inline]
     pub fn nil(&mut self) -> &mut Self {
         self.0.push(0xc0);
         self
@@ -181,6 +189,11 @@ impl<'a> Cursor<'a> {
     }
 
     pub fn str(&mut self) -> Option<&'a str> {
+        std::str::from_utf8(self.str_bytes()?).ok()
+    }
+
+    /// A `str`'s bytes, not checked for UTF-8: enough to compare it with a known field name.
+    pub fn str_bytes(&mut self) -> Option<&'a [u8]> {
         let len = match self.byte()? {
             m @ 0xa0..=0xbf => u64::from(m & 0x1f),
             0xd9 => self.be(1)?,
@@ -188,7 +201,7 @@ impl<'a> Cursor<'a> {
             0xdb => self.be(4)?,
             _ => return None,
         };
-        std::str::from_utf8(self.take(usize::try_from(len).ok()?)?).ok()
+        self.take(usize::try_from(len).ok()?)
     }
 
     pub fn bool(&mut self) -> Option<bool> {

@@ -226,29 +226,24 @@ fn body<'a, T: Deserialize<'a>>(frame: &'a [u8], id: u64, op: &str) -> Result<T,
 }
 
 /// The read path's fast lane: a `get` with only `id`, `op`, `bucket` and `key`, decoded in one
-/// pass without serde. Anything else (options, unknown fields, errors) returns `None` and takes
-/// the general path, which also produces the error messages.
-fn plain_get(frame: &[u8]) -> Option<(u64, Request<'_>)> {
+/// pass without serde: `(id, bucket, key)`. Anything else (options, unknown fields, errors)
+/// returns `None` and takes the general path, which also produces the error messages.
+pub fn plain_get(frame: &[u8]) -> Option<(u64, &str, &str)> {
     let mut cursor = Cursor::new(frame);
-    let (mut id, mut op, mut bucket, mut key) = (None, None, None, None);
+    let (mut id, mut is_get, mut bucket, mut key) = (None, false, None, None);
     for _ in 0..cursor.map_len()? {
-        match cursor.str()? {
-            "id" => id = Some(cursor.uint()?),
-            "op" => op = Some(cursor.str()?),
-            "bucket" => bucket = Some(cursor.str()?),
-            "key" => key = Some(cursor.str()?),
+        match cursor.str_bytes()? {
+            b"id" => id = Some(cursor.uint()?),
+            b"op" => is_get = cursor.str_bytes()? == b"get",
+            b"bucket" => bucket = Some(cursor.str()?),
+            b"key" => key = Some(cursor.str()?),
             _ => return None,
         }
     }
-    if op? != "get" || !cursor.is_empty() {
+    if !is_get || !cursor.is_empty() {
         return None;
     }
-    let request = Request::Get {
-        bucket: bucket?,
-        key: key?,
-        read: ReadOptions::default(),
-    };
-    Some((id?, request))
+    Some((id?, bucket?, key?))
 }
 
 /// Fields whose value must be a MessagePack `str` (or nil where optional). serde would also take
@@ -315,8 +310,9 @@ fn check_shape(frame: &[u8]) -> (Option<u64>, Option<String>) {
 
 /// Parses a request frame's body (the bytes after the length prefix).
 pub fn parse(frame: &[u8]) -> Result<(u64, Request<'_>), ParseError> {
-    if let Some(parsed) = plain_get(frame) {
-        return Ok(parsed);
+    if let Some((id, bucket, key)) = plain_get(frame) {
+        let read = ReadOptions::default();
+        return Ok((id, Request::Get { bucket, key, read }));
     }
     // rmp-serde would also accept a struct encoded as an array; the protocol allows maps only.
     let is_map = matches!(frame.first(), Some(0x80..=0x8f | 0xde | 0xdf));

@@ -18,7 +18,7 @@ use super::context::Context;
 use super::input::{Input, InputError};
 use super::v1::{self, V1Reply};
 use crate::cache::WatchItem;
-use crate::cmd::{Command, Op, Outcome, Reply, Route};
+use crate::cmd::{Command, Get, Op, Outcome, Reply, Route};
 use crate::error::{Error, ErrorCode};
 use crate::metrics::ReadTally;
 use crate::protocol::frame::{check, FrameCheck, LENGTH_PREFIX};
@@ -244,6 +244,12 @@ impl Connection {
     fn handle(&mut self, frame: Bytes, batch: &mut Vec<u8>) {
         // Requests answered at once are timed by the tally, a burst at a time.
         self.tally.start();
+        if let Some((id, bucket, key)) = v1::plain_get(&frame, &self.ctx.cache) {
+            let mut reply = V1Reply { out: batch, id };
+            let outcome = Get::read_now(bucket, key, false, &mut reply);
+            self.tally.count(bucket.name(), Op::Get, outcome);
+            return;
+        }
         let (id, command) = match v1::parse(&frame) {
             Ok(parsed) => parsed,
             Err(err) => {

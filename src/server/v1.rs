@@ -3,6 +3,7 @@
 
 use bytes::Bytes;
 
+use crate::cache::{Bucket, Cache};
 use crate::cmd::{append, Command, KeysEncoder, Reply};
 use crate::error::Error;
 use crate::protocol::request::{self, ParseError};
@@ -14,6 +15,13 @@ use crate::protocol::{BucketStatus, Freshness};
 pub fn parse(frame: &Bytes) -> Result<(u64, Command), ParseError> {
     let (id, request) = request::parse(frame)?;
     Ok((id, Command::from_request(request, frame)))
+}
+
+/// The read path's fast lane: a plain `get` (no options) of a configured bucket, found without
+/// building a [`Command`]: `(id, bucket, key)`. Anything else takes [`parse`].
+pub fn plain_get<'f, 'c>(frame: &'f [u8], cache: &'c Cache) -> Option<(u64, &'c Bucket, &'f str)> {
+    let (id, bucket, key) = request::plain_get(frame)?;
+    Some((id, cache.bucket(bucket).ok()?, key))
 }
 
 /// Encodes a command's answers as response frames with the request's id.
