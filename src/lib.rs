@@ -99,10 +99,23 @@ pub async fn serve(config: config::Config, shutdown: CancellationToken) -> Resul
         buckets = ?config.buckets.iter().map(|b| b.name.as_str()).collect::<Vec<_>>(),
         "nearkv serving"
     );
+    let requests = server::RequestBudgets::new(config.socket.max_buffered_bytes);
+    let (arriving, waiting) = (requests.arriving.clone(), requests.waiting.clone());
+    metrics.gauge_at_scrape(
+        "nearkv_buffered_request_bytes",
+        "Bytes of clients' requests held against socket.max_buffered_bytes, each part at most half \
+         of it: arriving (requests still arriving, past their first 64 KiB), waiting (frames of \
+         protocol v1 requests waiting for NATS or the mirror).",
+        "part",
+        vec![
+            ("arriving", Box::new(move || arriving.held_bytes())),
+            ("waiting", Box::new(move || waiting.held_bytes())),
+        ],
+    );
     let ctx = Arc::new(server::Context {
         cache: cache.clone(),
         metrics,
-        requests: server::RequestBudgets::new(config.socket.max_buffered_bytes),
+        requests,
     });
     server.run(ctx, shutdown).await;
     let grace = config.socket.shutdown_grace;

@@ -196,6 +196,26 @@ impl Metrics {
         let _ = self.registry.register(Box::new(CacheCollector::new(cache)));
     }
 
+    /// Adds a gauge with one label whose values `readings` give when Prometheus scrapes, so that
+    /// what they read costs nothing between scrapes.
+    pub fn gauge_at_scrape(
+        &self,
+        name: &str,
+        help: &str,
+        label: &str,
+        readings: Vec<(&'static str, Reading)>,
+    ) {
+        let gauge = IntGaugeVec::new(Opts::new(name, help), &[label])
+            .unwrap_or_else(|err| panic!("invalid metric definition: {err}"));
+        let descs = gauge.desc().into_iter().cloned().collect();
+        let collector = ScrapeGauge {
+            gauge,
+            descs,
+            readings,
+        };
+        let _ = self.registry.register(Box::new(collector));
+    }
+
     pub fn request(&self, bucket: &str, op: Op, seconds: f64, error: Option<ErrorCode>) {
         let slot = op.index();
         let op = op.name();
@@ -570,6 +590,28 @@ impl Collector for CacheCollector {
     }
 }
 
+/// What a [`Metrics::gauge_at_scrape`] gauge shows for one label value.
+pub type Reading = Box<dyn Fn() -> i64 + Send + Sync>;
+
+struct ScrapeGauge {
+    gauge: IntGaugeVec,
+    descs: Vec<Desc>,
+    readings: Vec<(&'static str, Reading)>,
+}
+
+impl Collector for ScrapeGauge {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        for (value, read) in &self.readings {
+            self.gauge.with_label_values(&[value]).set(read());
+        }
+        self.gauge.collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -578,6 +620,39 @@ mod tests {
         text.lines()
             .find(|l| l.starts_with(start))
             .map(|l| l[start.len()..].trim().to_string())
+    }
+
+    #[test]
+    fn a_gauge_at_scrape_shows_what_its_readings_read_then() {
+        let metrics = Metrics::new(&["b"]);
+        let held = Arc::new(std::sync::atomic::AtomicI64::new(5));
+        let read = held.clone();
+        metrics.gauge_at_scrape(
+            "nearkv_test_bytes",
+            "Bytes held.",
+            "part",
+            vec![
+                (
+                    "one",
+                    Box::new(move || read.load(std::sync::atomic::Ordering::Relaxed)),
+                ),
+                ("two", Box::new(|| 7)),
+            ],
+        );
+        assert_eq!(
+            line(&metrics.render(), "nearkv_test_bytes{part=\"one\"}").as_deref(),
+            Some("5")
+        );
+        held.store(9, std::sync::atomic::Ordering::Relaxed);
+        let text = metrics.render();
+        assert_eq!(
+            line(&text, "nearkv_test_bytes{part=\"one\"}").as_deref(),
+            Some("9")
+        );
+        assert_eq!(
+            line(&text, "nearkv_test_bytes{part=\"two\"}").as_deref(),
+            Some("7")
+        );
     }
 
     #[test]

@@ -79,6 +79,11 @@ impl ByteBudget {
         (self.total_kib - self.kib.available_permits()) * 1024
     }
 
+    /// [`ByteBudget::held`] as a metric's value.
+    pub fn held_bytes(&self) -> i64 {
+        i64::try_from(self.held()).unwrap_or(i64::MAX)
+    }
+
     pub fn total(&self) -> usize {
         self.total_kib * 1024
     }

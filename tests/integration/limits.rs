@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::net::UnixStream;
 
-use crate::harness::{bucket, NatsServer, Sidecar};
+use crate::harness::{bucket, metric, NatsServer, Sidecar};
 use crate::raw_socket::{expect_closed, frame, read_response, send_raw};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -347,6 +347,10 @@ async fn requests_of_all_connections_share_one_budget_and_unfinished_ones_are_cl
         }));
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
+    // Operators see the arriving half (2 MiB) nearly all held.
+    let arriving = r#"nearkv_buffered_request_bytes{part="arriving"}"#;
+    let held = metric(&sidecar.http, arriving).await;
+    assert!(held > 1536 * 1024 && held <= 2048 * 1024, "{held}");
 
     // Other clients' requests are served meanwhile, writes included.
     let put = client.put("u", "small", b"v").await.unwrap();
@@ -385,6 +389,7 @@ async fn requests_of_all_connections_share_one_budget_and_unfinished_ones_are_cl
         }
     }
     drop(writers);
+    assert_eq!(metric(&sidecar.http, arriving).await, 0);
     // The budget is free again: a large write goes through.
     let large = vec![b'v'; 1024 * 1024];
     let put = client.put("u", "large", &large).await.unwrap();
