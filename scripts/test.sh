@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test: unit tests, and integration tests against real nats-server processes that the
 # tests start themselves on free loopback ports. Installs nats-server, nats-py and redis-py into
-# .tools/, the Node Redis client into tests/peers/node (npm ci, from the lock file), and Debian's
+# .tools/, the Node Redis clients (node-redis, ioredis) into tests/peers/node (npm ci, from the lock file), and Debian's
 # redis-tools (redis-cli, redis-benchmark) when they are missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -72,8 +72,8 @@ ensure_redis_tools() {
 # to that folder.
 ensure_node_peer() {
   local dir="$NEARKV_ROOT/tests/peers/node"
-  if [ ! -d "$dir/node_modules/redis" ]; then
-    echo "installing the Node Redis client into tests/peers/node (npm ci)" >&2
+  if [ ! -d "$dir/node_modules/redis" ] || [ ! -d "$dir/node_modules/ioredis" ]; then
+    echo "installing the Node Redis clients into tests/peers/node (npm ci)" >&2
     (cd "$dir" && npm ci --silent --no-audit --no-fund) >&2
   fi
   NEARKV_NODE_PEER="$dir"

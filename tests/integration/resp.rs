@@ -91,20 +91,28 @@ async fn redis_py_sync_and_asyncio_in_resp2_and_resp3() {
     }
 }
 
+/// tests/peers/node, with node-redis and ioredis installed from its lock file.
+fn node_peer() -> String {
+    let dir = std::env::var("NEARKV_NODE_PEER")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/node").to_string());
+    for client in ["redis", "ioredis"] {
+        assert!(
+            std::path::Path::new(&dir)
+                .join("node_modules")
+                .join(client)
+                .exists(),
+            "the Node client `{client}` is not installed in {dir}: run ./scripts/test.sh (npm ci there)"
+        );
+    }
+    dir
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_redis_in_resp2_and_resp3() {
     let nats = NatsServer::start().await;
     let sidecar = Sidecar::start(&nats.url(), buckets()).await;
     sidecar.synced_client().await;
-    let dir = std::env::var("NEARKV_NODE_PEER")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/node").to_string());
-    assert!(
-        std::path::Path::new(&dir)
-            .join("node_modules/redis")
-            .exists(),
-        "the Node Redis client is not installed in {dir}: run ./scripts/test.sh (npm ci there)"
-    );
-    let script = format!("{dir}/client.mjs");
+    let script = format!("{}/client.mjs", node_peer());
     let socket = sidecar.socket.to_str().unwrap().to_string();
     for resp in ["2", "3"] {
         let (script, socket) = (script.clone(), socket.clone());
@@ -116,6 +124,29 @@ async fn node_redis_in_resp2_and_resp3() {
         println!("node-redis RESP{resp}: {}", out.trim());
         assert!(out.trim().starts_with("ok "), "{out}");
     }
+}
+
+/// ioredis sends nothing before its ready check (`INFO`) says the server has finished loading: it
+/// waits for the sidecar's initial sync, here of a bucket created only after it connected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ioredis_waits_for_the_initial_sync_then_works() {
+    let nats = NatsServer::start().await;
+    let mut late = bucket("late");
+    late.create = false;
+    let sidecar = Sidecar::start(&nats.url(), vec![buckets().remove(0), late]).await;
+    let script = format!("{}/ioredis.mjs", node_peer());
+    let socket = sidecar.socket.to_str().unwrap().to_string();
+    let peer =
+        tokio::task::spawn_blocking(move || run("node", &[&script, &socket], &[], "ioredis peer"));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !peer.is_finished(),
+        "ioredis became ready before every bucket was synced"
+    );
+    nats.kv("late").await;
+    let out = peer.await.unwrap();
+    println!("ioredis: {}", out.trim());
+    assert!(out.trim().starts_with("ok "), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -395,4 +426,28 @@ async fn a_refused_redis_client_is_told_in_resp() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let got = String::from_utf8(exchange(&sidecar.socket, b"*1\r\n$4\r\nPING\r\n").await).unwrap();
     assert!(got.starts_with("-TOO_MANY_CONNECTIONS "), "{got}");
+}
+
+/// Clients that wait for Redis to finish loading (ioredis' ready check reads `INFO`'s `loading`)
+/// wait for the mirrors' initial sync; clients that look for a primary find one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn info_says_loading_until_every_bucket_is_synced() {
+    let nats = NatsServer::start().await;
+    let mut missing = bucket("missing");
+    missing.create = false;
+    let sidecar = Sidecar::start(&nats.url(), vec![bucket("main"), missing]).await;
+    let info = exchange(&sidecar.socket, b"INFO persistence\r\nQUIT\r\n").await;
+    let info = String::from_utf8_lossy(&info);
+    assert!(info.contains("\r\nloading:1\r\n"), "{info}");
+    let told = exchange(
+        &sidecar.socket,
+        b"ROLE\r\nCONFIG GET databases\r\nINFO replication\r\nQUIT\r\n",
+    )
+    .await;
+    let told = String::from_utf8_lossy(&told);
+    assert!(
+        told.starts_with("*3\r\n$6\r\nmaster\r\n:0\r\n*0\r\n*2\r\n$9\r\ndatabases\r\n$1\r\n2\r\n"),
+        "{told}"
+    );
+    assert!(told.contains("\r\nrole:master\r\n"), "{told}");
 }

@@ -181,6 +181,10 @@ def run_sync():
     check(r.client_getname() in (b"tester", "tester"), "CLIENT SETNAME/GETNAME")
     info = r.info()
     check("redis_version" in info and "db0" in info, "INFO")
+    check(r.info("persistence")["loading"] == 0, "INFO persistence: loading:0 once synced")
+    check(r.info("replication")["role"] == "master", "INFO replication")
+    check(r.execute_command("ROLE")[0] in (b"master", "master"), "ROLE")
+    check(r.config_get("databases") == {"databases": "3"}, f"CONFIG GET databases: {r.config_get('databases')}")
     check(r.echo("hi") == b"hi", "ECHO")
     try:
         redis.Redis(unix_socket_path=SOCKET, password="secret", protocol=PROTOCOL).ping()

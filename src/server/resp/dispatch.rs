@@ -104,7 +104,18 @@ impl Session {
                 out.text(&super::info::text(self, args.get(1)));
                 Ok(())
             }
-            "CONFIG" => config(args, out),
+            "CONFIG" => config(args, out, self.ctx.cache.buckets().count()),
+            "ROLE" => match args.len() {
+                // A primary without replicas: writes are accepted (they go to NATS).
+                1 => {
+                    out.array(3);
+                    out.bulk(b"master");
+                    out.int(0);
+                    out.array(0);
+                    Ok(())
+                }
+                _ => Err(arity(name)),
+            },
             _ => Err(unknown(first, args)),
         };
         if let Err(err) = handled {
@@ -305,6 +316,7 @@ pub const COMMANDS: &[(&str, i64)] = &[
     ("command", -1),
     ("info", -1),
     ("config", -2),
+    ("role", 1),
     ("subscribe", -2),
     ("psubscribe", -2),
     ("unsubscribe", -1),
@@ -322,7 +334,7 @@ fn command_info(args: &[Bytes], out: &mut Out<'_>) -> Handled {
         None => {
             out.array(COMMANDS.len());
             for (name, arity) in COMMANDS {
-                let first_key = i64::from(!matches!(*name, "ping" | "echo" | "quit" | "reset" | "hello" | "auth" | "select" | "client" | "command" | "info" | "config" | "dbsize" | "scan" | "keys" | "subscribe" | "psubscribe" | "unsubscribe" | "punsubscribe" | "nearkv.keys" | "nearkv.status"));
+                let first_key = i64::from(!matches!(*name, "ping" | "echo" | "quit" | "reset" | "hello" | "auth" | "select" | "client" | "command" | "info" | "config" | "role" | "dbsize" | "scan" | "keys" | "subscribe" | "psubscribe" | "unsubscribe" | "punsubscribe" | "nearkv.keys" | "nearkv.status"));
                 out.array(6);
                 out.bulk(name.as_bytes());
                 out.int(*arity);
@@ -355,19 +367,21 @@ fn command_info(args: &[Bytes], out: &mut Out<'_>) -> Handled {
 /// subscribers, so setting it (as invalidation libraries do) succeeds and changes nothing. Other
 /// parameters read as absent (an empty answer, as Redis gives for an unknown one), which is what
 /// tools such as redis-benchmark handle.
-fn config(args: &[Bytes], out: &mut Out<'_>) -> Handled {
+fn config(args: &[Bytes], out: &mut Out<'_>, buckets: usize) -> Handled {
     let Some(sub) = args.get(1) else {
         return Err(arity("config"));
     };
     if is(sub, "GET") && args.len() >= 3 {
-        // What nearkv can say of Redis's parameters: notifications always on, and no
-        // persistence of its own (the data lives in NATS).
-        const KNOWN: [(&str, &str); 3] = [
+        // What nearkv can say of Redis's parameters: notifications always on, no persistence of
+        // its own (the data lives in NATS), and one database per configured bucket.
+        let databases = buckets.to_string();
+        let known = [
             ("notify-keyspace-events", "KEA"),
             ("save", ""),
             ("appendonly", "no"),
+            ("databases", databases.as_str()),
         ];
-        let found: Vec<&(&str, &str)> = KNOWN
+        let found: Vec<&(&str, &str)> = known
             .iter()
             .filter(|(name, _)| {
                 args[2..]

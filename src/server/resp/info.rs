@@ -1,5 +1,5 @@
-//! `INFO`: the server, clients and keyspace sections Redis tools read, and a `nearkv` section
-//! with each bucket's revision, age and state.
+//! `INFO`: the server, persistence, replication, clients and keyspace sections Redis clients and
+//! tools read, and a `nearkv` section with each bucket's revision, age and state.
 
 use std::fmt::Write;
 
@@ -28,6 +28,21 @@ pub fn text(session: &Session, section: Option<&Bytes>) -> String {
             std::process::id()
         );
     }
+    let statuses: Vec<_> = cache.buckets().map(|b| b.status()).collect();
+    if wanted("persistence") {
+        // Clients such as ioredis wait while `loading` is 1 before they send commands: here, until
+        // every bucket's initial sync is done (reads before that answer NOT_READY).
+        let loading = statuses.iter().any(|s| !s.synced);
+        let _ = write!(
+            out,
+            "# Persistence\r\nloading:{}\r\naof_enabled:0\r\n\r\n",
+            u8::from(loading)
+        );
+    }
+    if wanted("replication") {
+        // Writes are accepted (they go to NATS), so clients that look for a primary find one.
+        out.push_str("# Replication\r\nrole:master\r\nconnected_slaves:0\r\n\r\n");
+    }
     if wanted("clients") {
         let _ = write!(
             out,
@@ -35,7 +50,6 @@ pub fn text(session: &Session, section: Option<&Bytes>) -> String {
             session.ctx.metrics.connections.get()
         );
     }
-    let statuses: Vec<_> = cache.buckets().map(|b| b.status()).collect();
     if wanted("keyspace") {
         out.push_str("# Keyspace\r\n");
         for (db, status) in statuses.iter().enumerate() {

@@ -4,17 +4,12 @@
 // The sidecar mirrors `main` (database 0, with limit markers) and `second` (database 1), as for
 // tests/peers/redis_py_client.py. Prints "ok <checks>" or exits non-zero with what was wrong.
 import { createClient } from "redis";
+import { checker } from "./check.mjs";
 
 const [socket, resp] = [process.argv[2], Number(process.argv[3])];
 const tag = `node${resp}-`;
-let checks = 0;
-function check(condition, what) {
-  if (!condition) {
-    console.error(`[${tag}] ${what}`);
-    process.exit(1);
-  }
-  checks += 1;
-}
+const checks = checker(tag);
+const check = checks.check;
 async function rejects(promise, prefix, what) {
   try {
     await promise;
@@ -87,4 +82,4 @@ check(channel === `__keyspace@0__:${tag}w` && message === "set", `notification $
 await subscriber.quit();
 await second.quit();
 await client.quit();
-console.log(`ok ${checks}`);
+console.log(`ok ${checks.count}`);
