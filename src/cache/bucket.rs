@@ -425,16 +425,49 @@ impl Bucket {
     }
 
     pub async fn put(&self, key: &str, value: Bytes, write: WriteOptions) -> Result<u64> {
+        if write.expect_revision.is_none() {
+            let sent = self.send_put(key, value, write.ttl_ms, write.timeout_ms);
+            return sent.await?.stored().await;
+        }
+        let store = self.check_put(key, value.len(), write.ttl_ms)?;
+        self.write_and_wait(store, key, Operation::Put, value, write)
+            .await
+    }
+
+    /// Sends a put with no expected revision and returns once it is handed to the NATS
+    /// connection; [`SentPut::stored`] then waits for it as [`Bucket::put`] does. Puts sent one
+    /// after another (each `send_put` awaited before the next starts, in any buckets) are stored
+    /// in that order, so a client's pipelined writes can be in flight together and still land as
+    /// if run one by one.
+    pub async fn send_put<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        ttl_ms: Option<u64>,
+        timeout_ms: Option<u64>,
+    ) -> Result<SentPut<'a>> {
+        let store = self.check_put(key, value.len(), ttl_ms)?;
+        let deadline = tokio::time::Instant::now() + self.timeout(timeout_ms);
+        let destination = self.destination(store)?;
+        let sent = writes::send_put(destination, key, value, ttl_ms).await?;
+        Ok(SentPut {
+            bucket: self,
+            key,
+            sent,
+            deadline,
+        })
+    }
+
+    fn check_put(&self, key: &str, len: usize, ttl_ms: Option<u64>) -> Result<&kv::Store> {
         let store = self.check_writable(key)?;
-        self.check_value_size(store, key, value.len())?;
-        if write.ttl_ms.is_some_and(|ms| ms < 1000) {
+        self.check_value_size(store, key, len)?;
+        if ttl_ms.is_some_and(|ms| ms < 1000) {
             return Err(Error::new(
                 ErrorKind::BadRequest,
                 "ttl_ms must be at least 1000: NATS keeps values for whole seconds at least",
             ));
         }
-        self.write_and_wait(store, key, Operation::Put, value, write)
-            .await
+        Ok(store)
     }
 
     pub async fn delete(&self, key: &str, write: WriteOptions) -> Result<u64> {
@@ -523,6 +556,13 @@ impl Bucket {
         write: WriteOptions,
     ) -> Result<u64> {
         let deadline = tokio::time::Instant::now() + self.timeout(write.timeout_ms);
+        let destination = self.destination(store)?;
+        let revision = writes::send(destination, key, operation, value, write, deadline).await?;
+        self.wait_applied(key, revision, deadline).await
+    }
+
+    /// Where writes go; refused at once while NATS is not connected.
+    fn destination<'a>(&'a self, store: &'a kv::Store) -> Result<writes::Destination<'a>> {
         if !self.state.is_connected() {
             return Err(Error::write_failed(
                 ErrorKind::Unavailable,
@@ -530,13 +570,22 @@ impl Bucket {
                 "not connected to NATS; the write was not sent: retry when NATS is reachable",
             ));
         }
-        let destination = writes::Destination {
+        Ok(writes::Destination {
             client: self.state.client(),
             js: self.state.js(),
             store,
             link: self.state.link(),
-        };
-        let revision = writes::send(destination, key, operation, value, write, deadline).await?;
+        })
+    }
+
+    /// Waits until the mirror has applied `revision`, the write of `key` (not for a key outside
+    /// the mirror's filter, which it never shows); returns the revision.
+    async fn wait_applied(
+        &self,
+        key: &str,
+        revision: u64,
+        deadline: tokio::time::Instant,
+    ) -> Result<u64> {
         if filter_matches(&self.state.config().filter, key) {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             self.state
@@ -583,4 +632,22 @@ pub struct SaveStats {
     /// Saved mirrors not used: damaged, foreign, from a recreated bucket or older than the
     /// stream's history.
     pub rejected: u64,
+}
+
+/// A put handed to NATS by [`Bucket::send_put`].
+pub struct SentPut<'a> {
+    bucket: &'a Bucket,
+    key: &'a str,
+    sent: writes::Sent<'a>,
+    deadline: tokio::time::Instant,
+}
+
+impl SentPut<'_> {
+    /// Waits for NATS's acknowledgement, then for the mirror to apply it; the revision stored.
+    pub async fn stored(self) -> Result<u64> {
+        let revision = self.sent.acked().await?;
+        self.bucket
+            .wait_applied(self.key, revision, self.deadline)
+            .await
+    }
 }

@@ -5,7 +5,7 @@
 //! same subjects and headers async-nats and the other NATS clients use; any NATS KV client reads
 //! them as ordinary puts, deletes and purges.
 
-use async_nats::jetstream::context::{PublishError, PublishErrorKind};
+use async_nats::jetstream::context::{PublishAckFuture, PublishError, PublishErrorKind};
 use async_nats::jetstream::{self, kv};
 use async_nats::HeaderMap;
 use bytes::Bytes;
@@ -156,6 +156,45 @@ async fn publish(
     value: Bytes,
     expect_revision: Option<u64>,
 ) -> Result<u64> {
+    start(to, message, value, expect_revision)
+        .await?
+        .acked()
+        .await
+}
+
+/// Sends a put with no condition, for [`Sent::acked`] to await its acknowledgement. Puts sent
+/// one after another (each call awaited before the next) reach NATS, and are stored, in that
+/// order: one connection, one stream.
+pub async fn send_put<'a>(
+    to: Destination<'a>,
+    key: &'a str,
+    value: Bytes,
+    ttl_ms: Option<u64>,
+) -> Result<Sent<'a>> {
+    let message = Message {
+        key,
+        operation: Operation::Put,
+        ttl_ms,
+    };
+    start(to, &message, value, None).await
+}
+
+/// A write handed to the NATS connection, its acknowledgement still to come.
+pub struct Sent<'a> {
+    to: Destination<'a>,
+    key: &'a str,
+    expect_revision: Option<u64>,
+    ack: PublishAckFuture,
+    link: watch::Receiver<Link>,
+    sent_on: Link,
+}
+
+async fn start<'a>(
+    to: Destination<'a>,
+    message: &Message<'a>,
+    value: Bytes,
+    expect_revision: Option<u64>,
+) -> Result<Sent<'a>> {
     let (js, store, key) = (to.js, to.store, message.key);
     let prefix = store.put_prefix.as_deref().unwrap_or(&store.prefix);
     let subject = format!("{prefix}{key}");
@@ -198,27 +237,42 @@ async fn publish(
     }
     let mut link = to.link.clone();
     let sent_on = Link::of(to.client);
-    let ack = async {
-        match js.publish_with_headers(subject, headers, value).await {
-            Ok(ack) => ack.await,
-            Err(err) => Err(err),
-        }
-    };
     tokio::select! {
-        ack = ack => ack
-            .map(|ack| ack.sequence)
-            .map_err(|err| publish_error(err, key, expect_revision)),
-        // The answer would have come on that connection: waiting out the timeout tells nothing more.
-        () = link::lost(&mut link, || Link::of(to.client), sent_on) => Err(Error::write_failed(
-            ErrorKind::Unavailable,
-            true,
-            format!(
-                "the NATS connection dropped while the write to `{}` was in flight; it may or may \
-                 not have been stored: read the key before retrying",
-                quote(key)
-            ),
-        )),
+        sent = js.publish_with_headers(subject, headers, value) => match sent {
+            Ok(ack) => Ok(Sent { to, key, expect_revision, ack, link, sent_on }),
+            Err(err) => Err(publish_error(err, key, expect_revision)),
+        },
+        () = link::lost(&mut link, || Link::of(to.client), sent_on) => Err(link_lost(key)),
     }
+}
+
+impl Sent<'_> {
+    /// The revision NATS stored the write at.
+    pub async fn acked(mut self) -> Result<u64> {
+        let (to, key) = (self.to, self.key);
+        tokio::select! {
+            ack = self.ack => ack
+                .map(|ack| ack.sequence)
+                .map_err(|err| publish_error(err, key, self.expect_revision)),
+            // The answer would have come on that connection: waiting out the timeout tells
+            // nothing more.
+            () = link::lost(&mut self.link, || Link::of(to.client), self.sent_on) => {
+                Err(link_lost(key))
+            }
+        }
+    }
+}
+
+fn link_lost(key: &str) -> Error {
+    Error::write_failed(
+        ErrorKind::Unavailable,
+        true,
+        format!(
+            "the NATS connection dropped while the write to `{}` was in flight; it may or may \
+             not have been stored: read the key before retrying",
+            quote(key)
+        ),
+    )
 }
 
 /// The size of the header block NATS counts against `max_payload` (none when there are no headers).

@@ -451,3 +451,69 @@ async fn info_says_loading_until_every_bucket_is_synced() {
     );
     assert!(told.contains("\r\nrole:master\r\n"), "{told}");
 }
+
+/// Pipelined plain `SET`s are in flight to NATS together, yet land as if run one by one: in the
+/// order sent (revisions grow with it, the last `SET` of a key wins), each answered in its place,
+/// an error among them only its own, and every read after them sees them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_sets_are_stored_in_the_order_sent() {
+    let nats = NatsServer::start().await;
+    let sidecar = Sidecar::start(&nats.url(), buckets()).await;
+    let client = sidecar.synced_client().await;
+    let mut send = Vec::new();
+    // More than one turn of SETs sent together (64).
+    for i in 0..150 {
+        send.extend(format!("SET same {i}\r\nSET k{i} v\r\n").into_bytes());
+        if i == 70 {
+            send.extend(b"SET nosuch:k x\r\nSET frozen:k x\r\nSET second:k EX 1\r\nGET same\r\n");
+        }
+    }
+    send.extend(b"SETEX ttl 30 t\r\nGET same\r\nQUIT\r\n");
+    let told = exchange(&sidecar.socket, &send).await;
+    let told = String::from_utf8_lossy(&told);
+    let (before, after) = told.split_once("-UNKNOWN_BUCKET ").unwrap();
+    assert_eq!(before, "+OK\r\n".repeat(142), "{told}");
+    let mut lines = after.split("\r\n").skip(1);
+    assert!(lines.next().unwrap().starts_with("-READONLY "), "{after}");
+    // `SET second:k EX 1`: a syntax error, answered in its place.
+    assert_eq!(lines.next().unwrap(), "-ERR syntax error");
+    assert_eq!(
+        (lines.next(), lines.next()),
+        (Some("$2"), Some("70")),
+        "a read sees the SETs before it"
+    );
+    let rest: Vec<&str> = lines.collect();
+    // The 158 SETs after it and the SETEX, then GET and QUIT.
+    assert_eq!(rest[..159], ["+OK"; 159]);
+    assert_eq!(rest[159..], ["$3", "149", "+OK", ""]);
+
+    // NATS stored them in the order sent.
+    let mut last = 0;
+    for i in 0..150 {
+        let entry = client.get("main", &format!("k{i}")).await.unwrap().unwrap();
+        assert!(
+            entry.revision > last,
+            "k{i} at {} after {last}",
+            entry.revision
+        );
+        last = entry.revision;
+    }
+    let same = client.get("main", "same").await.unwrap().unwrap();
+    assert_eq!(&same.value[..], b"149");
+    // MSET's pairs too: in flight together, stored in order.
+    let told = exchange(
+        &sidecar.socket,
+        b"MSET m a n b m c\r\nMGET m n\r\nMSET m d nosuch:k e\r\nGET m\r\nQUIT\r\n",
+    )
+    .await;
+    let told = String::from_utf8_lossy(&told);
+    assert!(
+        told.starts_with("+OK\r\n*2\r\n$1\r\nc\r\n$1\r\nb\r\n-UNKNOWN_BUCKET "),
+        "{told}"
+    );
+    assert!(told.ends_with("\r\n$1\r\nd\r\n+OK\r\n"), "{told}");
+    let ttl = exchange(&sidecar.socket, b"TTL ttl\r\nQUIT\r\n").await;
+    let ttl = String::from_utf8_lossy(&ttl);
+    let seconds: u64 = ttl[1..ttl.find("\r\n").unwrap()].parse().unwrap();
+    assert!((1..=30).contains(&seconds), "{ttl}");
+}

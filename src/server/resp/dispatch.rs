@@ -39,6 +39,15 @@ impl Session {
         true
     }
 
+    /// The command as a plain `SET` that may be sent along with the ones before it; `None` for
+    /// anything else, including a `SET` it must refuse (run by [`Session::execute`]).
+    pub fn pipelined_set(&self, args: &[Bytes]) -> Option<strings::PlainSet> {
+        if self.pubsub.is_active() && self.version == Version::Resp2 {
+            return None;
+        }
+        strings::PlainSet::of(args)
+    }
+
     /// Runs one command and appends its reply to `out`.
     pub async fn execute(&mut self, args: &[Bytes], out: &mut Out<'_>) {
         let Some(first) = args.first() else {

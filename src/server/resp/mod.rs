@@ -4,8 +4,9 @@
 //! Unlike protocol v1, whose responses carry the request's id, RESP answers in order and its
 //! clients expect each command to see the ones before it. So a connection runs its commands one
 //! after the other: reads answered from memory at once, a write awaited (with the same
-//! read-your-writes wait as v1) before the next command runs. Pipelined replies are sent in one
-//! write, as for v1.
+//! read-your-writes wait as v1) before the next command runs. The one exception: pipelined plain
+//! `SET`s are sent to NATS in order and awaited together, before the next other command runs.
+//! Pipelined replies are sent in one write, as for v1.
 
 mod dispatch;
 mod encode;
@@ -34,9 +35,14 @@ use crate::metrics::ReadTally;
 use encode::{Out, Version};
 use parse::Check;
 use session::Session;
+use strings::PlainSet;
 
 /// Replies are sent once this much is pending, even in the middle of a pipelined burst.
 const MAX_BATCH: usize = 256 * 1024;
+/// Pipelined plain `SET`s sent to NATS together (`strings::set_in_order`), and the most bytes of
+/// values they hold: more are run in turns.
+const MAX_SETS: usize = 64;
+const MAX_SET_BYTES: usize = 4 * 1024 * 1024;
 
 /// Serves one RESP connection whose first bytes, already read, are `input`.
 pub async fn run(
@@ -54,6 +60,7 @@ pub async fn run(
         input: Input::new(reader, input, ctx.requests.arriving.clone()),
         writer,
         args: Vec::new(),
+        sets: Vec::new(),
         batch: Vec::with_capacity(16 * 1024),
         tally: ctx.metrics.tally(),
         limits,
@@ -68,6 +75,9 @@ struct Connection {
     writer: OwnedWriteHalf,
     /// The arguments of the command being run, reused from one command to the next.
     args: Vec<bytes::Bytes>,
+    /// Plain `SET`s read and not yet run: run together before any other command and whenever
+    /// no whole command is left in the input.
+    sets: Vec<PlainSet>,
     batch: Vec<u8>,
     /// Reads answered from memory, added to the shared metrics once per burst.
     tally: ReadTally,
@@ -134,11 +144,26 @@ impl Connection {
         loop {
             let max = self.limits.max_frame_size as usize;
             match parse::check(&self.input.buf, max) {
-                Ok(Check::Incomplete) => return Ok(answered),
+                Ok(Check::Incomplete) => {
+                    self.run_sets().await;
+                    return Ok(answered);
+                }
                 Ok(Check::Empty { len }) => parse::skip(&mut self.input.buf, len),
                 Ok(Check::Complete { len }) => {
                     parse::take(&mut self.input.buf, len, &mut self.args);
                     answered += 1;
+                    if let Some(set) = self.session.pipelined_set(&self.args) {
+                        self.sets.push(set);
+                        let held: usize = self.sets.iter().map(PlainSet::value_len).sum();
+                        if self.sets.len() >= MAX_SETS || held >= MAX_SET_BYTES {
+                            self.run_sets().await;
+                            if self.batch.len() >= MAX_BATCH && !self.flush().await {
+                                return Err(());
+                            }
+                        }
+                        continue;
+                    }
+                    self.run_sets().await;
                     let mut out = Out {
                         buf: &mut self.batch,
                         version: self.session.version,
@@ -160,6 +185,7 @@ impl Connection {
                     }
                 }
                 Err(err) => {
+                    self.run_sets().await;
                     let mut out = Out {
                         buf: &mut self.batch,
                         version: self.session.version,
@@ -174,6 +200,21 @@ impl Connection {
                 }
             }
         }
+    }
+
+    /// Runs the plain `SET`s read so far, their replies in order.
+    async fn run_sets(&mut self) {
+        if self.sets.is_empty() {
+            return;
+        }
+        // The reads before them are timed without this wait.
+        self.tally.flush();
+        let mut out = Out {
+            buf: &mut self.batch,
+            version: self.session.version,
+        };
+        strings::pipelined_sets(&self.session, &self.sets, &mut out).await;
+        self.sets.clear();
     }
 
     /// Sends the pending replies. False when the client is gone or did not read them within
