@@ -396,3 +396,40 @@ async fn requests_of_all_connections_share_one_budget_and_unfinished_ones_are_cl
     let entry = client.get("u", "large").await.unwrap().unwrap();
     assert_eq!((entry.revision, entry.value.len()), (put, large.len()));
 }
+
+/// Pipelined Redis `SET`s past a connection's first hold their values against the waiting half
+/// of `socket.max_buffered_bytes`; with no room they run in smaller turns, never refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_redis_sets_share_the_budget_and_run_in_turns_when_it_is_full() {
+    let nats = NatsServer::start().await;
+    let sidecar = Sidecar::start_with(&nats.url(), vec![bucket("u")], |config| {
+        config.socket.max_frame_size = 64 * 1024;
+        // 64 KiB for waiting requests: one 40 KiB value past the first of a batch at a time.
+        config.socket.max_buffered_bytes = 128 * 1024;
+    })
+    .await;
+    let client = sidecar.synced_client().await;
+    let mut redis = UnixStream::connect(&sidecar.socket).await.unwrap();
+    let mut burst = Vec::new();
+    for i in 0..10u8 {
+        let value = vec![b'a' + i; 40 * 1024];
+        burst.extend(format!("*3\r\n$3\r\nSET\r\n$3\r\nu:k\r\n${}\r\n", value.len()).into_bytes());
+        burst.extend(value);
+        burst.extend(b"\r\n");
+    }
+    send_raw(&mut redis, &burst).await;
+    let mut told = Vec::new();
+    while told.len() < 50 {
+        let mut chunk = [0; 64];
+        let n = tokio::io::AsyncReadExt::read(&mut redis, &mut chunk)
+            .await
+            .unwrap();
+        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&told));
+        told.extend(&chunk[..n]);
+    }
+    assert_eq!(told, b"+OK\r\n".repeat(10));
+    let entry = client.get("u", "k").await.unwrap().unwrap();
+    assert_eq!(entry.value[..], vec![b'j'; 40 * 1024][..]);
+    let waiting = r#"nearkv_buffered_request_bytes{part="waiting"}"#;
+    assert_eq!(metric(&sidecar.http, waiting).await, 0);
+}

@@ -40,7 +40,8 @@ use strings::PlainSet;
 /// Replies are sent once this much is pending, even in the middle of a pipelined burst.
 const MAX_BATCH: usize = 256 * 1024;
 /// Pipelined plain `SET`s sent to NATS together (`strings::set_in_order`), and the most bytes of
-/// values they hold: more are run in turns.
+/// values they hold (beyond the first, also against `socket.max_buffered_bytes`' half for waiting
+/// requests): more are run in turns.
 const MAX_SETS: usize = 64;
 const MAX_SET_BYTES: usize = 4 * 1024 * 1024;
 
@@ -152,7 +153,17 @@ impl Connection {
                 Ok(Check::Complete { len }) => {
                     parse::take(&mut self.input.buf, len, &mut self.args);
                     answered += 1;
-                    if let Some(set) = self.session.pipelined_set(&self.args) {
+                    if let Some(mut set) = self.session.pipelined_set(&self.args) {
+                        // The first of a batch is the one command a connection always runs;
+                        // the others hold their values against socket.max_buffered_bytes, and
+                        // when it has no room the batch so far runs first.
+                        if !self.sets.is_empty() {
+                            let waiting = &self.session.ctx.requests.waiting;
+                            match waiting.try_take(set.value_len()) {
+                                Some(share) => set.hold(share),
+                                None => self.run_sets().await,
+                            }
+                        }
                         self.sets.push(set);
                         let held: usize = self.sets.iter().map(PlainSet::value_len).sum();
                         if self.sets.len() >= MAX_SETS || held >= MAX_SET_BYTES {

@@ -4,6 +4,7 @@
 use std::time::Instant;
 
 use bytes::Bytes;
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::encode::Out;
 use super::glob;
@@ -229,6 +230,8 @@ pub struct PlainSet {
     ttl_ms: Option<u64>,
     /// When the command was read, for its duration metric.
     read_at: Instant,
+    /// Its value's share of `socket.max_buffered_bytes`, held until it is stored.
+    held: Option<OwnedSemaphorePermit>,
 }
 
 impl PlainSet {
@@ -247,12 +250,18 @@ impl PlainSet {
             value: value.clone(),
             ttl_ms: options.ttl_ms,
             read_at: Instant::now(),
+            held: None,
         })
     }
 
     /// Bytes of the value it holds until it is stored.
     pub fn value_len(&self) -> usize {
         self.value.len()
+    }
+
+    /// Holds `share` of the sidecar's request budget until it is stored.
+    pub fn hold(&mut self, share: OwnedSemaphorePermit) {
+        self.held = Some(share);
     }
 }
 
@@ -464,6 +473,7 @@ async fn mset(session: &Session, args: &[Bytes], out: &mut Out<'_>) -> Handled {
             value: pair[1].clone(),
             ttl_ms: None,
             read_at,
+            held: None,
         })
         .collect();
     for stored in set_in_order(session, &pairs).await {
