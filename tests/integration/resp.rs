@@ -517,3 +517,62 @@ async fn pipelined_sets_are_stored_in_the_order_sent() {
     let seconds: u64 = ttl[1..ttl.find("\r\n").unwrap()].parse().unwrap();
     assert!((1..=30).contains(&seconds), "{ttl}");
 }
+
+/// Random pipelines of writes and reads of a few keys answer exactly as the same commands run
+/// one by one: each connection's `SET`s may be in flight together, never out of order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_pipelines_answer_as_if_run_one_by_one() {
+    let nats = NatsServer::start().await;
+    let sidecar = Sidecar::start(&nats.url(), buckets()).await;
+    sidecar.synced_client().await;
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = |below: u64| {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (seed >> 33) % below
+    };
+    let mut model = std::collections::HashMap::<String, String>::new();
+    for round in 0..4 {
+        let (mut send, mut expected) = (String::new(), String::new());
+        for i in 0..300 {
+            let key = format!("r{}", next(4));
+            let value = format!("v{round}-{i}");
+            match next(10) {
+                0..=4 => {
+                    send.push_str(&format!("SET {key} {value}\r\n"));
+                    expected.push_str("+OK\r\n");
+                    model.insert(key, value);
+                }
+                5 => {
+                    send.push_str(&format!("SETEX {key} 60 {value}\r\n"));
+                    expected.push_str("+OK\r\n");
+                    model.insert(key, value);
+                }
+                6 => {
+                    let other = format!("r{}", next(4));
+                    send.push_str(&format!("MSET {key} {value} {other} {value}x\r\n"));
+                    expected.push_str("+OK\r\n");
+                    model.insert(key, value.clone());
+                    model.insert(other, format!("{value}x"));
+                }
+                7 => {
+                    send.push_str(&format!("DEL {key}\r\n"));
+                    let had = model.remove(&key).is_some();
+                    expected.push_str(if had { ":1\r\n" } else { ":0\r\n" });
+                }
+                _ => {
+                    send.push_str(&format!("GET {key}\r\n"));
+                    match model.get(&key) {
+                        Some(v) => expected.push_str(&format!("${}\r\n{v}\r\n", v.len())),
+                        None => expected.push_str("$-1\r\n"),
+                    }
+                }
+            }
+        }
+        send.push_str("QUIT\r\n");
+        expected.push_str("+OK\r\n");
+        let told = exchange(&sidecar.socket, send.as_bytes()).await;
+        assert_eq!(String::from_utf8_lossy(&told), expected, "round {round}");
+    }
+}
