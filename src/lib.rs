@@ -105,7 +105,7 @@ pub async fn serve(config: config::Config, shutdown: CancellationToken) -> Resul
         "nearkv_buffered_request_bytes",
         "Bytes of clients' requests held against socket.max_buffered_bytes, each part at most half \
          of it: arriving (requests still arriving, past their first 64 KiB), waiting (frames of \
-         protocol v1 requests waiting for NATS or the mirror, and values of pipelined Redis SETs).",
+         protocol v1 requests waiting for NATS or the mirror, and pipelined Redis SETs and DELs).",
         "part",
         vec![
             ("arriving", Box::new(move || arriving.held_bytes())),

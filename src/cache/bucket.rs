@@ -435,22 +435,53 @@ impl Bucket {
     }
 
     /// Sends a put with no expected revision and returns once it is handed to the NATS
-    /// connection; [`SentPut::stored`] then waits for it as [`Bucket::put`] does. Puts sent one
-    /// after another (each `send_put` awaited before the next starts, in any buckets) are stored
-    /// in that order, so a client's pipelined writes can be in flight together and still land as
-    /// if run one by one.
+    /// connection; [`SentWrite::stored`] then waits for it as [`Bucket::put`] does. Writes sent
+    /// one after another (each `send_put` or `send_delete` awaited before the next starts, in any
+    /// buckets) are stored in that order, so a client's pipelined writes can be in flight
+    /// together and still land as if run one by one.
     pub async fn send_put<'a>(
         &'a self,
         key: &'a str,
         value: Bytes,
         ttl_ms: Option<u64>,
         timeout_ms: Option<u64>,
-    ) -> Result<SentPut<'a>> {
+    ) -> Result<SentWrite<'a>> {
         let store = self.check_put(key, value.len(), ttl_ms)?;
+        self.send_unconditional(store, key, Operation::Put, value, ttl_ms, timeout_ms)
+            .await
+    }
+
+    /// [`Bucket::send_put`] for a delete with no expected revision.
+    pub async fn send_delete<'a>(
+        &'a self,
+        key: &'a str,
+        timeout_ms: Option<u64>,
+    ) -> Result<SentWrite<'a>> {
+        let store = self.check_writable(key)?;
+        self.send_unconditional(
+            store,
+            key,
+            Operation::Delete,
+            Bytes::new(),
+            None,
+            timeout_ms,
+        )
+        .await
+    }
+
+    async fn send_unconditional<'a>(
+        &'a self,
+        store: &'a kv::Store,
+        key: &'a str,
+        operation: Operation,
+        value: Bytes,
+        ttl_ms: Option<u64>,
+        timeout_ms: Option<u64>,
+    ) -> Result<SentWrite<'a>> {
         let deadline = tokio::time::Instant::now() + self.timeout(timeout_ms);
         let destination = self.destination(store)?;
-        let sent = writes::send_put(destination, key, value, ttl_ms).await?;
-        Ok(SentPut {
+        let sent = writes::send_unconditional(destination, key, operation, value, ttl_ms).await?;
+        Ok(SentWrite {
             bucket: self,
             key,
             sent,
@@ -634,15 +665,15 @@ pub struct SaveStats {
     pub rejected: u64,
 }
 
-/// A put handed to NATS by [`Bucket::send_put`].
-pub struct SentPut<'a> {
+/// A write handed to NATS by [`Bucket::send_put`] or [`Bucket::send_delete`].
+pub struct SentWrite<'a> {
     bucket: &'a Bucket,
     key: &'a str,
     sent: writes::Sent<'a>,
     deadline: tokio::time::Instant,
 }
 
-impl SentPut<'_> {
+impl SentWrite<'_> {
     /// Waits for NATS's acknowledgement, then for the mirror to apply it; the revision stored.
     pub async fn stored(self) -> Result<u64> {
         let revision = self.sent.acked().await?;

@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub(crate) use bucket::mget_too_large;
-pub use bucket::{Bucket, SaveStats, SentPut, MAX_MGET_BYTES};
+pub use bucket::{Bucket, SaveStats, SentWrite, MAX_MGET_BYTES};
 pub use error::{Error, ErrorKind, Result};
 pub use memory::map_large_allocations;
 pub use mirror::Mirror;

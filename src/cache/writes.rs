@@ -162,18 +162,19 @@ async fn publish(
         .await
 }
 
-/// Sends a put with no condition, for [`Sent::acked`] to await its acknowledgement. Puts sent
-/// one after another (each call awaited before the next) reach NATS, and are stored, in that
-/// order: one connection, one stream.
-pub async fn send_put<'a>(
+/// Sends a put or delete with no condition, for [`Sent::acked`] to await its acknowledgement.
+/// Writes sent one after another (each call awaited before the next) reach NATS, and are
+/// stored, in that order: one connection, one stream.
+pub async fn send_unconditional<'a>(
     to: Destination<'a>,
     key: &'a str,
+    operation: Operation,
     value: Bytes,
     ttl_ms: Option<u64>,
 ) -> Result<Sent<'a>> {
     let message = Message {
         key,
-        operation: Operation::Put,
+        operation,
         ttl_ms,
     };
     start(to, &message, value, None).await

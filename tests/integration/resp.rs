@@ -519,7 +519,7 @@ async fn pipelined_sets_are_stored_in_the_order_sent() {
 }
 
 /// Random pipelines of writes and reads of a few keys answer exactly as the same commands run
-/// one by one: each connection's `SET`s may be in flight together, never out of order.
+/// one by one: a connection's `SET`s and `DEL`s may be in flight together, never out of order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_pipelines_answer_as_if_run_one_by_one() {
     let nats = NatsServer::start().await;
@@ -557,9 +557,12 @@ async fn random_pipelines_answer_as_if_run_one_by_one() {
                     model.insert(other, format!("{value}x"));
                 }
                 7 => {
-                    send.push_str(&format!("DEL {key}\r\n"));
-                    let had = model.remove(&key).is_some();
-                    expected.push_str(if had { ":1\r\n" } else { ":0\r\n" });
+                    // One, two or three keys, perhaps one named twice.
+                    let keys: Vec<String> =
+                        (0..=next(3)).map(|_| format!("r{}", next(4))).collect();
+                    send.push_str(&format!("DEL {}\r\n", keys.join(" ")));
+                    let deleted = keys.iter().filter(|k| model.remove(*k).is_some()).count();
+                    expected.push_str(&format!(":{deleted}\r\n"));
                 }
                 _ => {
                     send.push_str(&format!("GET {key}\r\n"));

@@ -39,13 +39,13 @@ impl Session {
         true
     }
 
-    /// The command as a plain `SET` that may be sent along with the ones before it; `None` for
-    /// anything else, including a `SET` it must refuse (run by [`Session::execute`]).
-    pub fn pipelined_set(&self, args: &[Bytes]) -> Option<strings::PlainSet> {
+    /// The command as a plain `SET` or a `DEL` that may be sent along with the writes before it;
+    /// `None` for anything else, including one it must refuse (run by [`Session::execute`]).
+    pub fn pipelined_write(&self, args: &[Bytes]) -> Option<strings::PipelinedWrite> {
         if self.pubsub.is_active() && self.version == Version::Resp2 {
             return None;
         }
-        strings::PlainSet::of(args)
+        strings::PipelinedWrite::of(args)
     }
 
     /// Runs one command and appends its reply to `out`.

@@ -5,7 +5,8 @@
 //! clients expect each command to see the ones before it. So a connection runs its commands one
 //! after the other: reads answered from memory at once, a write awaited (with the same
 //! read-your-writes wait as v1) before the next command runs. The one exception: pipelined plain
-//! `SET`s are sent to NATS in order and awaited together, before the next other command runs.
+//! `SET`s and `DEL`s are sent to NATS in order and awaited together, before the next other
+//! command runs.
 //! Pipelined replies are sent in one write, as for v1.
 
 mod dispatch;
@@ -35,15 +36,15 @@ use crate::metrics::ReadTally;
 use encode::{Out, Version};
 use parse::Check;
 use session::Session;
-use strings::PlainSet;
+use strings::PipelinedWrite;
 
 /// Replies are sent once this much is pending, even in the middle of a pipelined burst.
 const MAX_BATCH: usize = 256 * 1024;
-/// Pipelined plain `SET`s sent to NATS together (`strings::set_in_order`), and the most bytes of
-/// values they hold (beyond the first, also against `socket.max_buffered_bytes`' half for waiting
-/// requests): more are run in turns.
-const MAX_SETS: usize = 64;
-const MAX_SET_BYTES: usize = 4 * 1024 * 1024;
+/// Pipelined writes sent to NATS together (`strings::writes_in_order`), and the most bytes they
+/// hold (beyond the first, also against `socket.max_buffered_bytes`' half for waiting requests):
+/// more are run in turns.
+const MAX_WRITES: usize = 64;
+const MAX_WRITE_BYTES: usize = 4 * 1024 * 1024;
 
 /// Serves one RESP connection whose first bytes, already read, are `input`.
 pub async fn run(
@@ -61,7 +62,7 @@ pub async fn run(
         input: Input::new(reader, input, ctx.requests.arriving.clone()),
         writer,
         args: Vec::new(),
-        sets: Vec::new(),
+        writes: Vec::new(),
         batch: Vec::with_capacity(16 * 1024),
         tally: ctx.metrics.tally(),
         limits,
@@ -76,9 +77,9 @@ struct Connection {
     writer: OwnedWriteHalf,
     /// The arguments of the command being run, reused from one command to the next.
     args: Vec<bytes::Bytes>,
-    /// Plain `SET`s read and not yet run: run together before any other command and whenever
-    /// no whole command is left in the input.
-    sets: Vec<PlainSet>,
+    /// Plain `SET`s and `DEL`s read and not yet run: run together before any other command and
+    /// whenever no whole command is left in the input.
+    writes: Vec<PipelinedWrite>,
     batch: Vec<u8>,
     /// Reads answered from memory, added to the shared metrics once per burst.
     tally: ReadTally,
@@ -146,35 +147,35 @@ impl Connection {
             let max = self.limits.max_frame_size as usize;
             match parse::check(&self.input.buf, max) {
                 Ok(Check::Incomplete) => {
-                    self.run_sets().await;
+                    self.run_writes().await;
                     return Ok(answered);
                 }
                 Ok(Check::Empty { len }) => parse::skip(&mut self.input.buf, len),
                 Ok(Check::Complete { len }) => {
                     parse::take(&mut self.input.buf, len, &mut self.args);
                     answered += 1;
-                    if let Some(mut set) = self.session.pipelined_set(&self.args) {
+                    if let Some(mut write) = self.session.pipelined_write(&self.args) {
                         // The first of a batch is the one command a connection always runs;
-                        // the others hold their values against socket.max_buffered_bytes, and
+                        // the others hold their bytes against socket.max_buffered_bytes, and
                         // when it has no room the batch so far runs first.
-                        if !self.sets.is_empty() {
+                        if !self.writes.is_empty() {
                             let waiting = &self.session.ctx.requests.waiting;
-                            match waiting.try_take(set.value_len()) {
-                                Some(share) => set.hold(share),
-                                None => self.run_sets().await,
+                            match waiting.try_take(write.len()) {
+                                Some(share) => write.hold(share),
+                                None => self.run_writes().await,
                             }
                         }
-                        self.sets.push(set);
-                        let held: usize = self.sets.iter().map(PlainSet::value_len).sum();
-                        if self.sets.len() >= MAX_SETS || held >= MAX_SET_BYTES {
-                            self.run_sets().await;
+                        self.writes.push(write);
+                        let held: usize = self.writes.iter().map(PipelinedWrite::len).sum();
+                        if self.writes.len() >= MAX_WRITES || held >= MAX_WRITE_BYTES {
+                            self.run_writes().await;
                             if self.batch.len() >= MAX_BATCH && !self.flush().await {
                                 return Err(());
                             }
                         }
                         continue;
                     }
-                    self.run_sets().await;
+                    self.run_writes().await;
                     let mut out = Out {
                         buf: &mut self.batch,
                         version: self.session.version,
@@ -196,7 +197,7 @@ impl Connection {
                     }
                 }
                 Err(err) => {
-                    self.run_sets().await;
+                    self.run_writes().await;
                     let mut out = Out {
                         buf: &mut self.batch,
                         version: self.session.version,
@@ -213,9 +214,9 @@ impl Connection {
         }
     }
 
-    /// Runs the plain `SET`s read so far, their replies in order.
-    async fn run_sets(&mut self) {
-        if self.sets.is_empty() {
+    /// Runs the pipelined writes read so far, their replies in order.
+    async fn run_writes(&mut self) {
+        if self.writes.is_empty() {
             return;
         }
         // The reads before them are timed without this wait.
@@ -224,8 +225,8 @@ impl Connection {
             buf: &mut self.batch,
             version: self.session.version,
         };
-        strings::pipelined_sets(&self.session, &self.sets, &mut out).await;
-        self.sets.clear();
+        strings::pipelined_writes(&self.session, &self.writes, &mut out).await;
+        self.writes.clear();
     }
 
     /// Sends the pending replies. False when the client is gone or did not read them within

@@ -54,7 +54,13 @@ pub async fn execute(
                 .map(|_| out.ok())
         }
         "MSET" if args.len() >= 3 && args.len() % 2 == 1 => mset(session, args, out).await,
-        "DEL" | "UNLINK" if args.len() >= 2 => del(session, args, out).await,
+        "DEL" | "UNLINK" if args.len() >= 2 => {
+            let delete = PipelinedWrite::new(Write::Delete {
+                keys: args[1..].to_vec(),
+            });
+            pipelined_writes(session, &[delete], out).await;
+            Ok(())
+        }
         "GETDEL" if args.len() == 2 => getdel(session, args, out).await,
         "EXISTS" if args.len() >= 2 => {
             let mut found = 0;
@@ -221,42 +227,72 @@ fn setex_options(seconds: bool, args: &[Bytes]) -> Result<SetOptions, Error> {
     })
 }
 
-/// A valid `SET` without `NX`, `XX` or `GET`, a `SETEX` or a `PSETEX`: one put with no
-/// condition, which a connection sends without waiting for the writes before it to be stored
-/// (see [`set_in_order`]).
-pub struct PlainSet {
-    key: Bytes,
-    value: Bytes,
-    ttl_ms: Option<u64>,
+/// A write a connection sends without waiting for the writes before it to be stored (see
+/// [`writes_in_order`]): a valid `SET` without `NX`, `XX` or `GET`, a `SETEX` or a `PSETEX` (one
+/// put with no condition), or a `DEL` or `UNLINK` (a delete with no condition of each key that
+/// has a value).
+pub struct PipelinedWrite {
+    write: Write,
     /// When the command was read, for its duration metric.
     read_at: Instant,
-    /// Its value's share of `socket.max_buffered_bytes`, held until it is stored.
+    /// Its bytes' share of `socket.max_buffered_bytes`, held until it is stored.
     held: Option<OwnedSemaphorePermit>,
 }
 
-impl PlainSet {
-    pub fn of(args: &[Bytes]) -> Option<PlainSet> {
+enum Write {
+    Put {
+        key: Bytes,
+        value: Bytes,
+        ttl_ms: Option<u64>,
+    },
+    Delete {
+        keys: Vec<Bytes>,
+    },
+}
+
+/// What a pipelined write answers: `+OK` for a put, the number of keys deleted for a delete.
+enum Done {
+    Put,
+    Deleted(i64),
+}
+
+impl PipelinedWrite {
+    pub fn of(args: &[Bytes]) -> Option<PipelinedWrite> {
         let name = args.first()?;
         let (options, value) = if is(name, "SET") && args.len() >= 3 {
             (parse_set(args).ok()?, &args[2])
         } else if (is(name, "SETEX") || is(name, "PSETEX")) && args.len() == 4 {
             (setex_options(is(name, "SETEX"), args).ok()?, &args[3])
+        } else if (is(name, "DEL") || is(name, "UNLINK")) && args.len() >= 2 {
+            let keys = args[1..].to_vec();
+            return Some(PipelinedWrite::new(Write::Delete { keys }));
         } else {
             return None;
         };
         let plain = options.condition == Condition::Always && !options.get;
-        plain.then(|| PlainSet {
-            key: args[1].clone(),
-            value: value.clone(),
-            ttl_ms: options.ttl_ms,
-            read_at: Instant::now(),
-            held: None,
+        plain.then(|| {
+            PipelinedWrite::new(Write::Put {
+                key: args[1].clone(),
+                value: value.clone(),
+                ttl_ms: options.ttl_ms,
+            })
         })
     }
 
-    /// Bytes of the value it holds until it is stored.
-    pub fn value_len(&self) -> usize {
-        self.value.len()
+    fn new(write: Write) -> PipelinedWrite {
+        PipelinedWrite {
+            write,
+            read_at: Instant::now(),
+            held: None,
+        }
+    }
+
+    /// Bytes it holds until it is stored.
+    pub fn len(&self) -> usize {
+        match &self.write {
+            Write::Put { key, value, .. } => key.len() + value.len(),
+            Write::Delete { keys } => keys.iter().map(Bytes::len).sum(),
+        }
     }
 
     /// Holds `share` of the sidecar's request budget until it is stored.
@@ -265,24 +301,42 @@ impl PlainSet {
     }
 }
 
-/// Runs pipelined plain `SET`s as Redis would one after the other, each answered `+OK` or its
-/// error in order (see [`set_in_order`]).
-pub async fn pipelined_sets(session: &Session, sets: &[PlainSet], out: &mut Out<'_>) {
-    for stored in set_in_order(session, sets).await {
-        match stored {
-            Ok(_) => out.ok(),
+/// Runs pipelined writes as Redis would one after the other, each answered in order (`+OK`, or
+/// how many keys a `DEL` deleted, or its error; see [`writes_in_order`]).
+pub async fn pipelined_writes(session: &Session, writes: &[PipelinedWrite], out: &mut Out<'_>) {
+    for done in writes_in_order(session, writes).await {
+        match done {
+            Ok(Done::Put) => out.ok(),
+            Ok(Done::Deleted(count)) => out.int(count),
             Err(err) => super::reply::error(out, &err),
         }
     }
 }
 
-/// Stores plain `SET`s with all of them in flight to NATS together: each is handed to the NATS
+/// Stores writes with all of them in flight to NATS together: each is handed to the NATS
 /// connection after the one before it (so NATS stores them in the order the client sent them;
 /// the last `SET` of a key wins), then all are awaited at once. One by one, a connection's
 /// pipelined `SET`s took a NATS round trip each (about 6,000 per second on one connection).
-async fn set_in_order(session: &Session, sets: &[PlainSet]) -> Vec<Result<u64, Error>> {
+///
+/// Which keys a `DEL` deletes (those with a value) is decided first, in order, from the mirror
+/// and the writes before it in the batch, which the mirror does not show yet.
+async fn writes_in_order<'s>(
+    session: &'s Session,
+    writes: &'s [PipelinedWrite],
+) -> Vec<Result<Done, Error>> {
+    let mut has_value = std::collections::HashMap::<(&str, &str), bool>::new();
+    let mut planned: Vec<Result<Plan<'s>, Error>> = Vec::with_capacity(writes.len());
+    for write in writes {
+        planned.push(match &write.write {
+            Write::Put { key, value, ttl_ms } => session.locate(key).map(|(bucket, key)| {
+                has_value.insert((bucket.name(), key), true);
+                Plan::Put(bucket, key, value.clone(), *ttl_ms)
+            }),
+            Write::Delete { keys } => deletes(session, keys, &mut has_value).map(Plan::Delete),
+        });
+    }
     let mut turn: Option<tokio::sync::oneshot::Receiver<()>> = None;
-    let writes = sets.iter().map(|set| {
+    let sends = planned.into_iter().zip(writes).map(|(plan, write)| {
         // Dropped (never sent on) once this one is handed to NATS or failed before: the next
         // one's turn to send.
         let (next, after) = tokio::sync::oneshot::channel::<()>();
@@ -291,24 +345,102 @@ async fn set_in_order(session: &Session, sets: &[PlainSet]) -> Vec<Result<u64, E
             if let Some(previous) = previous {
                 let _ = previous.await;
             }
-            let (bucket, key) = session.locate(&set.key)?;
-            let sent = bucket
-                .send_put(key, set.value.clone(), set.ttl_ms, None)
-                .await;
-            drop(next);
-            let stored = match sent {
-                Ok(sent) => sent.stored().await,
-                Err(err) => Err(err),
+            let plan = match plan {
+                Ok(plan) => plan,
+                Err(err) => return Err(err),
             };
-            let outcome = Outcome {
-                error: stored.as_ref().err().map(|e| ErrorCode::from(e.kind)),
-                ..Outcome::OK
+            let done = match plan {
+                Plan::Put(bucket, key, value, ttl_ms) => {
+                    let sent = bucket.send_put(key, value, ttl_ms, None).await;
+                    drop(next);
+                    let stored = match sent {
+                        Ok(sent) => sent.stored().await.map(|_| Done::Put),
+                        Err(err) => Err(err),
+                    };
+                    count_write(
+                        session,
+                        bucket,
+                        Op::Put,
+                        write.read_at,
+                        stored.as_ref().err(),
+                    );
+                    stored
+                }
+                Plan::Delete(targets) => {
+                    let mut sent = Vec::with_capacity(targets.len());
+                    for (bucket, key) in &targets {
+                        sent.push(bucket.send_delete(key, None).await);
+                    }
+                    drop(next);
+                    let stored = futures::future::join_all(sent.into_iter().map(|sent| async {
+                        match sent {
+                            Ok(sent) => sent.stored().await,
+                            Err(err) => Err(err),
+                        }
+                    }))
+                    .await;
+                    let mut done = Ok(Done::Deleted(stored.len() as i64));
+                    for ((bucket, _), stored) in targets.iter().zip(stored) {
+                        let error = stored.err();
+                        count_write(session, bucket, Op::Delete, write.read_at, error.as_ref());
+                        if let (Ok(_), Some(err)) = (&done, error) {
+                            done = Err(err);
+                        }
+                    }
+                    done
+                }
             };
-            count(session, bucket.name(), Op::Put, set.read_at, outcome);
-            stored.map_err(Error::from)
+            done.map_err(Error::from)
         }
     });
-    futures::future::join_all(writes).await
+    futures::future::join_all(sends).await
+}
+
+/// A pipelined write, its buckets found and (for a `DEL`) the keys it deletes decided.
+enum Plan<'s> {
+    Put(&'s Bucket, &'s str, Bytes, Option<u64>),
+    Delete(Vec<(&'s Bucket, &'s str)>),
+}
+
+/// The keys of a `DEL` that have a value once the writes before it are stored: Redis answers
+/// how many keys existed, and a key without a value is not written to. Updates `has_value`.
+fn deletes<'s>(
+    session: &'s Session,
+    keys: &'s [Bytes],
+    has_value: &mut std::collections::HashMap<(&'s str, &'s str), bool>,
+) -> Result<Vec<(&'s Bucket, &'s str)>, Error> {
+    let mut targets = Vec::new();
+    for arg in keys {
+        let (bucket, key) = session.locate(arg)?;
+        // A key named twice is deleted once.
+        let named = |(b, k): &(&Bucket, &str)| std::ptr::eq(*b, bucket) && *k == key;
+        let present = match has_value.get(&(bucket.name(), key)) {
+            _ if targets.iter().any(named) => false,
+            Some(present) => *present,
+            None => bucket.get_cached(key).map_err(Error::from)?.is_some(),
+        };
+        if present {
+            targets.push((bucket, key));
+        }
+    }
+    for (bucket, key) in &targets {
+        has_value.insert((bucket.name(), key), false);
+    }
+    Ok(targets)
+}
+
+fn count_write(
+    session: &Session,
+    bucket: &Bucket,
+    op: Op,
+    read_at: Instant,
+    error: Option<&crate::cache::Error>,
+) {
+    let outcome = Outcome {
+        error: error.map(|e| ErrorCode::from(e.kind)),
+        ..Outcome::OK
+    };
+    count(session, bucket.name(), op, read_at, outcome);
 }
 
 fn parse_set(args: &[Bytes]) -> Result<SetOptions, Error> {
@@ -465,43 +597,20 @@ fn contended(key: &str) -> Error {
 async fn mset(session: &Session, args: &[Bytes], out: &mut Out<'_>) -> Handled {
     // Not atomic: each pair is its own put, sent in order, all in flight together; a failure
     // answers the first error, and the other pairs may be stored.
-    let read_at = Instant::now();
-    let pairs: Vec<PlainSet> = args[1..]
+    let pairs: Vec<PipelinedWrite> = args[1..]
         .chunks(2)
-        .map(|pair| PlainSet {
-            key: pair[0].clone(),
-            value: pair[1].clone(),
-            ttl_ms: None,
-            read_at,
-            held: None,
+        .map(|pair| {
+            PipelinedWrite::new(Write::Put {
+                key: pair[0].clone(),
+                value: pair[1].clone(),
+                ttl_ms: None,
+            })
         })
         .collect();
-    for stored in set_in_order(session, &pairs).await {
+    for stored in writes_in_order(session, &pairs).await {
         stored?;
     }
     out.ok();
-    Ok(())
-}
-
-async fn del(session: &Session, args: &[Bytes], out: &mut Out<'_>) -> Handled {
-    let mut removed = 0;
-    for arg in &args[1..] {
-        let started = Instant::now();
-        let (bucket, key) = session.locate(arg)?;
-        // Redis answers how many keys existed; a key without a value is not written to.
-        if bucket.get_cached(key).map_err(Error::from)?.is_none() {
-            continue;
-        }
-        let result = bucket.delete(key, WriteOptions::default()).await;
-        let outcome = Outcome {
-            error: result.as_ref().err().map(|e| ErrorCode::from(e.kind)),
-            ..Outcome::OK
-        };
-        count(session, bucket.name(), Op::Delete, started, outcome);
-        result?;
-        removed += 1;
-    }
-    out.int(removed);
     Ok(())
 }
 
