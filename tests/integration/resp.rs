@@ -362,6 +362,11 @@ async fn redis_benchmark_drives_nearkv() {
     assert_eq!(entry.value.len(), 100);
 }
 
+/// [`exchange`]'s answer as text.
+async fn exchange_text(socket: &std::path::Path, send: &[u8]) -> String {
+    String::from_utf8_lossy(&exchange(socket, send).await).into_owned()
+}
+
 async fn exchange(socket: &std::path::Path, send: &[u8]) -> Vec<u8> {
     let mut stream = tokio::net::UnixStream::connect(socket).await.unwrap();
     stream.write_all(send).await.unwrap();
@@ -436,15 +441,13 @@ async fn info_says_loading_until_every_bucket_is_synced() {
     let mut missing = bucket("missing");
     missing.create = false;
     let sidecar = Sidecar::start(&nats.url(), vec![bucket("main"), missing]).await;
-    let info = exchange(&sidecar.socket, b"INFO persistence\r\nQUIT\r\n").await;
-    let info = String::from_utf8_lossy(&info);
+    let info = exchange_text(&sidecar.socket, b"INFO persistence\r\nQUIT\r\n").await;
     assert!(info.contains("\r\nloading:1\r\n"), "{info}");
-    let told = exchange(
+    let told = exchange_text(
         &sidecar.socket,
         b"ROLE\r\nCONFIG GET databases\r\nINFO replication\r\nQUIT\r\n",
     )
     .await;
-    let told = String::from_utf8_lossy(&told);
     assert!(
         told.starts_with("*3\r\n$6\r\nmaster\r\n:0\r\n*0\r\n*2\r\n$9\r\ndatabases\r\n$1\r\n2\r\n"),
         "{told}"
@@ -469,8 +472,7 @@ async fn pipelined_sets_are_stored_in_the_order_sent() {
         }
     }
     send.extend(b"SETEX ttl 30 t\r\nGET same\r\nQUIT\r\n");
-    let told = exchange(&sidecar.socket, &send).await;
-    let told = String::from_utf8_lossy(&told);
+    let told = exchange_text(&sidecar.socket, &send).await;
     let (before, after) = told.split_once("-UNKNOWN_BUCKET ").unwrap();
     assert_eq!(before, "+OK\r\n".repeat(142), "{told}");
     let mut lines = after.split("\r\n").skip(1);
@@ -501,19 +503,17 @@ async fn pipelined_sets_are_stored_in_the_order_sent() {
     let same = client.get("main", "same").await.unwrap().unwrap();
     assert_eq!(&same.value[..], b"149");
     // MSET's pairs too: in flight together, stored in order.
-    let told = exchange(
+    let told = exchange_text(
         &sidecar.socket,
         b"MSET m a n b m c\r\nMGET m n\r\nMSET m d nosuch:k e\r\nGET m\r\nQUIT\r\n",
     )
     .await;
-    let told = String::from_utf8_lossy(&told);
     assert!(
         told.starts_with("+OK\r\n*2\r\n$1\r\nc\r\n$1\r\nb\r\n-UNKNOWN_BUCKET "),
         "{told}"
     );
     assert!(told.ends_with("\r\n$1\r\nd\r\n+OK\r\n"), "{told}");
-    let ttl = exchange(&sidecar.socket, b"TTL ttl\r\nQUIT\r\n").await;
-    let ttl = String::from_utf8_lossy(&ttl);
+    let ttl = exchange_text(&sidecar.socket, b"TTL ttl\r\nQUIT\r\n").await;
     let seconds: u64 = ttl[1..ttl.find("\r\n").unwrap()].parse().unwrap();
     assert!((1..=30).contains(&seconds), "{ttl}");
 }
