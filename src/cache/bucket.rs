@@ -489,7 +489,10 @@ impl Bucket {
         })
     }
 
-    fn check_put(&self, key: &str, len: usize, ttl_ms: Option<u64>) -> Result<&kv::Store> {
+    /// What a put is refused for before anything is sent (a read-only bucket, an invalid key, a
+    /// value too large, a TTL too short, no connection yet): a face that plans several writes asks
+    /// it first, so that a later write of the batch does not count on a value never stored.
+    pub fn check_put(&self, key: &str, len: usize, ttl_ms: Option<u64>) -> Result<&kv::Store> {
         let store = self.check_writable(key)?;
         self.check_value_size(store, key, len)?;
         if ttl_ms.is_some_and(|ms| ms < 1000) {

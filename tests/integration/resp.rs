@@ -468,7 +468,8 @@ async fn pipelined_sets_are_stored_in_the_order_sent() {
     for i in 0..150 {
         send.extend(format!("SET same {i}\r\nSET k{i} v\r\n").into_bytes());
         if i == 70 {
-            send.extend(b"SET nosuch:k x\r\nSET frozen:k x\r\nSET second:k EX 1\r\nGET same\r\n");
+            send.extend(b"SET nosuch:k x\r\nSET frozen:k x\r\nDEL frozen:k\r\n");
+            send.extend(b"SET second:k EX 1\r\nGET same\r\n");
         }
     }
     send.extend(b"SETEX ttl 30 t\r\nGET same\r\nQUIT\r\n");
@@ -477,6 +478,8 @@ async fn pipelined_sets_are_stored_in_the_order_sent() {
     assert_eq!(before, "+OK\r\n".repeat(142), "{told}");
     let mut lines = after.split("\r\n").skip(1);
     assert!(lines.next().unwrap().starts_with("-READONLY "), "{after}");
+    // The refused SET stored nothing: the DEL after it finds no value to delete.
+    assert_eq!(lines.next().unwrap(), ":0", "{after}");
     // `SET second:k EX 1`: a syntax error, answered in its place.
     assert_eq!(lines.next().unwrap(), "-ERR syntax error");
     assert_eq!(

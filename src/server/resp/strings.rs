@@ -328,9 +328,10 @@ async fn writes_in_order<'s>(
     let mut planned: Vec<Result<Plan<'s>, Error>> = Vec::with_capacity(writes.len());
     for write in writes {
         planned.push(match &write.write {
-            Write::Put { key, value, ttl_ms } => session.locate(key).map(|(bucket, key)| {
+            Write::Put { key, value, ttl_ms } => session.locate(key).and_then(|(bucket, key)| {
+                bucket.check_put(key, value.len(), *ttl_ms)?;
                 has_value.insert((bucket.name(), key), true);
-                Plan::Put(bucket, key, value.clone(), *ttl_ms)
+                Ok(Plan::Put(bucket, key, value.clone(), *ttl_ms))
             }),
             Write::Delete { keys } => deletes(session, keys, &mut has_value).map(Plan::Delete),
         });
