@@ -192,6 +192,22 @@ impl Connection {
         let idle = self.limits.idle_timeout;
         let mut clock = IdleClock::new(idle);
         loop {
+            clock.seen += self.answer_waiting_gets(input, batch);
+            // Answer a pipelined burst in one write: flush when no whole frame is waiting, or
+            // when the answers so far reach MAX_WRITE (so a client that does not read stops
+            // being read from, rather than growing the batch).
+            let whole_frame_waiting = !matches!(
+                check(&input.buf, self.limits.max_frame_size),
+                FrameCheck::Incomplete
+            );
+            if !whole_frame_waiting || batch.len() >= MAX_WRITE {
+                self.tally.flush();
+                if !batch.is_empty()
+                    && !send_to_client(socket, batch, None, queued, &self.limits, &self.ctx).await
+                {
+                    return false;
+                }
+            }
             let next = tokio::select! {
                 biased;
                 _ = &mut cancelled => return true,
@@ -223,22 +239,31 @@ impl Connection {
                 }
             };
             self.handle(frame, batch);
-            // Answer a pipelined burst in one write: flush when no whole frame is waiting, or
-            // when the answers so far reach MAX_WRITE (so a client that does not read stops
-            // being read from, rather than growing the batch).
-            let whole_frame_waiting = !matches!(
-                check(&input.buf, self.limits.max_frame_size),
-                FrameCheck::Incomplete
-            );
-            if !whole_frame_waiting || batch.len() >= MAX_WRITE {
-                self.tally.flush();
-                if !batch.is_empty()
-                    && !send_to_client(socket, batch, None, queued, &self.limits, &self.ctx).await
-                {
-                    return false;
-                }
-            }
         }
+    }
+
+    /// Answers the plain `get`s at the front of the input (most of a pipelined burst of reads)
+    /// where they lie: no frame is split off, and no `select!` runs between two of them. Stops at
+    /// anything else, which `serve` takes as a frame, and at [`MAX_WRITE`] bytes of answers.
+    /// Returns how many it answered.
+    fn answer_waiting_gets(&mut self, input: &mut Input, batch: &mut Vec<u8>) -> u64 {
+        let mut answered = 0;
+        while batch.len() < MAX_WRITE {
+            let FrameCheck::Complete(len) = check(&input.buf, self.limits.max_frame_size) else {
+                break;
+            };
+            let frame = &input.buf[LENGTH_PREFIX..LENGTH_PREFIX + len];
+            let Some((id, bucket, key)) = v1::plain_get(frame, &self.ctx.cache) else {
+                break;
+            };
+            self.tally.start();
+            let mut reply = V1Reply { out: batch, id };
+            let outcome = Get::read_now(bucket, key, false, &mut reply);
+            self.tally.count(bucket.name(), Op::Get, outcome);
+            bytes::Buf::advance(&mut input.buf, LENGTH_PREFIX + len);
+            answered += 1;
+        }
+        answered
     }
 
     fn handle(&mut self, frame: Bytes, batch: &mut Vec<u8>) {
