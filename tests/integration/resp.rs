@@ -368,10 +368,16 @@ async fn exchange_text(socket: &std::path::Path, send: &[u8]) -> String {
 }
 
 async fn exchange(socket: &std::path::Path, send: &[u8]) -> Vec<u8> {
+    exchange_within(socket, send, Duration::from_secs(5)).await
+}
+
+/// Sends `send` on a new connection and reads until the sidecar closes it (after a `QUIT`), or
+/// for `wait` at most.
+async fn exchange_within(socket: &std::path::Path, send: &[u8], wait: Duration) -> Vec<u8> {
     let mut stream = tokio::net::UnixStream::connect(socket).await.unwrap();
     stream.write_all(send).await.unwrap();
     let mut got = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut got)).await;
+    let _ = tokio::time::timeout(wait, stream.read_to_end(&mut got)).await;
     got
 }
 
@@ -580,5 +586,190 @@ async fn random_pipelines_answer_as_if_run_one_by_one() {
         expected.push_str("+OK\r\n");
         let told = exchange(&sidecar.socket, send.as_bytes()).await;
         assert_eq!(String::from_utf8_lossy(&told), expected, "round {round}");
+    }
+}
+
+/// Pipelined `SET`s and `DEL`s, sent to NATS together, while NATS is killed (some of them in
+/// flight) and restarted: every command is answered in its place, stored or refused with an error
+/// that says a retry is safe, and what was acknowledged is what a read finds afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_writes_through_a_nats_restart_are_each_answered() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let mut nats = NatsServer::start().await;
+    let sidecar = Sidecar::start(&nats.url(), buckets()).await;
+    sidecar.synced_client().await;
+    let mut history = PipelinedHistory::new(30);
+    for _ in 0..10 {
+        assert_eq!(history.round(&sidecar.socket).await, 0, "NATS is up");
+    }
+    let (done, failed, clean) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let rounds = tokio::spawn({
+        let (done, failed, clean) = (done.clone(), failed.clone(), clean.clone());
+        let socket = sidecar.socket.clone();
+        async move {
+            while !done.load(Ordering::SeqCst) {
+                match history.round(&socket).await {
+                    0 => clean.fetch_add(1, Ordering::SeqCst),
+                    n => {
+                        failed.fetch_add(n, Ordering::SeqCst);
+                        clean.swap(0, Ordering::SeqCst)
+                    }
+                };
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            history
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    nats.stop();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        failed.load(Ordering::SeqCst) > 0,
+        "pipelined writes kept succeeding with NATS killed"
+    );
+    nats.restart().await;
+    let back = std::time::Instant::now();
+    while clean.load(Ordering::SeqCst) < 5 {
+        assert!(
+            back.elapsed() < Duration::from_secs(30),
+            "writes still fail 30 s after NATS came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    done.store(true, Ordering::SeqCst);
+    let mut history = rounds.await.unwrap();
+    for _ in 0..10 {
+        assert_eq!(history.round(&sidecar.socket).await, 0, "NATS is back");
+    }
+    history.check_reads(&sidecar.socket).await;
+    assert!(
+        history.dels_checked > 10,
+        "{} DEL counts checked",
+        history.dels_checked
+    );
+}
+
+/// Rounds of 10 pipelined `SET`s and a `DEL` over a few keys, and what they acknowledged: each
+/// key's value (`None`: deleted, or never written), or no entry once a write of it failed (it may
+/// or may not have been stored).
+struct PipelinedHistory {
+    keys: usize,
+    known: std::collections::HashMap<String, Option<String>>,
+    rounds: usize,
+    /// `DEL`s whose count was checked.
+    dels_checked: usize,
+}
+
+impl PipelinedHistory {
+    fn new(keys: usize) -> PipelinedHistory {
+        let known = (0..keys).map(|i| (format!("p{i}"), None)).collect();
+        PipelinedHistory {
+            keys,
+            known,
+            rounds: 0,
+            dels_checked: 0,
+        }
+    }
+
+    /// Runs one round; returns how many of its commands failed.
+    async fn round(&mut self, socket: &std::path::Path) -> usize {
+        let round = self.rounds;
+        self.rounds += 1;
+        let mut writes: Vec<(String, Option<String>)> = (0..10)
+            .map(|j| {
+                let key = format!("p{}", (round * 10 + j) % self.keys);
+                (key, Some(format!("v{round}-{j}")))
+            })
+            .collect();
+        writes.push((format!("p{}", (round * 7) % self.keys), None));
+        let mut send = String::new();
+        for (key, value) in &writes {
+            match value {
+                Some(value) => send.push_str(&format!("SET {key} {value}\r\n")),
+                None => send.push_str(&format!("DEL {key}\r\n")),
+            }
+        }
+        send.push_str("QUIT\r\n");
+        // Longer than socket.request_timeout, the most a write waits for NATS.
+        let told = exchange_within(socket, send.as_bytes(), Duration::from_secs(30)).await;
+        let told = String::from_utf8_lossy(&told).into_owned();
+        let answers: Vec<&str> = told.split("\r\n").collect();
+        assert_eq!(
+            answers.len(),
+            writes.len() + 2,
+            "one answer per command: {told}"
+        );
+        assert_eq!(answers[writes.len()..], ["+OK", ""], "{told}");
+        let mut failed = 0;
+        for ((key, value), answer) in writes.iter().zip(&answers) {
+            if let Some(code) = answer.strip_prefix('-') {
+                let code = code.split(' ').next().unwrap_or_default();
+                assert!(
+                    ["UNAVAILABLE", "TIMEOUT"].contains(&code),
+                    "an error that does not say to retry: {told}"
+                );
+                self.known.remove(key);
+                failed += 1;
+                continue;
+            }
+            match value {
+                Some(value) => {
+                    assert_eq!(*answer, "+OK", "{told}");
+                    self.known.insert(key.clone(), Some(value.clone()));
+                }
+                None => {
+                    // A DEL counts what the writes before it in the batch left, when all of
+                    // them were stored.
+                    if let (0, Some(state)) = (failed, self.known.get(key)) {
+                        let count = if state.is_some() { ":1" } else { ":0" };
+                        assert_eq!(*answer, count, "DEL {key}: {told}");
+                        self.dels_checked += 1;
+                    }
+                    assert!(answer.starts_with(':'), "{told}");
+                    // `:0` sent nothing: a write that failed before it may still show up.
+                    if *answer != ":0" {
+                        self.known.insert(key.clone(), None);
+                    }
+                }
+            }
+        }
+        failed
+    }
+
+    /// Every key whose last write was acknowledged reads as that write left it.
+    async fn check_reads(&self, socket: &std::path::Path) {
+        let keys: Vec<String> = (0..self.keys).map(|i| format!("p{i}")).collect();
+        let told = exchange_text(
+            socket,
+            format!("MGET {}\r\nQUIT\r\n", keys.join(" ")).as_bytes(),
+        )
+        .await;
+        let mut lines = told.split("\r\n");
+        assert_eq!(
+            lines.next(),
+            Some(format!("*{}", self.keys).as_str()),
+            "{told}"
+        );
+        let mut checked = 0;
+        for key in &keys {
+            let read = match lines.next() {
+                Some("$-1") => None,
+                Some(_) => lines.next().map(str::to_string),
+                None => panic!("{told}"),
+            };
+            if let Some(known) = self.known.get(key) {
+                assert_eq!(&read, known, "{key}");
+                checked += 1;
+            }
+        }
+        assert!(
+            checked > self.keys / 2,
+            "only {checked} keys known at the end"
+        );
     }
 }
