@@ -436,6 +436,14 @@ bucket: {r['nearkv idle']['rss_kib'] / 1024:.1f} MiB. Runs, cold: {', '.join(f"{
   pays too: a `recvfrom` and a `sendto` per request (`strace -c` counted 10,453 and 10,448 for
   10,000 GETs, with 581 `epoll_wait`s), so the ratio sits at about 1.0 and moves with the
   machine's noise.
+- **Rows that move across their bound between runs.** Four rows changed between two runs of this
+  script with no change to their path in between: get at 50 connections against Redis, the Redis
+  face's GET and MGET at 50 clients, and the cold start. They were 1.05, 0.99, 1.02 and 1.08 in
+  the run at afbb5db, and 0.98, 0.95, 0.98 and 1.30 in the run at ac63e13. Over minutes, this machine's speed
+  moves by more than those margins. For the cold start, I interleaved five cold starts of each
+  revision on a 1,000,000-key bucket in one phase (`/readyz` polled every 10 ms). The newer one
+  was ready sooner in all five, in 1.77 to 2.19 s against 1.79 to 2.48 s. Three more cold starts,
+  each next to a bare watcher's snapshot, gave 1.22 to 1.27× the bare watcher.
 - **Put/CAS throughput at 16 connections.** Every nearkv write costs nats-server a consumer
   delivery to the sidecar's watcher on top of the store and ack (that is how read-your-writes is
   kept), and costs the sidecar that event's decoding; with the generator on the same two cores the
