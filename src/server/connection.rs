@@ -17,7 +17,7 @@ use tokio_util::task::TaskTracker;
 use super::context::Context;
 use super::input::{Input, InputError};
 use super::v1::{self, V1Reply};
-use crate::cache::WatchItem;
+use crate::cache::{Bucket, WatchItem};
 use crate::cmd::{Command, Get, Op, Outcome, Reply, Route};
 use crate::error::{Error, ErrorCode};
 use crate::metrics::ReadTally;
@@ -256,10 +256,7 @@ impl Connection {
             let Some((id, bucket, key)) = v1::plain_get(frame, &self.ctx.cache) else {
                 break;
             };
-            self.tally.start();
-            let mut reply = V1Reply { out: batch, id };
-            let outcome = Get::read_now(bucket, key, false, &mut reply);
-            self.tally.count(bucket.name(), Op::Get, outcome);
+            answer_plain_get(&mut self.tally, id, bucket, key, batch);
             bytes::Buf::advance(&mut input.buf, LENGTH_PREFIX + len);
             answered += 1;
         }
@@ -270,9 +267,7 @@ impl Connection {
         // Requests answered at once are timed by the tally, a burst at a time.
         self.tally.start();
         if let Some((id, bucket, key)) = v1::plain_get(&frame, &self.ctx.cache) {
-            let mut reply = V1Reply { out: batch, id };
-            let outcome = Get::read_now(bucket, key, false, &mut reply);
-            self.tally.count(bucket.name(), Op::Get, outcome);
+            answer_plain_get(&mut self.tally, id, bucket, key, batch);
             return;
         }
         let (id, command) = match v1::parse(&frame) {
@@ -491,6 +486,21 @@ enum Next {
 }
 
 /// The next whole frame's body. Cancel-safe: what was read stays in `input`.
+/// A plain `get` (see [`v1::plain_get`]), answered from the mirror into `batch` and counted in
+/// `tally`.
+fn answer_plain_get(
+    tally: &mut ReadTally,
+    id: u64,
+    bucket: &Bucket,
+    key: &str,
+    batch: &mut Vec<u8>,
+) {
+    tally.start();
+    let mut reply = V1Reply { out: batch, id };
+    let outcome = Get::read_now(bucket, key, false, &mut reply);
+    tally.count(bucket.name(), Op::Get, outcome);
+}
+
 async fn next_frame(input: &mut Input, max_frame_size: u32) -> Next {
     loop {
         match check(&input.buf, max_frame_size) {
