@@ -305,7 +305,9 @@ impl Connection {
                 let out = self.out.clone();
                 let listing = matches!(command, Command::Keys(_)).then(|| self.listing.clone());
                 let read_answers = self.read_answers.clone();
-                self.tasks.spawn(async move {
+                // Boxed: a write's future is about 4 KB, and spawning moves it by value through
+                // several calls; a box moves as a pointer.
+                self.tasks.spawn(Box::pin(async move {
                     let _permit = permit;
                     let turn = match listing {
                         Some(listing) => listing.acquire_owned().await.ok(),
@@ -340,7 +342,7 @@ impl Connection {
                             turn,
                         })
                         .await;
-                });
+                }));
             }
             Route::Watch => {
                 let outcome = self.watch(id, &command, &mut reply);
