@@ -425,62 +425,44 @@ impl Bucket {
     }
 
     pub async fn put(&self, key: &str, value: Bytes, write: WriteOptions) -> Result<u64> {
-        if write.expect_revision.is_none() {
-            let sent = self.send_put(key, value, write.ttl_ms, write.timeout_ms);
-            return sent.await?.stored().await;
-        }
-        let store = self.check_put(key, value.len(), write.ttl_ms)?;
-        self.write_and_wait(store, key, Operation::Put, value, write)
+        self.send(key, Operation::Put, value, write)
+            .await?
+            .stored()
             .await
     }
 
-    /// Sends a put with no expected revision and returns once it is handed to the NATS
-    /// connection; [`SentWrite::stored`] then waits for it as [`Bucket::put`] does. Writes sent
-    /// one after another (each `send_put` or `send_delete` awaited before the next starts, in any
-    /// buckets) are stored in that order, so a client's pipelined writes can be in flight
-    /// together and still land as if run one by one.
-    pub async fn send_put<'a>(
-        &'a self,
-        key: &'a str,
-        value: Bytes,
-        ttl_ms: Option<u64>,
-        timeout_ms: Option<u64>,
-    ) -> Result<SentWrite<'a>> {
-        let store = self.check_put(key, value.len(), ttl_ms)?;
-        self.send_unconditional(store, key, Operation::Put, value, ttl_ms, timeout_ms)
+    pub async fn delete(&self, key: &str, write: WriteOptions) -> Result<u64> {
+        self.send(key, Operation::Delete, Bytes::new(), write)
+            .await?
+            .stored()
             .await
     }
 
-    /// [`Bucket::send_put`] for a delete with no expected revision.
-    pub async fn send_delete<'a>(
-        &'a self,
-        key: &'a str,
-        timeout_ms: Option<u64>,
-    ) -> Result<SentWrite<'a>> {
-        let store = self.check_writable(key)?;
-        self.send_unconditional(
-            store,
-            key,
-            Operation::Delete,
-            Bytes::new(),
-            None,
-            timeout_ms,
-        )
-        .await
+    pub async fn purge(&self, key: &str, write: WriteOptions) -> Result<u64> {
+        self.send(key, Operation::Purge, Bytes::new(), write)
+            .await?
+            .stored()
+            .await
     }
 
-    async fn send_unconditional<'a>(
+    /// Sends a put, delete or purge and returns once it is handed to the NATS connection;
+    /// [`SentWrite::stored`] then waits for it as [`Bucket::put`] does. Writes sent one after
+    /// another (each `send` awaited before the next starts, in any buckets) are stored, or
+    /// refused for their expected revision, in that order, so a client's pipelined writes can be
+    /// in flight together and still land as if run one by one. A refused create
+    /// (`expect_revision` 0 on a key whose latest message is a marker) is sent again when it is
+    /// refused, so it keeps that order only when it is the key's last write in flight.
+    pub async fn send<'a>(
         &'a self,
-        store: &'a kv::Store,
         key: &'a str,
         operation: Operation,
         value: Bytes,
-        ttl_ms: Option<u64>,
-        timeout_ms: Option<u64>,
+        write: WriteOptions,
     ) -> Result<SentWrite<'a>> {
-        let deadline = tokio::time::Instant::now() + self.timeout(timeout_ms);
+        let store = self.check_write(key, operation, value.len(), write.ttl_ms)?;
+        let deadline = tokio::time::Instant::now() + self.timeout(write.timeout_ms);
         let destination = self.destination(store)?;
-        let sent = writes::send_unconditional(destination, key, operation, value, ttl_ms).await?;
+        let sent = writes::send(destination, key, operation, value, write).await?;
         Ok(SentWrite {
             bucket: self,
             key,
@@ -489,11 +471,20 @@ impl Bucket {
         })
     }
 
-    /// What a put is refused for before anything is sent (a read-only bucket, an invalid key, a
+    /// What a write is refused for before anything is sent (a read-only bucket, an invalid key, a
     /// value too large, a TTL too short, no connection yet): a face that plans several writes asks
     /// it first, so that a later write of the batch does not count on a value never stored.
-    pub fn check_put(&self, key: &str, len: usize, ttl_ms: Option<u64>) -> Result<&kv::Store> {
+    pub fn check_write(
+        &self,
+        key: &str,
+        operation: Operation,
+        len: usize,
+        ttl_ms: Option<u64>,
+    ) -> Result<&kv::Store> {
         let store = self.check_writable(key)?;
+        if operation != Operation::Put {
+            return Ok(store);
+        }
         self.check_value_size(store, key, len)?;
         if ttl_ms.is_some_and(|ms| ms < 1000) {
             return Err(Error::new(
@@ -502,18 +493,6 @@ impl Bucket {
             ));
         }
         Ok(store)
-    }
-
-    pub async fn delete(&self, key: &str, write: WriteOptions) -> Result<u64> {
-        let store = self.check_writable(key)?;
-        self.write_and_wait(store, key, Operation::Delete, Bytes::new(), write)
-            .await
-    }
-
-    pub async fn purge(&self, key: &str, write: WriteOptions) -> Result<u64> {
-        let store = self.check_writable(key)?;
-        self.write_and_wait(store, key, Operation::Purge, Bytes::new(), write)
-            .await
     }
 
     /// The longest key a write to this bucket may carry: its subject (`$KV.<bucket>.<key>`) must
@@ -581,20 +560,6 @@ impl Bucket {
 
     /// Sends the write, then waits until this sidecar's mirror has applied its revision, so that
     /// every later read through this sidecar sees it.
-    async fn write_and_wait(
-        &self,
-        store: &kv::Store,
-        key: &str,
-        operation: Operation,
-        value: Bytes,
-        write: WriteOptions,
-    ) -> Result<u64> {
-        let deadline = tokio::time::Instant::now() + self.timeout(write.timeout_ms);
-        let destination = self.destination(store)?;
-        let revision = writes::send(destination, key, operation, value, write, deadline).await?;
-        self.wait_applied(key, revision, deadline).await
-    }
-
     /// Where writes go; refused at once while NATS is not connected.
     fn destination<'a>(&'a self, store: &'a kv::Store) -> Result<writes::Destination<'a>> {
         if !self.state.is_connected() {
@@ -668,7 +633,7 @@ pub struct SaveStats {
     pub rejected: u64,
 }
 
-/// A write handed to NATS by [`Bucket::send_put`] or [`Bucket::send_delete`].
+/// A write handed to NATS by [`Bucket::send`].
 pub struct SentWrite<'a> {
     bucket: &'a Bucket,
     key: &'a str,
@@ -678,8 +643,20 @@ pub struct SentWrite<'a> {
 
 impl SentWrite<'_> {
     /// Waits for NATS's acknowledgement, then for the mirror to apply it; the revision stored.
+    /// A conditional write refused for a reason other than its revision (the key has it when
+    /// read after the refusal), or a create refused for a marker, is sent again.
     pub async fn stored(self) -> Result<u64> {
-        let revision = self.sent.acked().await?;
+        self.settled(true).await
+    }
+
+    /// [`SentWrite::stored`], but a refused write is never sent again, so that it keeps its place
+    /// among the writes sent after it: for a pipeline's writes, which never include a create.
+    pub async fn stored_in_order(self) -> Result<u64> {
+        self.settled(false).await
+    }
+
+    async fn settled(self, resend: bool) -> Result<u64> {
+        let revision = self.sent.settled(self.deadline, resend).await?;
         self.bucket
             .wait_applied(self.key, revision, self.deadline)
             .await

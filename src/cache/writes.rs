@@ -25,70 +25,27 @@ const MESSAGE_TOO_LARGE_CODE: u64 = 10054;
 const INVALID_TTL_CODE: u64 = 10165;
 const TTL_DISABLED_CODE: u64 = 10166;
 
-/// Publishes one KV operation and returns the revision NATS stored it at.
-///
-/// `expect_revision` 0 means "the key has no value": absent, or its latest message a delete,
-/// purge or expiry marker. NATS itself only knows "no message at all" (0) or "this exact
-/// revision", so a refused create of a key whose latest message is a marker is retried against
-/// that marker's revision, again after each marker another client writes meanwhile, until it is
-/// stored or the key really holds a value (or `deadline` passes). So a create on a deleted key
-/// never fails while the key stays deleted, however often others delete it.
-///
-/// On a refusal, `current_revision` is the key's latest revision read from the stream leader
-/// after NATS refused the write: a revision the key had during the request, 0 for no value.
-pub async fn send(
-    to: Destination<'_>,
-    key: &str,
+/// Hands one KV operation to the NATS connection; [`Sent::settled`] then awaits NATS's answer.
+/// Writes sent one after another (each call awaited before the next starts) reach NATS, and are
+/// stored or refused, in that order: one connection, one stream. So a client's pipelined writes
+/// can be in flight together and still land as if run one by one.
+pub async fn send<'a>(
+    to: Destination<'a>,
+    key: &'a str,
     operation: Operation,
     value: Bytes,
     options: WriteOptions,
-    deadline: tokio::time::Instant,
-) -> Result<u64> {
+) -> Result<Sent<'a>> {
     let message = Message {
         key,
         operation,
         ttl_ms: options.ttl_ms,
     };
-    let Some(expected) = options.expect_revision else {
-        return publish(to, &message, value, None).await;
-    };
-    let mut condition = expected;
-    loop {
-        match publish(to, &message, value.clone(), Some(condition)).await {
-            Err(err) if err.kind == ErrorKind::WrongRevision => {}
-            done => return done,
-        }
-        condition = match (expected, latest(to.store, key).await?) {
-            (0, Latest::Live(current)) => {
-                return Err(Error::wrong_revision(&quote(key), 0, current))
-            }
-            // Still no value: a marker (or a purge of everything) came in between. Try again
-            // against what is there now.
-            (0, Latest::Removed(marker)) => marker,
-            (0, Latest::Absent) => 0,
-            // The refusal and this read were both answered by the stream leader, and revisions
-            // only grow; seeing the expected revision again means the refusal was not about it.
-            (n, Latest::Live(current) | Latest::Removed(current)) if current == n => n,
-            (n, Latest::Live(current)) => {
-                return Err(Error::wrong_revision(&quote(key), n, current))
-            }
-            (n, Latest::Removed(_) | Latest::Absent) => {
-                return Err(Error::wrong_revision(&quote(key), n, 0))
-            }
-        };
-        if tokio::time::Instant::now() >= deadline {
-            return Err(Error::write_failed(
-                ErrorKind::Timeout,
-                true,
-                format!(
-                    "the conditional write to `{}` was refused again and again as other clients kept \
-                     writing markers to the key; it was not stored by the last attempt, but may have \
-                     been by none: read the key before retrying",
-                    quote(key)
-                ),
-            ));
-        }
-    }
+    // Only a refused conditional write is sent again.
+    let retry_value = options.expect_revision.map(|_| value.clone());
+    let mut sent = start(to, message, value, options.expect_revision).await?;
+    sent.retry_value = retry_value;
+    Ok(sent)
 }
 
 enum Latest {
@@ -101,36 +58,42 @@ enum Latest {
 async fn latest(store: &kv::Store, key: &str) -> Result<Latest> {
     let subject = format!("{}{}", store.prefix, key);
     match store.stream.get_last_raw_message_by_subject(&subject).await {
-        Ok(message) => {
-            // A limit marker (a value removed by its TTL or max_age) counts as removed too.
-            let removed = message
-                .headers
-                .get(KV_OPERATION)
-                .is_some_and(|op| matches!(op.as_str(), "DEL" | "PURGE"))
-                || message
-                    .headers
-                    .get(async_nats::header::NATS_MARKER_REASON)
-                    .is_some();
-            Ok(if removed {
-                Latest::Removed(message.sequence)
-            } else {
-                Latest::Live(message.sequence)
-            })
-        }
+        Ok(message) => Ok(state_of(&message)),
         Err(err) if err.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
             Ok(Latest::Absent)
         }
-        Err(err) => Err(Error::write_failed(
-            ErrorKind::Unavailable,
-            true,
-            format!(
-                "NATS refused the conditional write to `{}`, but reading the key's current revision \
-                 failed ({err}); the write may have been stored by an earlier attempt: read the key \
-                 before retrying",
-                quote(key)
-            ),
-        )),
+        Err(err) => Err(unread_after_refusal(key, err)),
     }
+}
+
+fn state_of(message: &jetstream::message::StreamMessage) -> Latest {
+    // A limit marker (a value removed by its TTL or max_age) counts as removed too.
+    let removed = message
+        .headers
+        .get(KV_OPERATION)
+        .is_some_and(|op| matches!(op.as_str(), "DEL" | "PURGE"))
+        || message
+            .headers
+            .get(async_nats::header::NATS_MARKER_REASON)
+            .is_some();
+    if removed {
+        Latest::Removed(message.sequence)
+    } else {
+        Latest::Live(message.sequence)
+    }
+}
+
+fn unread_after_refusal(key: &str, err: impl std::fmt::Display) -> Error {
+    Error::write_failed(
+        ErrorKind::Unavailable,
+        true,
+        format!(
+            "NATS refused the conditional write to `{}`, but reading the key's current revision \
+             failed ({err}); the write may have been stored by an earlier attempt: read the key \
+             before retrying",
+            quote(key)
+        ),
+    )
 }
 
 /// Where a write goes: the bucket, through the JetStream context, over the connection `link`
@@ -144,47 +107,20 @@ pub struct Destination<'a> {
 }
 
 /// What a write publishes, apart from its value and condition.
+#[derive(Clone, Copy)]
 struct Message<'a> {
     key: &'a str,
     operation: Operation,
     ttl_ms: Option<u64>,
 }
 
-async fn publish(
-    to: Destination<'_>,
-    message: &Message<'_>,
-    value: Bytes,
-    expect_revision: Option<u64>,
-) -> Result<u64> {
-    start(to, message, value, expect_revision)
-        .await?
-        .acked()
-        .await
-}
-
-/// Sends a put or delete with no condition, for [`Sent::acked`] to await its acknowledgement.
-/// Writes sent one after another (each call awaited before the next) reach NATS, and are
-/// stored, in that order: one connection, one stream.
-pub async fn send_unconditional<'a>(
-    to: Destination<'a>,
-    key: &'a str,
-    operation: Operation,
-    value: Bytes,
-    ttl_ms: Option<u64>,
-) -> Result<Sent<'a>> {
-    let message = Message {
-        key,
-        operation,
-        ttl_ms,
-    };
-    start(to, &message, value, None).await
-}
-
 /// A write handed to the NATS connection, its acknowledgement still to come.
 pub struct Sent<'a> {
     to: Destination<'a>,
-    key: &'a str,
+    message: Message<'a>,
     expect_revision: Option<u64>,
+    /// The value again, for a conditional write that may be sent again.
+    retry_value: Option<Bytes>,
     ack: PublishAckFuture,
     link: watch::Receiver<Link>,
     sent_on: Link,
@@ -192,7 +128,7 @@ pub struct Sent<'a> {
 
 async fn start<'a>(
     to: Destination<'a>,
-    message: &Message<'a>,
+    message: Message<'a>,
     value: Bytes,
     expect_revision: Option<u64>,
 ) -> Result<Sent<'a>> {
@@ -240,8 +176,16 @@ async fn start<'a>(
     let sent_on = Link::of(to.client);
     tokio::select! {
         sent = js.publish_with_headers(subject, headers, value) => match sent {
-            Ok(ack) => Ok(Sent { to, key, expect_revision, ack, link, sent_on }),
-            Err(err) => Err(publish_error(err, key, expect_revision)),
+            Ok(ack) => Ok(Sent {
+                to,
+                message,
+                expect_revision,
+                retry_value: None,
+                ack,
+                link,
+                sent_on,
+            }),
+            Err(err) => Err(publish_error(err, key)),
         },
         () = link::lost(&mut link, || Link::of(to.client), sent_on) => Err(link_lost(key)),
     }
@@ -249,12 +193,83 @@ async fn start<'a>(
 
 impl Sent<'_> {
     /// The revision NATS stored the write at.
-    pub async fn acked(mut self) -> Result<u64> {
-        let (to, key) = (self.to, self.key);
+    ///
+    /// `expect_revision` 0 means "the key has no value": absent, or its latest message a delete,
+    /// purge or expiry marker. NATS itself only knows "no message at all" (0) or "this exact
+    /// revision", so a refused create of a key whose latest message is a marker is sent again
+    /// against that marker's revision, again after each marker another client writes meanwhile,
+    /// until it is stored or the key really holds a value (or `deadline` passes). So a create on
+    /// a deleted key never fails while the key stays deleted, however often others delete it.
+    ///
+    /// On a refusal, `current_revision` is the key's latest revision read from the stream leader
+    /// after NATS refused the write: a revision the key had during the request, 0 for no value.
+    ///
+    /// Without `resend`, a refused write is never sent again: it keeps its place among writes
+    /// sent after it (a pipeline's), and a refused create of a key whose latest message is a
+    /// marker fails `wrong_revision` with `current_revision` 0.
+    pub async fn settled(self, deadline: tokio::time::Instant, resend: bool) -> Result<u64> {
+        let (to, message, value) = (self.to, self.message, self.retry_value.clone());
+        let (key, expected) = (message.key, self.expect_revision);
+        let mut outcome = self.acked().await;
+        let (Some(expected), Some(value)) = (expected, value) else {
+            return outcome;
+        };
+        loop {
+            match outcome {
+                Err(err) if err.kind == ErrorKind::WrongRevision => {}
+                done => return done,
+            }
+            let latest = latest(to.store, key).await?;
+            let again = match latest {
+                _ if !resend => None,
+                // Still no value: a marker (or a purge of everything) came in between. Try
+                // again against what is there now.
+                Latest::Removed(marker) if expected == 0 => Some(marker),
+                Latest::Absent if expected == 0 => Some(0),
+                // Read from the stream leader, like the refusal: the key has the expected
+                // revision now (the refusal was not about it, or the key reached it since).
+                Latest::Live(current) | Latest::Removed(current) if current == expected => {
+                    Some(expected)
+                }
+                _ => None,
+            };
+            let Some(condition) = again else {
+                let current = match latest {
+                    Latest::Live(current) => current,
+                    Latest::Removed(_) | Latest::Absent => 0,
+                };
+                return Err(Error::wrong_revision(&quote(key), expected, current));
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::write_failed(
+                    ErrorKind::Timeout,
+                    true,
+                    format!(
+                        "the conditional write to `{}` was refused again and again as other \
+                         clients kept writing markers to the key; it was not stored by the last \
+                         attempt, but may have been by none: read the key before retrying",
+                        quote(key)
+                    ),
+                ));
+            }
+            outcome = match start(to, message, value.clone(), Some(condition)).await {
+                Ok(sent) => sent.acked().await,
+                Err(err) => Err(err),
+            };
+        }
+    }
+
+    async fn acked(mut self) -> Result<u64> {
+        let (to, key) = (self.to, self.message.key);
         tokio::select! {
-            ack = self.ack => ack
-                .map(|ack| ack.sequence)
-                .map_err(|err| publish_error(err, key, self.expect_revision)),
+            ack = self.ack => match ack {
+                Ok(ack) => Ok(ack.sequence),
+                // [`Sent::settled`] reads the key's current revision before answering.
+                Err(err) if is_wrong_last_sequence(&err) => {
+                    Err(Error::wrong_revision(&quote(key), self.expect_revision.unwrap_or(0), 0))
+                }
+                Err(err) => Err(publish_error(err, key)),
+            },
             // The answer would have come on that connection: waiting out the timeout tells
             // nothing more.
             () = link::lost(&mut self.link, || Link::of(to.client), self.sent_on) => {
@@ -262,6 +277,12 @@ impl Sent<'_> {
             }
         }
     }
+}
+
+fn is_wrong_last_sequence(err: &PublishError) -> bool {
+    err.kind() == PublishErrorKind::WrongLastSequence
+        || (err.kind() == PublishErrorKind::Other
+            && jetstream_code(err).is_some_and(|c| WRONG_LAST_SEQUENCE_CODES.contains(&c)))
 }
 
 fn link_lost(key: &str) -> Error {
@@ -296,17 +317,10 @@ fn jetstream_code(err: &PublishError) -> Option<u64> {
         .map(|e| e.error_code().0)
 }
 
-fn publish_error(err: PublishError, key: &str, expect_revision: Option<u64>) -> Error {
+fn publish_error(err: PublishError, key: &str) -> Error {
     let code = jetstream_code(&err);
     let key = quote(key);
     match err.kind() {
-        // A placeholder: `write` reads the key's real current revision before answering.
-        PublishErrorKind::WrongLastSequence => {
-            Error::wrong_revision(&quote(&key), expect_revision.unwrap_or(0), 0)
-        }
-        PublishErrorKind::Other if code.is_some_and(|c| WRONG_LAST_SEQUENCE_CODES.contains(&c)) => {
-            Error::wrong_revision(&quote(&key), expect_revision.unwrap_or(0), 0)
-        }
         PublishErrorKind::MaxPayloadExceeded => Error::new(
             ErrorKind::ValueTooLarge,
             format!("the value for `{key}` exceeds the NATS server's max_payload"),

@@ -528,7 +528,8 @@ async fn pipelined_sets_are_stored_in_the_order_sent() {
 }
 
 /// Random pipelines of writes and reads of a few keys answer exactly as the same commands run
-/// one by one: a connection's `SET`s and `DEL`s may be in flight together, never out of order.
+/// one by one: a connection's `SET`s, `DEL`s and `NEARKV.*` writes may be in flight together,
+/// never out of order, and each `IFREV` is compared with the revision the writes before it left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_pipelines_answer_as_if_run_one_by_one() {
     let nats = NatsServer::start().await;
@@ -541,51 +542,146 @@ async fn random_pipelines_answer_as_if_run_one_by_one() {
             .wrapping_add(1_442_695_040_888_963_407);
         (seed >> 33) % below
     };
-    let mut model = std::collections::HashMap::<String, String>::new();
-    for round in 0..4 {
-        let (mut send, mut expected) = (String::new(), String::new());
+    /// A key's value and the revision of its latest message (a marker's too; 0 if none).
+    #[derive(Default, Clone)]
+    struct Key {
+        value: Option<String>,
+        last: u64,
+    }
+    // Nothing else writes to the bucket: each stored write takes the next revision.
+    let told = exchange_text(&sidecar.socket, b"NEARKV.SET r0 start\r\nQUIT\r\n").await;
+    let mut revision: u64 = told[1..told.find("\r\n").unwrap()].parse().unwrap();
+    let mut model = std::collections::HashMap::<String, Key>::new();
+    model.insert(
+        "r0".into(),
+        Key {
+            value: Some("start".into()),
+            last: revision,
+        },
+    );
+    let mut stored = |model: &mut std::collections::HashMap<String, Key>, key: &str, value| {
+        revision += 1;
+        model.insert(
+            key.to_string(),
+            Key {
+                value,
+                last: revision,
+            },
+        );
+        revision
+    };
+    // One line per reply line. A refusal's current_revision is read after NATS refused the
+    // write, so it may come from a write pipelined after it: the key's revision then, or a later
+    // one, or 0 (no value then, or later). The marker line carries both.
+    let refused = |key: &Key| {
+        let current = if key.value.is_some() { key.last } else { 0 };
+        vec![format!("refused {current} {}", key.last)]
+    };
+    for round in 0..6 {
+        let (mut send, mut expected) = (String::new(), Vec::<String>::new());
         for i in 0..300 {
             let key = format!("r{}", next(4));
             let value = format!("v{round}-{i}");
-            match next(10) {
-                0..=4 => {
+            let now = model.get(&key).cloned().unwrap_or_default();
+            match next(14) {
+                0..=3 => {
                     send.push_str(&format!("SET {key} {value}\r\n"));
-                    expected.push_str("+OK\r\n");
-                    model.insert(key, value);
+                    expected.push("+OK".into());
+                    stored(&mut model, &key, Some(value));
+                }
+                4 => {
+                    send.push_str(&format!("SETEX {key} 60 {value}\r\n"));
+                    expected.push("+OK".into());
+                    stored(&mut model, &key, Some(value));
                 }
                 5 => {
-                    send.push_str(&format!("SETEX {key} 60 {value}\r\n"));
-                    expected.push_str("+OK\r\n");
-                    model.insert(key, value);
-                }
-                6 => {
                     let other = format!("r{}", next(4));
                     send.push_str(&format!("MSET {key} {value} {other} {value}x\r\n"));
-                    expected.push_str("+OK\r\n");
-                    model.insert(key, value.clone());
-                    model.insert(other, format!("{value}x"));
+                    expected.push("+OK".into());
+                    stored(&mut model, &key, Some(value.clone()));
+                    stored(&mut model, &other, Some(format!("{value}x")));
                 }
-                7 => {
+                6 | 7 => {
                     // One, two or three keys, perhaps one named twice.
                     let keys: Vec<String> =
                         (0..=next(3)).map(|_| format!("r{}", next(4))).collect();
                     send.push_str(&format!("DEL {}\r\n", keys.join(" ")));
-                    let deleted = keys.iter().filter(|k| model.remove(*k).is_some()).count();
-                    expected.push_str(&format!(":{deleted}\r\n"));
+                    let mut deleted = 0;
+                    for k in &keys {
+                        if model.get(k).is_some_and(|k| k.value.is_some()) {
+                            stored(&mut model, k, None);
+                            deleted += 1;
+                        }
+                    }
+                    expected.push(format!(":{deleted}"));
+                }
+                8 | 9 => {
+                    // No condition, the key's own revision, a create, or a wrong revision.
+                    let (option, expect) = match next(4) {
+                        0 => (String::new(), None),
+                        1 => (format!(" IFREV {}", now.last), Some(now.last)),
+                        2 => (" IFREV 0".to_string(), Some(0)),
+                        _ => (format!(" IFREV {}", now.last + 7), Some(now.last + 7)),
+                    };
+                    send.push_str(&format!("NEARKV.SET {key} {value}{option}\r\n"));
+                    let holds = match expect {
+                        None => true,
+                        Some(0) => now.value.is_none(),
+                        Some(n) => n == now.last,
+                    };
+                    if holds {
+                        let at = stored(&mut model, &key, Some(value));
+                        expected.push(format!(":{at}"));
+                    } else {
+                        expected.extend(refused(&now));
+                    }
+                }
+                10 => {
+                    let command = if next(2) == 0 { "DEL" } else { "PURGE" };
+                    let expect = match next(3) {
+                        1 if now.last > 0 => Some(now.last),
+                        2 if now.last > 0 => Some(now.last + 7),
+                        _ => None,
+                    };
+                    let option = expect.map_or(String::new(), |n| format!(" IFREV {n}"));
+                    send.push_str(&format!("NEARKV.{command} {key}{option}\r\n"));
+                    if expect.is_none_or(|n| n == now.last) {
+                        let at = stored(&mut model, &key, None);
+                        expected.push(format!(":{at}"));
+                    } else {
+                        expected.extend(refused(&now));
+                    }
                 }
                 _ => {
                     send.push_str(&format!("GET {key}\r\n"));
-                    match model.get(&key) {
-                        Some(v) => expected.push_str(&format!("${}\r\n{v}\r\n", v.len())),
-                        None => expected.push_str("$-1\r\n"),
+                    match now.value {
+                        Some(v) => expected.extend([format!("${}", v.len()), v]),
+                        None => expected.push("$-1".into()),
                     }
                 }
             }
         }
         send.push_str("QUIT\r\n");
-        expected.push_str("+OK\r\n");
-        let told = exchange(&sidecar.socket, send.as_bytes()).await;
-        assert_eq!(String::from_utf8_lossy(&told), expected, "round {round}");
+        expected.push("+OK".into());
+        let told = exchange_text(&sidecar.socket, send.as_bytes()).await;
+        let lines: Vec<&str> = told.trim_end_matches("\r\n").split("\r\n").collect();
+        assert_eq!(lines.len(), expected.len(), "round {round}: {send}\n{told}");
+        for (at, (line, want)) in lines.iter().zip(&expected).enumerate() {
+            let matches = match want.strip_prefix("refused ") {
+                Some(revisions) => {
+                    let (then, last) = revisions.split_once(' ').unwrap();
+                    let (then, last): (u64, u64) = (then.parse().unwrap(), last.parse().unwrap());
+                    line.strip_prefix("-WRONG_REVISION current_revision=")
+                        .and_then(|rest| rest.split(' ').next()?.parse::<u64>().ok())
+                        .is_some_and(|told| told == then || told == 0 || told > last)
+                }
+                None => line == want,
+            };
+            assert!(
+                matches,
+                "round {round}, line {at}: {line:?}, expected {want:?}\n{send}\n{told}"
+            );
+        }
     }
 }
 

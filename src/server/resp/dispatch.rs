@@ -39,8 +39,9 @@ impl Session {
         true
     }
 
-    /// The command as a plain `SET` or a `DEL` that may be sent along with the writes before it;
-    /// `None` for anything else, including one it must refuse (run by [`Session::execute`]).
+    /// The command as a write that may be sent along with the writes before it (a plain `SET`, a
+    /// `DEL`, a `NEARKV.*` write other than a create); `None` for anything else, including one
+    /// it must refuse (run by [`Session::execute`]).
     pub fn pipelined_write(&self, args: &[Bytes]) -> Option<strings::PipelinedWrite> {
         if self.pubsub.is_active() && self.version == Version::Resp2 {
             return None;

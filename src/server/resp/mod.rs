@@ -5,8 +5,8 @@
 //! clients expect each command to see the ones before it. So a connection runs its commands one
 //! after the other: reads answered from memory at once, a write awaited (with the same
 //! read-your-writes wait as v1) before the next command runs. The one exception: pipelined plain
-//! `SET`s and `DEL`s are sent to NATS in order and awaited together, before the next other
-//! command runs.
+//! `SET`s and `DEL`s, and `NEARKV.*` writes other than creates, are sent to NATS in order and
+//! awaited together, before the next other command runs.
 //! Pipelined replies are sent in one write, as for v1.
 
 mod dispatch;

@@ -19,7 +19,11 @@ fn number(args: &[Bytes], at: usize, option: &str) -> Result<u64, Error> {
         .ok_or_else(|| bad(format!("{option} takes a non-negative integer")))
 }
 
-fn write_options(args: &[Bytes], from: usize, ttl_allowed: bool) -> Result<WriteOptions, Error> {
+pub(super) fn write_options(
+    args: &[Bytes],
+    from: usize,
+    ttl_allowed: bool,
+) -> Result<WriteOptions, Error> {
     let mut write = WriteOptions::default();
     let mut i = from;
     while i < args.len() {

@@ -8,13 +8,14 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::encode::Out;
 use super::glob;
+use super::nearkv;
 use super::reply::{keys_reply, write_key, RespReply, Style};
 use super::session::{arity, bad, integer, is, Handled, Session};
 use crate::cache::{mget_too_large, Bucket, ErrorKind, MAX_MGET_BYTES};
 use crate::cmd::{self, Op, Outcome};
 use crate::error::{Error, ErrorCode};
 use crate::metrics::ReadTally;
-use crate::protocol::WriteOptions;
+use crate::protocol::{Operation, WriteOptions};
 
 /// Attempts of a read-then-compare-and-set (`SET ... XX`, `SET ... GET`, `GETDEL`) before a
 /// key written that often by others meanwhile fails `WRONG_REVISION`.
@@ -229,8 +230,9 @@ fn setex_options(seconds: bool, args: &[Bytes]) -> Result<SetOptions, Error> {
 
 /// A write a connection sends without waiting for the writes before it to be stored (see
 /// [`writes_in_order`]): a valid `SET` without `NX`, `XX` or `GET`, a `SETEX` or a `PSETEX` (one
-/// put with no condition), or a `DEL` or `UNLINK` (a delete with no condition of each key that
-/// has a value).
+/// put with no condition), a `DEL` or `UNLINK` (a delete with no condition of each key that has
+/// a value), or a valid `NEARKV.SET`, `NEARKV.DEL` or `NEARKV.PURGE` without `IFREV 0` (one write,
+/// compared with its `IFREV` revision by NATS in the order sent).
 pub struct PipelinedWrite {
     write: Write,
     /// When the command was read, for its duration metric.
@@ -240,43 +242,80 @@ pub struct PipelinedWrite {
 }
 
 enum Write {
-    Put {
+    /// One write of one key.
+    One {
         key: Bytes,
+        operation: Operation,
         value: Bytes,
-        ttl_ms: Option<u64>,
+        write: WriteOptions,
+        answer: Answer,
     },
-    Delete {
-        keys: Vec<Bytes>,
-    },
+    /// `DEL`/`UNLINK`: a delete of each named key that has a value.
+    Delete { keys: Vec<Bytes> },
 }
 
-/// What a pipelined write answers: `+OK` for a put, the number of keys deleted for a delete.
+/// How a stored write is answered.
+#[derive(Clone, Copy)]
+enum Answer {
+    /// `+OK` (`SET`).
+    Ok,
+    /// The revision stored (`NEARKV.*`).
+    Revision,
+}
+
+/// What a pipelined write answers: `+OK` or the revision for one write, the number of keys
+/// deleted for a `DEL`.
 enum Done {
-    Put,
+    One(Answer, u64),
     Deleted(i64),
 }
 
 impl PipelinedWrite {
     pub fn of(args: &[Bytes]) -> Option<PipelinedWrite> {
         let name = args.first()?;
-        let (options, value) = if is(name, "SET") && args.len() >= 3 {
-            (parse_set(args).ok()?, &args[2])
+        let one = |key: &Bytes, operation, value: &Bytes, write, answer| {
+            Some(PipelinedWrite::new(Write::One {
+                key: key.clone(),
+                operation,
+                value: value.clone(),
+                write,
+                answer,
+            }))
+        };
+        let redis_put = |options: SetOptions, value| {
+            if options.condition != Condition::Always || options.get {
+                return None;
+            }
+            let write = WriteOptions {
+                ttl_ms: options.ttl_ms,
+                ..WriteOptions::default()
+            };
+            one(&args[1], Operation::Put, value, write, Answer::Ok)
+        };
+        // A create is sent again each time it meets a marker, after the writes sent behind it:
+        // it runs alone.
+        let no_create = |write: WriteOptions| (write.expect_revision != Some(0)).then_some(write);
+        if is(name, "SET") && args.len() >= 3 {
+            redis_put(parse_set(args).ok()?, &args[2])
         } else if (is(name, "SETEX") || is(name, "PSETEX")) && args.len() == 4 {
-            (setex_options(is(name, "SETEX"), args).ok()?, &args[3])
+            redis_put(setex_options(is(name, "SETEX"), args).ok()?, &args[3])
         } else if (is(name, "DEL") || is(name, "UNLINK")) && args.len() >= 2 {
             let keys = args[1..].to_vec();
-            return Some(PipelinedWrite::new(Write::Delete { keys }));
+            Some(PipelinedWrite::new(Write::Delete { keys }))
+        } else if is(name, "NEARKV.SET") && args.len() >= 3 {
+            let write = no_create(nearkv::write_options(args, 3, true).ok()?)?;
+            one(&args[1], Operation::Put, &args[2], write, Answer::Revision)
+        } else if (is(name, "NEARKV.DEL") || is(name, "NEARKV.PURGE")) && args.len() >= 2 {
+            let write = no_create(nearkv::write_options(args, 2, false).ok()?)?;
+            let operation = if is(name, "NEARKV.DEL") {
+                Operation::Delete
+            } else {
+                Operation::Purge
+            };
+            one(&args[1], operation, &Bytes::new(), write, Answer::Revision)
         } else {
-            return None;
-        };
-        let plain = options.condition == Condition::Always && !options.get;
-        plain.then(|| {
-            PipelinedWrite::new(Write::Put {
-                key: args[1].clone(),
-                value: value.clone(),
-                ttl_ms: options.ttl_ms,
-            })
-        })
+            None
+        }
     }
 
     fn new(write: Write) -> PipelinedWrite {
@@ -290,7 +329,7 @@ impl PipelinedWrite {
     /// Bytes it holds until it is stored.
     pub fn len(&self) -> usize {
         match &self.write {
-            Write::Put { key, value, .. } => key.len() + value.len(),
+            Write::One { key, value, .. } => key.len() + value.len(),
             Write::Delete { keys } => keys.iter().map(Bytes::len).sum(),
         }
     }
@@ -301,12 +340,13 @@ impl PipelinedWrite {
     }
 }
 
-/// Runs pipelined writes as Redis would one after the other, each answered in order (`+OK`, or
-/// how many keys a `DEL` deleted, or its error; see [`writes_in_order`]).
+/// Runs pipelined writes as Redis would one after the other, each answered in order (`+OK`, the
+/// revision, or how many keys a `DEL` deleted, or its error; see [`writes_in_order`]).
 pub async fn pipelined_writes(session: &Session, writes: &[PipelinedWrite], out: &mut Out<'_>) {
     for done in writes_in_order(session, writes).await {
         match done {
-            Ok(Done::Put) => out.ok(),
+            Ok(Done::One(Answer::Ok, _)) => out.ok(),
+            Ok(Done::One(Answer::Revision, revision)) => out.int(revision as i64),
             Ok(Done::Deleted(count)) => out.int(count),
             Err(err) => super::reply::error(out, &err),
         }
@@ -314,28 +354,89 @@ pub async fn pipelined_writes(session: &Session, writes: &[PipelinedWrite], out:
 }
 
 /// Stores writes with all of them in flight to NATS together: each is handed to the NATS
-/// connection after the one before it (so NATS stores them in the order the client sent them;
-/// the last `SET` of a key wins), then all are awaited at once. One by one, a connection's
-/// pipelined `SET`s took a NATS round trip each (about 6,000 per second on one connection).
+/// connection after the one before it (so NATS stores them, and compares each `IFREV`, in the
+/// order the client sent them; the last `SET` of a key wins), then all are awaited at once. One
+/// by one, a connection's pipelined `SET`s took a NATS round trip each (about 6,000 per second on
+/// one connection).
 ///
 /// Which keys a `DEL` deletes (those with a value) is decided first, in order, from the mirror
-/// and the writes before it in the batch, which the mirror does not show yet.
+/// and the writes before it in the batch, which the mirror does not show yet. A `DEL` of a key
+/// that a conditional write before it may or may not have given a value waits until the writes
+/// before it are stored, and is decided from the mirror then.
 async fn writes_in_order<'s>(
     session: &'s Session,
     writes: &'s [PipelinedWrite],
 ) -> Vec<Result<Done, Error>> {
-    let mut has_value = std::collections::HashMap::<(&str, &str), bool>::new();
-    let mut planned: Vec<Result<Plan<'s>, Error>> = Vec::with_capacity(writes.len());
+    let mut done = Vec::with_capacity(writes.len());
+    let mut rest = writes;
+    while !rest.is_empty() {
+        let planned = plan(session, rest);
+        let (turn, later) = rest.split_at(planned.len());
+        done.extend(send_in_order(session, planned, turn).await);
+        rest = later;
+    }
+    done
+}
+
+/// Whether a key has a value once the writes planned before are stored; `None` when that
+/// depends on a conditional write's outcome.
+type HasValue<'s> = std::collections::HashMap<(&'s str, &'s str), Option<bool>>;
+
+/// Plans writes from the first on, until one that depends on how an earlier one turns out (a
+/// `DEL` of a key a conditional write left undecided); at least the first.
+fn plan<'s>(session: &'s Session, writes: &'s [PipelinedWrite]) -> Vec<Result<Plan<'s>, Error>> {
+    let mut has_value = HasValue::new();
+    let mut planned = Vec::with_capacity(writes.len());
     for write in writes {
         planned.push(match &write.write {
-            Write::Put { key, value, ttl_ms } => session.locate(key).and_then(|(bucket, key)| {
-                bucket.check_put(key, value.len(), *ttl_ms)?;
-                has_value.insert((bucket.name(), key), true);
-                Ok(Plan::Put(bucket, key, value.clone(), *ttl_ms))
+            Write::One {
+                key,
+                operation,
+                value,
+                write,
+                answer,
+            } => session.locate(key).and_then(|(bucket, key)| {
+                bucket.check_write(key, *operation, value.len(), write.ttl_ms)?;
+                let after = match (operation, write.expect_revision) {
+                    (Operation::Put, None) => Some(true),
+                    (Operation::Delete | Operation::Purge, None) => Some(false),
+                    // Refused, the key keeps what it had; stored, a put leaves a value and a
+                    // delete none.
+                    (operation, Some(_)) => {
+                        let put = *operation == Operation::Put;
+                        let before = has_value
+                            .get(&(bucket.name(), key))
+                            .copied()
+                            .unwrap_or_else(|| bucket.get_cached(key).ok().map(|e| e.is_some()));
+                        (before == Some(put)).then_some(put)
+                    }
+                };
+                has_value.insert((bucket.name(), key), after);
+                Ok(Plan::One {
+                    bucket,
+                    key,
+                    operation: *operation,
+                    value: value.clone(),
+                    write: *write,
+                    answer: *answer,
+                })
             }),
-            Write::Delete { keys } => deletes(session, keys, &mut has_value).map(Plan::Delete),
+            Write::Delete { keys } => match deletes(session, keys, &mut has_value) {
+                Ok(Some(targets)) => Ok(Plan::Delete(targets)),
+                // Never the first: only the writes planned here leave keys undecided.
+                Ok(None) => break,
+                Err(err) => Err(err),
+            },
         });
     }
+    planned
+}
+
+async fn send_in_order<'s>(
+    session: &'s Session,
+    planned: Vec<Result<Plan<'s>, Error>>,
+    writes: &'s [PipelinedWrite],
+) -> Vec<Result<Done, Error>> {
     let mut turn: Option<tokio::sync::oneshot::Receiver<()>> = None;
     let sends = planned.into_iter().zip(writes).map(|(plan, write)| {
         // Dropped (never sent on) once this one is handed to NATS or failed before: the next
@@ -351,26 +452,37 @@ async fn writes_in_order<'s>(
                 Err(err) => return Err(err),
             };
             let done = match plan {
-                Plan::Put(bucket, key, value, ttl_ms) => {
-                    let sent = bucket.send_put(key, value, ttl_ms, None).await;
+                Plan::One {
+                    bucket,
+                    key,
+                    operation,
+                    value,
+                    write: options,
+                    answer,
+                } => {
+                    let sent = bucket.send(key, operation, value, options).await;
                     drop(next);
                     let stored = match sent {
-                        Ok(sent) => sent.stored().await.map(|_| Done::Put),
+                        Ok(sent) => sent
+                            .stored_in_order()
+                            .await
+                            .map(|revision| Done::One(answer, revision)),
                         Err(err) => Err(err),
                     };
-                    count_write(
-                        session,
-                        bucket,
-                        Op::Put,
-                        write.read_at,
-                        stored.as_ref().err(),
-                    );
+                    let op = match operation {
+                        Operation::Put => Op::Put,
+                        Operation::Delete => Op::Delete,
+                        Operation::Purge => Op::Purge,
+                    };
+                    count_write(session, bucket, op, write.read_at, stored.as_ref().err());
                     stored
                 }
                 Plan::Delete(targets) => {
                     let mut sent = Vec::with_capacity(targets.len());
                     for (bucket, key) in &targets {
-                        sent.push(bucket.send_delete(key, None).await);
+                        let delete = Operation::Delete;
+                        let options = WriteOptions::default();
+                        sent.push(bucket.send(key, delete, Bytes::new(), options).await);
                     }
                     drop(next);
                     let stored = futures::future::join_all(sent.into_iter().map(|sent| async {
@@ -397,19 +509,27 @@ async fn writes_in_order<'s>(
     futures::future::join_all(sends).await
 }
 
-/// A pipelined write, its buckets found and (for a `DEL`) the keys it deletes decided.
+/// A pipelined write, its bucket found and (for a `DEL`) the keys it deletes decided.
 enum Plan<'s> {
-    Put(&'s Bucket, &'s str, Bytes, Option<u64>),
+    One {
+        bucket: &'s Bucket,
+        key: &'s str,
+        operation: Operation,
+        value: Bytes,
+        write: WriteOptions,
+        answer: Answer,
+    },
     Delete(Vec<(&'s Bucket, &'s str)>),
 }
 
 /// The keys of a `DEL` that have a value once the writes before it are stored: Redis answers
 /// how many keys existed, and a key without a value is not written to. Updates `has_value`.
+/// `None` when a conditional write before it leaves one of them undecided.
 fn deletes<'s>(
     session: &'s Session,
     keys: &'s [Bytes],
-    has_value: &mut std::collections::HashMap<(&'s str, &'s str), bool>,
-) -> Result<Vec<(&'s Bucket, &'s str)>, Error> {
+    has_value: &mut HasValue<'s>,
+) -> Result<Option<Vec<(&'s Bucket, &'s str)>>, Error> {
     let mut targets = Vec::new();
     for arg in keys {
         let (bucket, key) = session.locate(arg)?;
@@ -417,7 +537,8 @@ fn deletes<'s>(
         let named = |(b, k): &(&Bucket, &str)| std::ptr::eq(*b, bucket) && *k == key;
         let present = match has_value.get(&(bucket.name(), key)) {
             _ if targets.iter().any(named) => false,
-            Some(present) => *present,
+            Some(Some(present)) => *present,
+            Some(None) => return Ok(None),
             None => bucket.get_cached(key).map_err(Error::from)?.is_some(),
         };
         if present {
@@ -425,9 +546,9 @@ fn deletes<'s>(
         }
     }
     for (bucket, key) in &targets {
-        has_value.insert((bucket.name(), key), false);
+        has_value.insert((bucket.name(), key), Some(false));
     }
-    Ok(targets)
+    Ok(Some(targets))
 }
 
 fn count_write(
@@ -601,10 +722,12 @@ async fn mset(session: &Session, args: &[Bytes], out: &mut Out<'_>) -> Handled {
     let pairs: Vec<PipelinedWrite> = args[1..]
         .chunks(2)
         .map(|pair| {
-            PipelinedWrite::new(Write::Put {
+            PipelinedWrite::new(Write::One {
                 key: pair[0].clone(),
+                operation: Operation::Put,
                 value: pair[1].clone(),
-                ttl_ms: None,
+                write: WriteOptions::default(),
+                answer: Answer::Ok,
             })
         })
         .collect();
