@@ -449,9 +449,8 @@ impl Bucket {
     /// [`SentWrite::stored`] then waits for it as [`Bucket::put`] does. Writes sent one after
     /// another (each `send` awaited before the next starts, in any buckets) are stored, or
     /// refused for their expected revision, in that order, so a client's pipelined writes can be
-    /// in flight together and still land as if run one by one. A refused create
-    /// (`expect_revision` 0 on a key whose latest message is a marker) is sent again when it is
-    /// refused, so it keeps that order only when it is the key's last write in flight.
+    /// in flight together and still land as if run one by one, if each is awaited with
+    /// [`SentWrite::stored_in_order`].
     pub async fn send<'a>(
         &'a self,
         key: &'a str,
@@ -558,8 +557,6 @@ impl Bucket {
         Ok(())
     }
 
-    /// Sends the write, then waits until this sidecar's mirror has applied its revision, so that
-    /// every later read through this sidecar sees it.
     /// Where writes go; refused at once while NATS is not connected.
     fn destination<'a>(&'a self, store: &'a kv::Store) -> Result<writes::Destination<'a>> {
         if !self.state.is_connected() {

@@ -58,42 +58,36 @@ enum Latest {
 async fn latest(store: &kv::Store, key: &str) -> Result<Latest> {
     let subject = format!("{}{}", store.prefix, key);
     match store.stream.get_last_raw_message_by_subject(&subject).await {
-        Ok(message) => Ok(state_of(&message)),
+        Ok(message) => {
+            // A limit marker (a value removed by its TTL or max_age) counts as removed too.
+            let removed = message
+                .headers
+                .get(KV_OPERATION)
+                .is_some_and(|op| matches!(op.as_str(), "DEL" | "PURGE"))
+                || message
+                    .headers
+                    .get(async_nats::header::NATS_MARKER_REASON)
+                    .is_some();
+            Ok(if removed {
+                Latest::Removed(message.sequence)
+            } else {
+                Latest::Live(message.sequence)
+            })
+        }
         Err(err) if err.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
             Ok(Latest::Absent)
         }
-        Err(err) => Err(unread_after_refusal(key, err)),
+        Err(err) => Err(Error::write_failed(
+            ErrorKind::Unavailable,
+            true,
+            format!(
+                "NATS refused the conditional write to `{}`, but reading the key's current revision \
+                 failed ({err}); the write may have been stored by an earlier attempt: read the key \
+                 before retrying",
+                quote(key)
+            ),
+        )),
     }
-}
-
-fn state_of(message: &jetstream::message::StreamMessage) -> Latest {
-    // A limit marker (a value removed by its TTL or max_age) counts as removed too.
-    let removed = message
-        .headers
-        .get(KV_OPERATION)
-        .is_some_and(|op| matches!(op.as_str(), "DEL" | "PURGE"))
-        || message
-            .headers
-            .get(async_nats::header::NATS_MARKER_REASON)
-            .is_some();
-    if removed {
-        Latest::Removed(message.sequence)
-    } else {
-        Latest::Live(message.sequence)
-    }
-}
-
-fn unread_after_refusal(key: &str, err: impl std::fmt::Display) -> Error {
-    Error::write_failed(
-        ErrorKind::Unavailable,
-        true,
-        format!(
-            "NATS refused the conditional write to `{}`, but reading the key's current revision \
-             failed ({err}); the write may have been stored by an earlier attempt: read the key \
-             before retrying",
-            quote(key)
-        ),
-    )
 }
 
 /// Where a write goes: the bucket, through the JetStream context, over the connection `link`
@@ -185,7 +179,7 @@ async fn start<'a>(
                 link,
                 sent_on,
             }),
-            Err(err) => Err(publish_error(err, key)),
+            Err(err) => Err(publish_error(err, key, expect_revision)),
         },
         () = link::lost(&mut link, || Link::of(to.client), sent_on) => Err(link_lost(key)),
     }
@@ -262,14 +256,9 @@ impl Sent<'_> {
     async fn acked(mut self) -> Result<u64> {
         let (to, key) = (self.to, self.message.key);
         tokio::select! {
-            ack = self.ack => match ack {
-                Ok(ack) => Ok(ack.sequence),
-                // [`Sent::settled`] reads the key's current revision before answering.
-                Err(err) if is_wrong_last_sequence(&err) => {
-                    Err(Error::wrong_revision(&quote(key), self.expect_revision.unwrap_or(0), 0))
-                }
-                Err(err) => Err(publish_error(err, key)),
-            },
+            ack = self.ack => ack
+                .map(|ack| ack.sequence)
+                .map_err(|err| publish_error(err, key, self.expect_revision)),
             // The answer would have come on that connection: waiting out the timeout tells
             // nothing more.
             () = link::lost(&mut self.link, || Link::of(to.client), self.sent_on) => {
@@ -277,12 +266,6 @@ impl Sent<'_> {
             }
         }
     }
-}
-
-fn is_wrong_last_sequence(err: &PublishError) -> bool {
-    err.kind() == PublishErrorKind::WrongLastSequence
-        || (err.kind() == PublishErrorKind::Other
-            && jetstream_code(err).is_some_and(|c| WRONG_LAST_SEQUENCE_CODES.contains(&c)))
 }
 
 fn link_lost(key: &str) -> Error {
@@ -317,10 +300,17 @@ fn jetstream_code(err: &PublishError) -> Option<u64> {
         .map(|e| e.error_code().0)
 }
 
-fn publish_error(err: PublishError, key: &str) -> Error {
+fn publish_error(err: PublishError, key: &str, expect_revision: Option<u64>) -> Error {
     let code = jetstream_code(&err);
     let key = quote(key);
     match err.kind() {
+        // A placeholder: [`Sent::settled`] reads the key's real current revision before answering.
+        PublishErrorKind::WrongLastSequence => {
+            Error::wrong_revision(&quote(&key), expect_revision.unwrap_or(0), 0)
+        }
+        PublishErrorKind::Other if code.is_some_and(|c| WRONG_LAST_SEQUENCE_CODES.contains(&c)) => {
+            Error::wrong_revision(&quote(&key), expect_revision.unwrap_or(0), 0)
+        }
         PublishErrorKind::MaxPayloadExceeded => Error::new(
             ErrorKind::ValueTooLarge,
             format!("the value for `{key}` exceeds the NATS server's max_payload"),
