@@ -18,8 +18,8 @@ use super::feed::{Feed, FeedError, Start, Update};
 use super::link::{reconnected, Link};
 use super::mirror::{unix_nanos, Applied, ExpiryKey, Staging};
 use super::recovery::{
-    catch_up, poll_replacement, replacement_feed, request_limit, stream_info, FeedEnd,
-    NoReplacement, Replacement,
+    catch_up, poll_slot, replacement_feed, request_limit, stream_info, CatchUp, CatchingUp,
+    FeedEnd, NoReplacement, Replacement,
 };
 use super::saved::{self, SavedError};
 use super::state::State;
@@ -437,8 +437,10 @@ impl Actor {
     /// connection). So a replacement feed is created from the mirror's next revision while the
     /// current one keeps being applied, and takes over once it exists: no wait for missed
     /// heartbeats when the consumer is gone, no gap when creating a consumer must wait for the
-    /// cluster (its meta leader) while the old one still delivers. Revisions either feed already
-    /// applied are skipped, so the overlap loses and repeats nothing.
+    /// cluster (its meta leader) while the old one still delivers. A feed that fails is replaced
+    /// the same way. Until a working feed delivers again, the mirror catches up by reading the
+    /// stream directly. Revisions already applied are skipped, so the overlap loses and repeats
+    /// nothing.
     async fn follow(
         &mut self,
         feed: &mut Feed,
@@ -447,12 +449,22 @@ impl Actor {
     ) -> FeedEnd {
         let state = self.state.clone();
         let mirror = &state.mirror();
-        let filtered = state.config().filter != ">";
         let mut errors = 0;
         let mut connects = connects;
         let mut replacement: Option<Replacement> = None;
         let mut replacement_attempts = 0;
+        // The feed failed for good; only its replacement delivers again.
+        let mut feed_failed = false;
+        let mut catching_up: Option<CatchingUp> = None;
+        let mut found_nothing = false;
         loop {
+            if replacement.is_some() || feed.is_recreating() {
+                if catching_up.is_none() {
+                    catching_up = Some(catch_up(state.clone(), found_nothing));
+                }
+            } else {
+                catching_up = None;
+            }
             let next_expiry = self.expiring.keys().next().map(|&(at, _)| {
                 tokio::time::Instant::now()
                     + Duration::from_nanos(at.saturating_sub(unix_nanos()).max(0) as u64)
@@ -465,13 +477,14 @@ impl Actor {
                     replacement = Some(replacement_feed(state.clone(), self.shutdown.clone(), 0));
                     continue;
                 }
-                done = poll_replacement(&mut replacement), if replacement.is_some() => {
+                done = poll_slot(&mut replacement), if replacement.is_some() => {
                     replacement = None;
                     match done {
                         Ok((new_feed, new_connects)) => {
                             *feed = new_feed;
                             connects = new_connects;
                             errors = 0;
+                            feed_failed = false;
                             state.count_watcher_restart();
                             tracing::info!(applied = mirror.applied(), "the replacement feed took over");
                         }
@@ -489,6 +502,15 @@ impl Actor {
                     }
                     continue;
                 }
+                _ = state.stall_reported(), if replacement.is_none() => {
+                    tracing::warn!(
+                        applied = mirror.applied(),
+                        "the stream moved on while the feed delivered nothing; replacing it"
+                    );
+                    replacement_attempts = 0;
+                    replacement = Some(replacement_feed(state.clone(), self.shutdown.clone(), 0));
+                    continue;
+                }
                 _ = state.resync_requested() => {
                     match state.take_resync() {
                         Some(reason) => return FeedEnd::Resync(reason),
@@ -499,12 +521,31 @@ impl Actor {
                     self.sweep();
                     continue;
                 }
-                update = catch_up(&state), if replacement.is_some() => Some(Ok(update)),
-                item = feed.next() => item,
+                round = poll_slot(&mut catching_up), if catching_up.is_some() => {
+                    catching_up = None;
+                    found_nothing = round.updates.is_empty();
+                    self.apply_catch_up(round);
+                    continue;
+                }
+                item = feed.next(), if !feed_failed => item,
             };
             let update = match self.check_item(item, &mut errors) {
                 Ok(Some(update)) => update,
                 Ok(None) => continue,
+                Err(FeedEnd::Lost(reason)) => {
+                    tracing::warn!(
+                        %reason,
+                        applied = mirror.applied(),
+                        "bucket feed lost; replacing it from the last applied revision"
+                    );
+                    feed_failed = true;
+                    if replacement.is_none() {
+                        replacement_attempts = 0;
+                        replacement =
+                            Some(replacement_feed(state.clone(), self.shutdown.clone(), 0));
+                    }
+                    continue;
+                }
                 Err(end) => return end,
             };
             if update.resumed {
@@ -525,19 +566,41 @@ impl Actor {
                     Err(end) => return end,
                 }
             }
-            let (revision, caught_up) = (update.revision, update.pending == 0);
-            let applied_before = mirror.applied();
-            if !filtered && revision > applied_before + 1 {
-                state.count_skipped_revisions(revision - applied_before - 1);
-            }
-            let (entry, expires) = self.entry(update);
-            let tracked = (expires != 0).then(|| ((expires, revision), entry.key.clone()));
-            let applied = mirror.apply(entry, expires);
-            track_expiry(&mut self.expiring, applied, tracked);
+            let caught_up = update.pending == 0;
+            self.apply(update);
             if caught_up {
                 mirror.confirm(Instant::now());
                 self.finish_restore();
             }
+        }
+    }
+
+    /// Applies one update the stream holds, in revision order (an older one is skipped).
+    fn apply(&mut self, update: Update) {
+        let mirror = self.state.mirror();
+        let revision = update.revision;
+        let applied_before = mirror.applied();
+        if self.state.config().filter == ">" && revision > applied_before + 1 {
+            self.state
+                .count_skipped_revisions(revision - applied_before - 1);
+        }
+        let (entry, expires) = self.entry(update);
+        let tracked = (expires != 0).then(|| ((expires, revision), entry.key.clone()));
+        let applied = mirror.apply(entry, expires);
+        track_expiry(&mut self.expiring, applied, tracked);
+    }
+
+    /// Applies a catch-up round, and confirms the mirror current if it reached the stream's end.
+    fn apply_catch_up(&mut self, round: CatchUp) {
+        for update in round.updates {
+            self.apply(update);
+        }
+        if round
+            .latest
+            .is_some_and(|latest| latest <= self.state.mirror().applied())
+        {
+            self.state.mirror().confirm(round.asked);
+            self.finish_restore();
         }
     }
 

@@ -459,13 +459,15 @@ impl Bucket {
         write: WriteOptions,
     ) -> Result<SentWrite<'a>> {
         let store = self.check_write(key, operation, value.len(), write.ttl_ms)?;
-        let deadline = tokio::time::Instant::now() + self.timeout(write.timeout_ms);
+        let sent_at = tokio::time::Instant::now();
+        let deadline = sent_at + self.timeout(write.timeout_ms);
         let destination = self.destination(store)?;
         let sent = writes::send(destination, key, operation, value, write).await?;
         Ok(SentWrite {
             bucket: self,
             key,
             sent,
+            sent_at,
             deadline,
         })
     }
@@ -574,29 +576,33 @@ impl Bucket {
         })
     }
 
-    /// Waits until the mirror has applied `revision`, the write of `key` (not for a key outside
-    /// the mirror's filter, which it never shows); returns the revision.
+    /// Waits until the mirror has applied `revision`, the write of `key` sent at `sent_at` (not
+    /// for a key outside the mirror's filter, which it never shows); returns the revision.
+    ///
+    /// NATS stored the write after every message the stream held at `sent_at`, so a mirror that
+    /// applied it held all of them: NATS confirmed it current at `sent_at`, as a feed message with
+    /// nothing pending would. Writes so keep the mirror confirmed while a consumer cannot be
+    /// created (a JetStream cluster without a meta leader still stores and serves messages).
     async fn wait_applied(
         &self,
         key: &str,
         revision: u64,
+        sent_at: tokio::time::Instant,
         deadline: tokio::time::Instant,
     ) -> Result<u64> {
         if filter_matches(&self.state.config().filter, key) {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            self.state
-                .mirror()
-                .wait_for(revision, left)
-                .await
-                .map_err(|mut err| {
-                    err.message = format!(
-                        "the write was stored at revision {revision}, but {}",
-                        err.message
-                    );
-                    err.revision = Some(revision);
-                    err.sent = Some(true);
-                    err
-                })?;
+            let mirror = self.state.mirror();
+            mirror.wait_for(revision, left).await.map_err(|mut err| {
+                err.message = format!(
+                    "the write was stored at revision {revision}, but {}",
+                    err.message
+                );
+                err.revision = Some(revision);
+                err.sent = Some(true);
+                err
+            })?;
+            mirror.confirm(sent_at.into_std());
         }
         Ok(revision)
     }
@@ -635,6 +641,7 @@ pub struct SentWrite<'a> {
     bucket: &'a Bucket,
     key: &'a str,
     sent: writes::Sent<'a>,
+    sent_at: tokio::time::Instant,
     deadline: tokio::time::Instant,
 }
 
@@ -655,7 +662,7 @@ impl SentWrite<'_> {
     async fn settled(self, resend: bool) -> Result<u64> {
         let revision = self.sent.settled(self.deadline, resend).await?;
         self.bucket
-            .wait_applied(self.key, revision, self.deadline)
+            .wait_applied(self.key, revision, self.sent_at, self.deadline)
             .await
     }
 }

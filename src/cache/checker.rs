@@ -1,7 +1,8 @@
 //! The stream checker beside each bucket actor: it asks NATS about the stream every
 //! `check_every`. Its answers confirm the mirror current (the `age_ms` of reads) and reveal what
 //! no feed message shows: the bucket deleted and created again, or its messages purged out of
-//! band, for which it asks the actor to reload the mirror.
+//! band, for which it asks the actor to reload the mirror, and a feed that stopped delivering
+//! without a sign, which the actor then replaces.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -13,9 +14,10 @@ use super::state::State;
 use super::strong::last_revision;
 
 /// Asks NATS about the stream every `check_every` (every fifth time while the feed itself keeps
-/// confirming the mirror): confirms the mirror current when the stream holds nothing it lacks,
-/// keeps `server_revision` and `max_age` current, and requests a resync when the bucket was
-/// recreated, went backwards, or lost messages the mirror still serves.
+/// confirming the mirror): confirms the mirror current once it holds everything the stream held
+/// when asked, keeps `server_revision` and `max_age` current, requests a resync when the bucket
+/// was recreated, went backwards, or lost messages the mirror still serves, and reports the feed
+/// stalled when the stream moved on while the mirror applied nothing.
 /// Failures (NATS away) are simply retried next time: the mirror keeps serving what it has.
 pub(crate) async fn check_stream(state: Arc<State>, store: kv::Store, shutdown: CancellationToken) {
     /// A mirror its feed keeps confirming is still checked every this many intervals, for the
@@ -89,8 +91,16 @@ pub(crate) async fn check_stream(state: Arc<State>, store: kv::Store, shutdown: 
             };
             latest = filter_latest;
         }
-        if latest <= mirror.applied() {
+        // The stream ended at `latest` or before when the check was sent: once the mirror has
+        // applied it, the mirror was current then, even if writes kept coming meanwhile.
+        let reached = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            reached = mirror.wait_for(latest, every / 2) => reached.is_ok(),
+        };
+        if reached {
             mirror.confirm(sent);
+        } else if mirror.applied() == applied_before {
+            state.report_stall();
         }
     }
 }

@@ -111,7 +111,7 @@ pub enum FeedError {
     #[error("a message on `{0}`, outside the bucket")]
     OutsideBucket(String),
     #[error("cannot read the bucket's stream: {0}")]
-    Read(#[source] jetstream::stream::LastRawMessageError),
+    Read(String),
 }
 
 impl Feed {
@@ -158,6 +158,11 @@ impl Feed {
     /// Whether the feed has delivered everything the stream held when it last said so.
     pub fn caught_up(&self) -> bool {
         self.caught_up
+    }
+
+    /// The consumer broke and is being recreated: nothing arrives until it is.
+    pub fn is_recreating(&self) -> bool {
+        self.broken
     }
 
     /// The next update; `None` when the subscription ended (the client closed), `Some(Err)` on a
@@ -423,44 +428,116 @@ impl AckMetadata {
     }
 }
 
-/// The bucket's first message at or after `revision` among the keys `filter` matches, read from
-/// the stream leader without a consumer: how the mirror keeps up while a new consumer cannot be
-/// created yet (creating one needs the cluster's meta leader; reading a message needs only the
-/// stream's leader). `Ok(None)` when there is none: the mirror holds everything.
+/// Messages one catch-up request may return.
+const CATCH_UP_BATCH: usize = 256;
+
+/// The bucket's messages at and after `revision` among the keys `filter` matches, in order, read
+/// without a consumer: how the mirror keeps up while a new consumer cannot be created yet
+/// (creating one needs the cluster's meta leader; reading needs only the stream). Empty when there
+/// is none.
+///
+/// When the stream allows direct gets, one batched direct get returns up to `CATCH_UP_BATCH`
+/// messages: any replica answers it, and one that lags returns fewer messages, never wrong ones
+/// (a replica holds a prefix of the stream). Otherwise the stream leader returns one message per
+/// request.
 pub async fn read_from(
+    client: &async_nats::Client,
     store: &kv::Store,
     filter: &str,
     revision: u64,
-) -> Result<Option<Update>, FeedError> {
+) -> Result<Vec<Update>, FeedError> {
     let subject = format!("{}{}", store.prefix, filter);
+    if store.stream.cached_info().config.allow_direct {
+        return read_batch(client, store, &subject, revision).await;
+    }
     match store
         .stream
         .get_first_raw_message_by_subject(&subject, revision)
         .await
     {
-        Ok(message) => {
-            let Some(key) = message.subject.strip_prefix(store.prefix.as_str()) else {
-                return Err(FeedError::OutsideBucket(message.subject.to_string()));
-            };
-            let mut update = Update::decode(
-                key,
-                Some(&message.headers),
-                message.payload.clone(),
-                message.sequence,
-                message
-                    .time
-                    .unix_timestamp_nanos()
-                    .clamp(0, i64::MAX as i128) as i64,
-            );
-            // Unknown: only a read that finds nothing says the mirror is current.
-            update.pending = 1;
-            Ok(Some(update))
-        }
+        Ok(message) => Ok(vec![stored_update(store, message)?]),
         Err(err) if err.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
-            Ok(None)
+            Ok(Vec::new())
         }
-        Err(err) => Err(FeedError::Read(err)),
+        Err(err) => Err(FeedError::Read(err.to_string())),
     }
+}
+
+/// A batched direct get (ADR-31): the messages arrive on the reply inbox one by one, then an
+/// end-of-batch status (204), or a 404 when there is no message at all.
+async fn read_batch(
+    client: &async_nats::Client,
+    store: &kv::Store,
+    subject: &str,
+    revision: u64,
+) -> Result<Vec<Update>, FeedError> {
+    let inbox = client.new_inbox();
+    let mut replies = client
+        .subscribe(inbox.clone())
+        .await
+        .map_err(|e| FeedError::Subscribe(e.into()))?;
+    let request = serde_json::json!({
+        "seq": revision,
+        "next_by_subj": subject,
+        "batch": CATCH_UP_BATCH,
+    });
+    client
+        .publish_with_reply(
+            format!("$JS.API.DIRECT.GET.{}", store.stream_name),
+            inbox,
+            request.to_string().into(),
+        )
+        .await
+        .map_err(|e| FeedError::Read(e.to_string()))?;
+    let mut updates = Vec::new();
+    while let Some(reply) = replies.next().await {
+        match reply.status.map(|status| status.as_u16()) {
+            None => {
+                // A server without batched direct gets answers with one message and no count.
+                let batched = reply
+                    .headers
+                    .as_ref()
+                    .is_some_and(|h| h.get("Nats-Num-Pending").is_some());
+                let message = jetstream::message::StreamMessage::try_from(reply)
+                    .map_err(|e| FeedError::Metadata(e.into()))?;
+                updates.push(stored_update(store, message)?);
+                if !batched || updates.len() >= CATCH_UP_BATCH {
+                    break;
+                }
+            }
+            Some(204 | 404) => break,
+            Some(status) => {
+                return Err(FeedError::Read(format!(
+                    "a direct get answered {status} {}",
+                    reply.description.as_deref().unwrap_or_default()
+                )))
+            }
+        }
+    }
+    Ok(updates)
+}
+
+/// A message read from the stream, as the feed would have delivered it.
+fn stored_update(
+    store: &kv::Store,
+    message: jetstream::message::StreamMessage,
+) -> Result<Update, FeedError> {
+    let Some(key) = message.subject.strip_prefix(store.prefix.as_str()) else {
+        return Err(FeedError::OutsideBucket(message.subject.to_string()));
+    };
+    let mut update = Update::decode(
+        key,
+        Some(&message.headers),
+        message.payload.clone(),
+        message.sequence,
+        message
+            .time
+            .unix_timestamp_nanos()
+            .clamp(0, i64::MAX as i128) as i64,
+    );
+    // Unknown: the catch-up learns from the stream's info whether the mirror is current.
+    update.pending = 1;
+    Ok(update)
 }
 
 /// Reads a `Nats-TTL` header: whole seconds ("30"), a Go duration ("1500ms", "1h30m"), or "never".

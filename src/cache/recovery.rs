@@ -1,7 +1,9 @@
 //! How a bucket actor recovers a lost feed without stopping reads: the stream checks before a
 //! feed resumes, a replacement feed created in the background, and the messages read straight
-//! from the stream leader meanwhile.
+//! from the stream meanwhile.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::feed::{read_from, Feed, Start, Update};
 use super::link::Link;
 use super::state::State;
+use super::strong::last_revision;
 
 /// How a feed ended, and so what the actor does next.
 pub(super) enum FeedEnd {
@@ -67,7 +70,7 @@ pub(super) enum NoReplacement {
 }
 
 pub(super) type Replacement =
-    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(Feed, u64), NoReplacement>> + Send>>;
+    Pin<Box<dyn Future<Output = Result<(Feed, u64), NoReplacement>> + Send>>;
 
 /// A new feed from the mirror's next revision, on the current connection (after a short pause
 /// that grows with the failed `attempts`), with the connection count it was created at. The
@@ -112,33 +115,68 @@ pub(super) fn replacement_feed(
     })
 }
 
-/// While a replacement feed is being created: the next message the mirror lacks, read from the
-/// stream leader without a consumer, so that the mirror keeps up (and this sidecar's writes are
-/// answered) even when the old consumer died and a new one must wait for the cluster. When there
-/// is nothing more to read, the mirror is confirmed current.
-pub(super) async fn catch_up(state: &State) -> Update {
-    let Some(store) = state.store() else {
-        return std::future::pending().await;
-    };
-    loop {
-        let asked = Instant::now();
-        let next = state.mirror().applied() + 1;
-        let read = read_from(store, &state.config().filter, next);
-        match tokio::time::timeout(Duration::from_millis(250), read).await {
-            Ok(Ok(Some(update))) => return update,
-            Ok(Ok(None)) => {
-                state.mirror().confirm(asked);
-                tokio::time::sleep(Duration::from_millis(25)).await;
-            }
-            _ => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
+/// One round of catching up without a consumer: the messages the mirror lacked, and the stream's
+/// last revision as NATS reported it after `asked`. Once the mirror has applied that revision, it
+/// held at `asked` everything the stream did: it was current then.
+pub(super) struct CatchUp {
+    pub(super) updates: Vec<Update>,
+    pub(super) asked: Instant,
+    pub(super) latest: Option<u64>,
 }
 
-pub(super) async fn poll_replacement(
-    replacement: &mut Option<Replacement>,
-) -> Result<(Feed, u64), NoReplacement> {
-    match replacement {
+pub(super) type CatchingUp = Pin<Box<dyn Future<Output = CatchUp> + Send>>;
+
+/// How long one catch-up request may take before the round is tried again.
+const CATCH_UP_WITHIN: Duration = Duration::from_millis(500);
+
+/// While the feed is being replaced or recreates its consumer: a round of reading what the mirror
+/// lacks straight from the stream, so that the mirror keeps up (and this sidecar's writes are
+/// answered) even when the old consumer died and a new one must wait for the cluster. The
+/// stream's last revision is asked for at the same time, so that the mirror is confirmed current
+/// even while writes keep coming (a read that finds nothing new would rarely happen then).
+/// `pause` first when the previous round found nothing, so that an idle stream is not polled
+/// in a tight loop.
+pub(super) fn catch_up(state: Arc<State>, pause: bool) -> CatchingUp {
+    Box::pin(async move {
+        let Some(store) = state.store() else {
+            return std::future::pending().await;
+        };
+        let filter = state.config().filter.as_str();
+        let subject = format!("{}{filter}", store.prefix);
+        if pause {
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        loop {
+            let asked = Instant::now();
+            let next = state.mirror().applied() + 1;
+            let (latest, read) = tokio::join!(
+                tokio::time::timeout(CATCH_UP_WITHIN, last_revision(store, &subject)),
+                tokio::time::timeout(
+                    CATCH_UP_WITHIN,
+                    read_from(state.client(), store, filter, next)
+                ),
+            );
+            let latest = latest.ok().and_then(Result::ok);
+            let updates = match read {
+                Ok(Ok(updates)) => updates,
+                _ => Vec::new(),
+            };
+            if latest.is_some() || !updates.is_empty() {
+                return CatchUp {
+                    updates,
+                    asked,
+                    latest,
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+}
+
+/// The future in `slot`, awaited in place (a `select!` that drops this poll keeps the future),
+/// or never if there is none.
+pub(super) async fn poll_slot<T>(slot: &mut Option<Pin<Box<dyn Future<Output = T> + Send>>>) -> T {
+    match slot {
         Some(future) => future.await,
         None => std::future::pending().await,
     }

@@ -44,6 +44,8 @@ pub(super) struct State {
     /// Why the mirror must be reloaded, set by the checker for the actor.
     resync_reason: Mutex<Option<String>>,
     resync_requested: Notify,
+    /// The checker saw the stream move on while the mirror applied nothing.
+    feed_stalled: Notify,
     strong: Arc<StrongReads>,
     /// Where the mirror is saved for a warm start, if anywhere, and how often.
     saving: CacheConfig,
@@ -95,6 +97,7 @@ impl State {
             resyncing: AtomicBool::new(false),
             resync_reason: Mutex::new(None),
             resync_requested: Notify::new(),
+            feed_stalled: Notify::new(),
             strong: Arc::new(StrongReads::default()),
             saving: origin.saving,
             save_counters: SaveCounters::default(),
@@ -223,6 +226,17 @@ impl State {
     /// Resolves when the checker asks for a resync.
     pub(super) async fn resync_requested(&self) {
         self.resync_requested.notified().await
+    }
+
+    pub(super) fn report_stall(&self) {
+        self.feed_stalled.notify_one();
+    }
+
+    /// Resolves when the checker finds the feed stalled: a consumer can stop delivering without
+    /// a sign (a flow-control answer lost in a reconnect, a consumer created during a leader
+    /// election), and its missed heartbeats would tell only seconds later.
+    pub(super) async fn stall_reported(&self) {
+        self.feed_stalled.notified().await
     }
 
     /// Where the mirror is saved for a warm start, if anywhere, and how often.

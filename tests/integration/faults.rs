@@ -333,6 +333,7 @@ async fn a_deleted_consumer_is_recreated_from_the_last_applied_revision() {
     // Writes by another client keep reaching the mirror, in order, none lost.
     let other = nats.kv("c").await;
     let mut last = 0;
+    let deleted = std::time::Instant::now();
     for i in 0..5 {
         last = other.put(format!("after{i}"), "v".into()).await.unwrap();
     }
@@ -342,6 +343,7 @@ async fn a_deleted_consumer_is_recreated_from_the_last_applied_revision() {
         || async { client.status(Some("c")).await.unwrap()[0].revision >= last },
     )
     .await;
+    let caught_up = deleted.elapsed();
     let keys = client.keys("c", None, false).await.unwrap();
     assert_eq!(
         keys,
@@ -352,7 +354,13 @@ async fn a_deleted_consumer_is_recreated_from_the_last_applied_revision() {
         restarts > restarts_before,
         "the restart is counted ({restarts_before} -> {restarts})"
     );
-    println!("consumer deleted: mirror caught up to revision {last}; watcher restarts {restarts}");
+    // The consumer's missed heartbeats would tell after 7.5 to 15 s; the stream checker notices
+    // sooner that the stream moved on while the feed delivered nothing.
+    println!(
+        "consumer deleted: mirror caught up to revision {last} {} ms after the deletion; watcher \
+         restarts {restarts}",
+        caught_up.as_millis()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
