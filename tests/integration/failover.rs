@@ -44,7 +44,10 @@ enum Victim {
 
 /// Kills the node the sidecar is connected to and measures, from the kill, when a direct client
 /// and the sidecar can write again and when the sidecar's mirror is confirmed current again.
-async fn kill_the_sidecars_node(victim: Victim) -> Recovery {
+///
+/// `direct_gets`: whether the bucket's stream allows direct gets, as every client but nats-py
+/// creates it; without them the mirror catches up through the stream leader.
+async fn kill_the_sidecars_node(victim: Victim, direct_gets: bool) -> Recovery {
     let mut cluster = NatsCluster::start(3).await;
     let urls = cluster.urls();
     let js = async_nats::jetstream::new(async_nats::connect(urls.as_slice()).await.unwrap());
@@ -56,6 +59,17 @@ async fn kill_the_sidecars_node(victim: Victim) -> Recovery {
     })
     .await
     .unwrap();
+    if !direct_gets {
+        let mut config = js
+            .get_stream("KV_fo")
+            .await
+            .unwrap()
+            .cached_info()
+            .config
+            .clone();
+        config.allow_direct = false;
+        js.update_stream(config).await.unwrap();
+    }
     let index = |name: String| -> usize { name.trim_start_matches('n').parse().unwrap() };
     let mut stream_leader = index(crate::harness::stream_leader(&js, "KV_fo").await);
     let mut meta_leader = index(cluster.meta_leader().await);
@@ -311,13 +325,13 @@ fn report(what: &str, r: &Recovery) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sidecars_node_dies_while_another_leads_the_stream() {
-    let recovery = kill_the_sidecars_node(Victim::Follower).await;
+    let recovery = kill_the_sidecars_node(Victim::Follower, true).await;
     report("the sidecar's node (leading nothing)", &recovery);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sidecars_node_dies_and_it_led_the_jetstream_cluster_but_not_the_stream() {
-    let recovery = kill_the_sidecars_node(Victim::MetaLeader).await;
+    let recovery = kill_the_sidecars_node(Victim::MetaLeader, true).await;
     report(
         "the sidecar's node (the meta leader, not the stream's)",
         &recovery,
@@ -325,7 +339,17 @@ async fn the_sidecars_node_dies_and_it_led_the_jetstream_cluster_but_not_the_str
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sidecars_node_dies_and_it_led_the_jetstream_cluster_and_the_bucket_has_no_direct_gets()
+{
+    let recovery = kill_the_sidecars_node(Victim::MetaLeader, false).await;
+    report(
+        "the sidecar's node (the meta leader, not the stream's), a bucket without direct gets",
+        &recovery,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sidecars_node_dies_and_it_led_the_stream() {
-    let recovery = kill_the_sidecars_node(Victim::StreamLeader).await;
+    let recovery = kill_the_sidecars_node(Victim::StreamLeader, true).await;
     report("the sidecar's node, which led the stream", &recovery);
 }
