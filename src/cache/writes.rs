@@ -303,14 +303,14 @@ fn jetstream_code(err: &PublishError) -> Option<u64> {
 fn publish_error(err: PublishError, key: &str, expect_revision: Option<u64>) -> Error {
     let code = jetstream_code(&err);
     let key = quote(key);
-    match err.kind() {
+    let wrong_last_sequence = err.kind() == PublishErrorKind::WrongLastSequence
+        || (err.kind() == PublishErrorKind::Other
+            && code.is_some_and(|c| WRONG_LAST_SEQUENCE_CODES.contains(&c)));
+    if wrong_last_sequence {
         // A placeholder: [`Sent::settled`] reads the key's real current revision before answering.
-        PublishErrorKind::WrongLastSequence => {
-            Error::wrong_revision(&quote(&key), expect_revision.unwrap_or(0), 0)
-        }
-        PublishErrorKind::Other if code.is_some_and(|c| WRONG_LAST_SEQUENCE_CODES.contains(&c)) => {
-            Error::wrong_revision(&quote(&key), expect_revision.unwrap_or(0), 0)
-        }
+        return Error::wrong_revision(&key, expect_revision.unwrap_or(0), 0);
+    }
+    match err.kind() {
         PublishErrorKind::MaxPayloadExceeded => Error::new(
             ErrorKind::ValueTooLarge,
             format!("the value for `{key}` exceeds the NATS server's max_payload"),
