@@ -8,12 +8,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
-use tokio::net::unix::OwnedWriteHalf;
-use tokio::net::UnixStream;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::client_socket::{ClientReader, ClientWriter};
 use super::context::Context;
 use super::input::{Input, InputError};
 use super::v1::{self, V1Reply};
@@ -116,14 +115,13 @@ impl Limits {
 impl Connection {
     /// Serves one protocol v1 connection whose first bytes, already read, are `input`.
     pub async fn run(
-        stream: UnixStream,
+        (read_half, mut socket): (ClientReader, ClientWriter),
         input: bytes::BytesMut,
         ctx: Arc<Context>,
         limits: Limits,
         shutdown: CancellationToken,
     ) {
         ctx.metrics.connections.inc();
-        let (read_half, mut socket) = stream.into_split();
         let (out, mut queued) = mpsc::channel(OUTPUT_QUEUE);
         let mut connection = Connection {
             ctx: ctx.clone(),
@@ -178,7 +176,7 @@ impl Connection {
     async fn serve(
         &mut self,
         input: &mut Input,
-        socket: &mut OwnedWriteHalf,
+        socket: &mut ClientWriter,
         queued: &mut mpsc::Receiver<Queued>,
         batch: &mut Vec<u8>,
     ) -> bool {
@@ -677,7 +675,7 @@ async fn run_watch(
 /// Returns false when the client is gone, or did not read for `write_timeout`: such a client
 /// must not pin this task, the responses queued for it, or the server's shutdown.
 async fn send_to_client(
-    socket: &mut OwnedWriteHalf,
+    socket: &mut ClientWriter,
     buf: &mut Vec<u8>,
     turn: Option<OwnedSemaphorePermit>,
     queued: &mut mpsc::Receiver<Queued>,

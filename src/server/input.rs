@@ -16,9 +16,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::client_socket::ClientReader;
 use bytes::{BufMut, BytesMut};
 use tokio::io::AsyncReadExt;
-use tokio::net::unix::OwnedReadHalf;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
@@ -96,7 +96,7 @@ impl ByteBudget {
 
 /// A connection's input: the bytes read and not yet taken as requests, and the budget they hold.
 pub struct Input {
-    reader: OwnedReadHalf,
+    reader: ClientReader,
     pub buf: BytesMut,
     budget: ByteBudget,
     held: Option<OwnedSemaphorePermit>,
@@ -115,7 +115,7 @@ pub enum InputError {
 }
 
 impl Input {
-    pub fn new(reader: OwnedReadHalf, buf: BytesMut, budget: ByteBudget) -> Input {
+    pub fn new(reader: ClientReader, buf: BytesMut, budget: ByteBudget) -> Input {
         Input {
             reader,
             buf,
@@ -207,7 +207,7 @@ fn stalled(buffered: usize) -> Error {
 }
 
 async fn read_into(
-    reader: &mut OwnedReadHalf,
+    reader: &mut ClientReader,
     mut into: bytes::buf::Limit<&mut BytesMut>,
 ) -> std::io::Result<usize> {
     reader.read_buf(&mut into).await
@@ -232,7 +232,7 @@ mod tests {
                     let _ = write.write_all(&vec![7; 1024 * 1024]).await;
                 }),
             ));
-            let (read, _) = ours.into_split();
+            let (read, _) = crate::server::client_socket::split(ours).unwrap();
             inputs.push(Input::new(read, BytesMut::new(), budget.clone()));
         }
         let [mut first, mut second] = <[Input; 2]>::try_from(inputs).ok().unwrap();
@@ -266,7 +266,7 @@ mod tests {
         let (ours, theirs) = tokio::net::UnixStream::pair().unwrap();
         let (_keep, mut write) = theirs.into_split();
         write.write_all(&vec![7; 100 * 1024]).await.unwrap();
-        let (read, _) = ours.into_split();
+        let (read, _) = crate::server::client_socket::split(ours).unwrap();
         let mut input = Input::new(read, BytesMut::new(), budget.clone());
         let started = Instant::now();
         let error = loop {

@@ -1,5 +1,6 @@
 //! The Unix-socket server: binds the socket, accepts connections, and shuts down cleanly.
 
+mod client_socket;
 mod connection;
 mod context;
 mod input;
@@ -247,7 +248,10 @@ enum First {
 
 /// Reads a connection's first bytes, waiting at most `wait` (`Duration::ZERO`: as long as it
 /// takes).
-async fn first_bytes(stream: &mut UnixStream, wait: std::time::Duration) -> First {
+async fn first_bytes(
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
+    wait: std::time::Duration,
+) -> First {
     let mut input = BytesMut::with_capacity(16 * 1024);
     let read = stream.read_buf(&mut input);
     let read = if wait.is_zero() {
@@ -266,15 +270,22 @@ async fn first_bytes(stream: &mut UnixStream, wait: std::time::Duration) -> Firs
 
 /// Serves a connection in the protocol its first bytes show.
 async fn serve_connection(
-    mut stream: UnixStream,
+    stream: UnixStream,
     ctx: Arc<Context>,
     limits: Limits,
     shutdown: CancellationToken,
     id: u64,
 ) {
+    let (mut reader, mut writer) = match client_socket::split(stream) {
+        Ok(sides) => sides,
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot register an accepted connection; it is closed");
+            return;
+        }
+    };
     let first = tokio::select! {
         _ = shutdown.cancelled() => return,
-        first = first_bytes(&mut stream, limits.idle_timeout) => first,
+        first = first_bytes(&mut reader, limits.idle_timeout) => first,
     };
     let input = match first {
         First::Bytes(input) => input,
@@ -285,14 +296,14 @@ async fn serve_connection(
             ctx.metrics.connection_refused(error.code);
             let mut frame = Vec::new();
             encode_error(&mut frame, 0, &error);
-            let _ = tokio::time::timeout(limits.write_timeout, stream.write_all(&frame)).await;
+            let _ = tokio::time::timeout(limits.write_timeout, writer.write_all(&frame)).await;
             return;
         }
     };
     if speaks_v1(input[0]) {
-        Connection::run(stream, input, ctx, limits, shutdown).await;
+        Connection::run((reader, writer), input, ctx, limits, shutdown).await;
     } else {
-        resp::run(stream, input, ctx, limits, shutdown, id).await;
+        resp::run((reader, writer), input, ctx, limits, shutdown, id).await;
     }
 }
 

@@ -24,10 +24,9 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
-use tokio::net::unix::OwnedWriteHalf;
-use tokio::net::UnixStream;
 use tokio_util::sync::CancellationToken;
 
+use super::client_socket::{ClientReader, ClientWriter};
 use super::connection::{IdleClock, Limits};
 use super::context::Context;
 use super::input::{Input, InputError};
@@ -48,7 +47,7 @@ const MAX_WRITE_BYTES: usize = 4 * 1024 * 1024;
 
 /// Serves one RESP connection whose first bytes, already read, are `input`.
 pub async fn run(
-    stream: UnixStream,
+    (reader, writer): (ClientReader, ClientWriter),
     input: BytesMut,
     ctx: Arc<Context>,
     limits: Limits,
@@ -56,7 +55,6 @@ pub async fn run(
     id: u64,
 ) {
     ctx.metrics.connections.inc();
-    let (reader, writer) = stream.into_split();
     let mut connection = Connection {
         session: Session::new(ctx.clone(), id),
         input: Input::new(reader, input, ctx.requests.arriving.clone()),
@@ -74,7 +72,7 @@ pub async fn run(
 struct Connection {
     session: Session,
     input: Input,
-    writer: OwnedWriteHalf,
+    writer: ClientWriter,
     /// The arguments of the command being run, reused from one command to the next.
     args: Vec<bytes::Bytes>,
     /// Plain `SET`s and `DEL`s read and not yet run: run together before any other command and
