@@ -445,10 +445,26 @@ bucket: {r['nearkv idle']['rss_kib'] / 1024:.1f} MiB. Runs, cold: {', '.join(f"{
   revision on a 1,000,000-key bucket in one phase (`/readyz` polled every 10 ms). The newer one
   was ready sooner in all five, in 1.77 to 2.19 s against 1.79 to 2.48 s. Three more cold starts,
   each next to a bare watcher's snapshot, gave 1.22 to 1.27× the bare watcher.
+  In the run at b29a09b the whole machine was slower than in the run before it (the raw floor's
+  p50 at 1 connection 60.5 against 54.2 µs, redis-benchmark's 63 against 47 µs), and get at 1
+  connection read 1.23× the floor. Right after it, six interleaved rounds of `nearkv bench
+  --connections 1` against the code before 19 (below) and after it, side by side on one
+  nats-server, gave p50 medians of 66.5 and 67.1 µs; five more interleaved rounds of the script's
+  own Redis-face GET command (`-c 50 -n 400000`, redis-server first) gave medians of 101,652 and
+  98,692 GETs/s (0.97).
 - **Put/CAS throughput at 16 connections.** Every nearkv write costs nats-server a consumer
   delivery to the sidecar's watcher on top of the store and ack (that is how read-your-writes is
   kept), and costs the sidecar that event's decoding; with the generator on the same two cores the
-  extra work shows as throughput. Latency per write is within its target. CPU per put read from
+  extra work shows as throughput. The budget, measured at b29a09b (CPU of each process from
+  `/proc/<pid>/stat` and the generator's from `/usr/bin/time`, 4 s runs, two rounds): through
+  nearkv at 16 connections, nats-server 34–37 µs, the sidecar 26–28 µs and the generator 14 µs
+  per put, 79 µs in all, so at most about 25,000 puts/s on two cores; direct, one client × 16:
+  23–25 µs, 4 µs (the sidecar only mirroring) and 11 µs, 38 µs in all. 0.9× the direct rate
+  allows 58 µs per put at full use of both cores; take nats-server at its best batched cost and
+  the generator's 14 µs for a request over a socket of its own, and about 20 µs would be left for
+  the sidecar at full use of both cores, about 15 µs at the three quarters they are used now:
+  against 26–28 µs spent, half of it in the kernel (49% of `perf`'s samples: the client's `recv`
+  and `send`, their wake-ups, NATS's socket). Latency per write is within its target. CPU per put read from
   `/proc/<pid>/stat` over 4 s runs (16 connections through the sidecar; direct: one client × 16,
   with the sidecar mirroring the bucket): nats-server 46 µs through nearkv against 28 µs direct;
   the sidecar 42 µs per put against 4.7 µs per update it only mirrors. `perf` puts 30% of the
