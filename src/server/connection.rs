@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use super::client_socket::{ClientReader, ClientWriter};
 use super::context::Context;
+use super::draining::Draining;
 use super::input::{Input, InputError};
 use super::v1::{self, V1Reply};
 use crate::cache::{Bucket, WatchItem};
@@ -83,7 +84,10 @@ pub struct Connection {
     out: mpsc::Sender<Queued>,
     watches: HashMap<u64, CancellationToken>,
     tasks: TaskTracker,
+    /// Ends the connection's watches when the server shuts down.
     shutdown: CancellationToken,
+    /// Ends the connection's loop when the server shuts down.
+    draining: Arc<Draining>,
     limits: Limits,
     /// One permit per waiting request in flight.
     in_flight: Arc<Semaphore>,
@@ -120,6 +124,7 @@ impl Connection {
         ctx: Arc<Context>,
         limits: Limits,
         shutdown: CancellationToken,
+        draining: Arc<Draining>,
     ) {
         ctx.metrics.connections.inc();
         let (out, mut queued) = mpsc::channel(OUTPUT_QUEUE);
@@ -129,6 +134,7 @@ impl Connection {
             watches: HashMap::new(),
             tasks: TaskTracker::new(),
             shutdown,
+            draining,
             limits,
             in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
             in_flight_bytes: Arc::new(Semaphore::new(limits.in_flight_kib())),
@@ -180,11 +186,10 @@ impl Connection {
         queued: &mut mpsc::Receiver<Queued>,
         batch: &mut Vec<u8>,
     ) -> bool {
-        // One registration for the connection's life: creating it per request locked the
-        // token's mutex, shared by every connection, once per request.
-        let shutdown = self.shutdown.clone();
-        let cancelled = shutdown.cancelled();
-        tokio::pin!(cancelled);
+        // One registration for the connection's life (see `Draining`).
+        let draining = self.draining.clone();
+        let begun = draining.begun();
+        tokio::pin!(begun);
         // Checked every `idle_timeout`: a period without a frame, a request in flight or a watch
         // closes the connection. Counting frames keeps the clock off the request path.
         let idle = self.limits.idle_timeout;
@@ -208,7 +213,7 @@ impl Connection {
             }
             let next = tokio::select! {
                 biased;
-                _ = &mut cancelled => return true,
+                _ = &mut begun => return true,
                 Some(Queued { mut frame, turn }) = queued.recv() => {
                     if !send_to_client(socket, &mut frame, turn, queued, &self.limits, &self.ctx).await {
                         return false;

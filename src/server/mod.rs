@@ -3,6 +3,7 @@
 mod client_socket;
 mod connection;
 mod context;
+mod draining;
 mod input;
 mod resp;
 mod v1;
@@ -15,8 +16,8 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::config::SocketConfig;
 
@@ -24,6 +25,7 @@ use crate::error::{Error, ErrorCode};
 use crate::protocol::response::encode_error;
 use connection::{Connection, Limits};
 pub use context::Context;
+use draining::Draining;
 pub use input::RequestBudgets;
 pub use resp::parse_stream as parse_resp_stream;
 
@@ -117,14 +119,16 @@ impl Server {
     /// file, ends watches and lets in-flight requests finish for up to `shutdown_grace`, after
     /// which the connections still open are closed.
     pub async fn run(self, ctx: Arc<Context>, shutdown: CancellationToken) {
-        let connections = TaskTracker::new();
-        // Cancelled when the shutdown grace period is over: drops the connections still open.
-        let closed = CancellationToken::new();
+        // Aborted when the shutdown grace period is over: drops the connections still open.
+        let mut connections = JoinSet::new();
+        let draining = Arc::new(Draining::default());
         let active = Arc::new(AtomicUsize::new(0));
         let mut next_connection: u64 = 0;
         loop {
             let accepted = tokio::select! {
                 _ = shutdown.cancelled() => break,
+                // Reaps finished connections, so that the set holds only open ones.
+                Some(_) = connections.join_next(), if !connections.is_empty() => continue,
                 accepted = self.listener.accept() => accepted,
             };
             match accepted {
@@ -134,25 +138,21 @@ impl Server {
                         connections.spawn(refuse(stream, refusal));
                         continue;
                     }
-                    active.fetch_add(1, Ordering::Relaxed);
                     next_connection += 1;
                     let span = tracing::info_span!("connection", id = next_connection);
+                    let open = OpenConnection::count(&active);
                     let connection = serve_connection(
                         stream,
                         ctx.clone(),
                         self.limits,
                         shutdown.clone(),
+                        draining.clone(),
                         next_connection,
                     );
-                    let active = active.clone();
-                    let closed = closed.clone();
                     connections.spawn(tracing::Instrument::instrument(
                         async move {
-                            tokio::select! {
-                                _ = connection => {}
-                                _ = closed.cancelled() => {}
-                            }
-                            active.fetch_sub(1, Ordering::Relaxed);
+                            connection.await;
+                            drop(open);
                         },
                         span,
                     ));
@@ -165,11 +165,12 @@ impl Server {
             }
         }
         drop(self.listener);
+        draining.begin();
         if let Err(err) = std::fs::remove_file(&self.path) {
             tracing::warn!(error = %err, path = %self.path.display(), "cannot remove socket file");
         }
-        connections.close();
-        if tokio::time::timeout(self.shutdown_grace, connections.wait())
+        let all_closed = async { while connections.join_next().await.is_some() {} };
+        if tokio::time::timeout(self.shutdown_grace, all_closed)
             .await
             .is_err()
         {
@@ -178,9 +179,25 @@ impl Server {
                 grace = ?self.shutdown_grace,
                 "shutdown grace period over; closing the connections still open"
             );
-            closed.cancel();
-            connections.wait().await;
+            connections.shutdown().await;
         }
+    }
+}
+
+/// Counts a connection as open for `socket.max_connections` until it is dropped: when the
+/// connection ends, and also when it is aborted after the shutdown grace period.
+struct OpenConnection(Arc<AtomicUsize>);
+
+impl OpenConnection {
+    fn count(active: &Arc<AtomicUsize>) -> OpenConnection {
+        active.fetch_add(1, Ordering::Relaxed);
+        OpenConnection(active.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -274,6 +291,7 @@ async fn serve_connection(
     ctx: Arc<Context>,
     limits: Limits,
     shutdown: CancellationToken,
+    draining: Arc<Draining>,
     id: u64,
 ) {
     let (mut reader, mut writer) = match client_socket::split(stream) {
@@ -284,7 +302,7 @@ async fn serve_connection(
         }
     };
     let first = tokio::select! {
-        _ = shutdown.cancelled() => return,
+        _ = draining.begun() => return,
         first = first_bytes(&mut reader, limits.idle_timeout) => first,
     };
     let input = match first {
@@ -301,9 +319,9 @@ async fn serve_connection(
         }
     };
     if speaks_v1(input[0]) {
-        Connection::run((reader, writer), input, ctx, limits, shutdown).await;
+        Connection::run((reader, writer), input, ctx, limits, shutdown, draining).await;
     } else {
-        resp::run((reader, writer), input, ctx, limits, shutdown, id).await;
+        resp::run((reader, writer), input, ctx, limits, draining, id).await;
     }
 }
 

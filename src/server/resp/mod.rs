@@ -24,11 +24,11 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
-use tokio_util::sync::CancellationToken;
 
 use super::client_socket::{ClientReader, ClientWriter};
 use super::connection::{IdleClock, Limits};
 use super::context::Context;
+use super::draining::Draining;
 use super::input::{Input, InputError};
 use crate::error::{Error, ErrorCode};
 use crate::metrics::ReadTally;
@@ -51,7 +51,7 @@ pub async fn run(
     input: BytesMut,
     ctx: Arc<Context>,
     limits: Limits,
-    shutdown: CancellationToken,
+    draining: Arc<Draining>,
     id: u64,
 ) {
     ctx.metrics.connections.inc();
@@ -65,7 +65,7 @@ pub async fn run(
         tally: ctx.metrics.tally(),
         limits,
     };
-    connection.serve(shutdown).await;
+    connection.serve(&draining).await;
     ctx.metrics.connections.dec();
 }
 
@@ -85,9 +85,9 @@ struct Connection {
 }
 
 impl Connection {
-    async fn serve(&mut self, shutdown: CancellationToken) {
-        let cancelled = shutdown.cancelled();
-        tokio::pin!(cancelled);
+    async fn serve(&mut self, draining: &Draining) {
+        let begun = draining.begun();
+        tokio::pin!(begun);
         let idle = self.limits.idle_timeout;
         let mut clock = IdleClock::new(idle);
         loop {
@@ -100,7 +100,7 @@ impl Connection {
             }
             tokio::select! {
                 biased;
-                _ = &mut cancelled => return,
+                _ = &mut begun => return,
                 delivery = self.session.pubsub.next() => match delivery {
                     Some(Ok(notification)) => {
                         let mut out = Out { buf: &mut self.batch, version: self.session.version };
