@@ -18,9 +18,11 @@ use std::os::unix::net::UnixStream as StdUnixStream;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use tokio::io::unix::AsyncFd;
-use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
+use tokio::time::error::Elapsed;
 
 /// The reading side of an accepted client connection (see the module's doc).
 pub struct ClientReader {
@@ -90,6 +92,31 @@ impl AsyncRead for ClientReader {
 }
 
 impl ClientWriter {
+    /// Writes all of `buf`, waiting at most `limit` for a client that does not read. The timer
+    /// starts only once the socket's buffer is full: a reply that goes through at once (nearly
+    /// all of them) reads no clock and makes no timer.
+    pub async fn write_all_within(
+        &mut self,
+        buf: &[u8],
+        limit: Duration,
+    ) -> Result<io::Result<()>, Elapsed> {
+        let mut written = 0;
+        if self.blocked.is_none() {
+            while written < buf.len() {
+                match self.write_now(&buf[written..]) {
+                    Ok(0) => return Ok(Err(io::ErrorKind::WriteZero.into())),
+                    Ok(more) => written += more,
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(err) => return Ok(Err(err)),
+                }
+            }
+        }
+        if written == buf.len() {
+            return Ok(Ok(()));
+        }
+        tokio::time::timeout(limit, self.write_all(&buf[written..])).await
+    }
+
     fn write_now(&self, buf: &[u8]) -> io::Result<usize> {
         loop {
             match self.socket.get_ref().write(buf) {
@@ -259,6 +286,41 @@ mod tests {
         writer.shutdown().await.unwrap();
         drop((reader, writer));
         assert!(reading.await.unwrap() > 1024 + 4);
+    }
+
+    #[tokio::test]
+    async fn a_bounded_write_goes_through_at_once_or_when_the_reader_reads() {
+        let (_reader, mut writer, mut peer) = pair();
+        let limit = Duration::from_secs(60);
+        writer
+            .write_all_within(b"small", limit)
+            .await
+            .unwrap()
+            .unwrap();
+        let mut small = [0; 5];
+        peer.read_exact(&mut small).await.unwrap();
+        assert_eq!(&small, b"small");
+
+        let big = vec![3; 8 * 1024 * 1024];
+        let reading = tokio::spawn(async move {
+            let mut received = Vec::new();
+            peer.read_to_end(&mut received).await.unwrap();
+            received
+        });
+        writer.write_all_within(&big, limit).await.unwrap().unwrap();
+        assert!(writer.blocked.is_none(), "unregistered once through");
+        writer.shutdown().await.unwrap();
+        assert!(reading.await.unwrap() == big, "bytes whole and in order");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_bounded_write_to_a_client_that_does_not_read_ends_at_its_limit() {
+        let (_reader, mut writer, _peer) = pair();
+        let big = vec![4; 8 * 1024 * 1024];
+        let written = writer
+            .write_all_within(&big, Duration::from_millis(250))
+            .await;
+        assert!(written.is_err(), "timed out: {written:?}");
     }
 
     #[tokio::test]

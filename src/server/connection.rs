@@ -698,7 +698,7 @@ async fn send_to_client(
             Err(_) => break,
         }
     }
-    let written = tokio::time::timeout(limits.write_timeout, socket.write_all(buf)).await;
+    let written = socket.write_all_within(buf, limits.write_timeout).await;
     drop(turns);
     let pending = buf.len();
     buf.clear();

@@ -23,7 +23,6 @@ mod strings;
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use tokio::io::AsyncWriteExt;
 
 use super::client_socket::{ClientReader, ClientWriter};
 use super::connection::{IdleClock, Limits};
@@ -234,11 +233,10 @@ impl Connection {
         if self.batch.is_empty() {
             return true;
         }
-        let written = tokio::time::timeout(
-            self.limits.write_timeout,
-            self.writer.write_all(&self.batch),
-        )
-        .await;
+        let written = self
+            .writer
+            .write_all_within(&self.batch, self.limits.write_timeout)
+            .await;
         let pending = self.batch.len();
         self.batch.clear();
         if self.batch.capacity() > 4 * MAX_BATCH {
