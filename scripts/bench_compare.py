@@ -498,7 +498,18 @@ bucket: {r['nearkv idle']['rss_kib'] / 1024:.1f} MiB. Runs, cold: {', '.join(f"{
   unpipelined client a few microseconds: interleaved runs of `nearkv bench` at 1 connection gave
   the one-thread layout a p50 3–10% above the old two-worker layout's (median of five: 61.9
   against 56.3 µs, raw floor about 55–60 µs), while every concurrent and pipelined read row
-  gained (12 below). The ratio sits near 1.1 and this run's noise decides which side of it.
+  gained (12 below). Interleaved again at 926835e, the gap is not noise: two series of five
+  rounds of `nearkv bench --connections 1` against nearkv and against the raw server gave p50
+  medians of 73.5 against 59.1 µs and 65.5 against 51.4 µs (1.24× and 1.27×); a raw server on a
+  one-thread runtime like the sidecar's measured the same as on two (58.2 µs in the second
+  series), and `strace` shows the sidecar making exactly the raw server's system calls per
+  request (one `epoll_wait`, one `recvfrom`, one `sendto`). At one request in flight the round
+  trip is mostly two cross-CPU wake-ups: with the generator and the raw server pinned to one CPU
+  it took 21 µs, and the sidecar spent 30–33 µs of CPU per request at 1 connection (about 6 at
+  50), three quarters of it in the kernel's task switch and wake-up paths. Where the extra 10 µs
+  go (the generator's MessagePack decoding of a 211-byte answer against the raw server's
+  104 bytes is part; the kernel's placement of the two processes may be the rest) is not
+  settled, and the target is not met.
 - **Ready time on 1M keys (cold).** The bare watcher's time is mostly async-nats decoding the
   messages; the sidecar adds process start, connection, the stream checks, building each value's
   slot (one allocation and one copy) and the DashMap inserts (the table is sized from the stream's
