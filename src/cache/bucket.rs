@@ -8,7 +8,7 @@ use async_nats::jetstream::kv;
 use bytes::Bytes;
 
 use super::actor::Actor;
-use super::mirror::{unix_nanos, walk_off_thread_if, Mirror, WALKED_INLINE};
+use super::mirror::{unix_nanos, walk_off_thread_if, Mirror, SHARDS, WALKED_INLINE};
 use super::state::{Origin, State};
 use super::watch::Watch;
 use super::writes;
@@ -298,22 +298,28 @@ impl Bucket {
         finish: impl FnOnce(Vec<String>) -> R + Send + 'static,
     ) -> Result<R> {
         self.freshness(allow_stale)?;
-        self.walk(move |mirror| finish(mirror.keys(matches))).await
+        let walked = self.state.mirror().len();
+        self.walk(walked, move |mirror| finish(mirror.keys(matches)))
+            .await
     }
 
     /// A page of a scan of the live keys: see [`Mirror::scan`].
     pub async fn scan(&self, cursor: u64, count: usize) -> Result<(u64, Vec<String>)> {
         self.freshness(false)?;
-        self.walk(move |mirror| mirror.scan(cursor, count)).await
+        // A page walks the shards its keys are in: at least one, and enough for `count` keys.
+        let walked = (self.state.mirror().len() / SHARDS).max(count);
+        self.walk(walked, move |mirror| mirror.scan(cursor, count))
+            .await
     }
 
-    /// Runs `walk` over the mirror, off this thread when it is large (see
-    /// [`walk_off_thread_if`]).
+    /// Runs `walk` over the mirror, off this thread when it visits more than `WALKED_INLINE`
+    /// entries, about `walked` (see [`walk_off_thread_if`]).
     async fn walk<R: Send + 'static>(
         &self,
+        walked: usize,
         walk: impl FnOnce(&Mirror) -> R + Send + 'static,
     ) -> Result<R> {
-        let large = self.state.mirror().len() > WALKED_INLINE;
+        let large = walked > WALKED_INLINE;
         let what = format!("listing the keys of `{}`", self.name());
         walk_off_thread_if(
             large,

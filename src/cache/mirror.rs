@@ -31,10 +31,11 @@ use crate::protocol::{Entry, Operation};
 /// process against chosen collisions.
 pub(super) type Table = DashMap<Slot, (), ahash::RandomState>;
 
-/// The largest table walked by the task that needs the walk; a larger one is walked (or freed) on
-/// the blocking pool, off the thread that serves clients (a few milliseconds of walking at this
-/// size).
-pub(super) const WALKED_INLINE: usize = 10_000;
+/// The most entries a walk may visit on the task that needs it; a longer walk (or the freeing of a
+/// larger table) runs on the blocking pool, off the thread that serves clients. A listing of
+/// 9,500 keys took about 3 ms: walked inline, a client pipelining `KEYS *` on such a bucket
+/// raised another client's GET p99 from 0.1 to 6.4 ms; off the thread, it stayed at 0.06 ms.
+pub(super) const WALKED_INLINE: usize = 1_000;
 
 /// Walks of large tables that run at once, across all buckets; the others wait their turn. A
 /// client that pipelines a thousand listings of a million-key bucket would otherwise hold a

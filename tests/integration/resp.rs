@@ -219,7 +219,7 @@ async fn redis_cli_commands_and_pipe() {
     assert_eq!(&entry.value[..], b"hello world");
 
     // Mass insertion with --pipe: raw RESP on stdin, as Redis documents it. More keys than a
-    // listing walks inline (10,000), so KEYS, SCAN and v1 `keys` below walk on the blocking pool.
+    // listing walks inline (1,000), so KEYS, SCAN and v1 `keys` below walk on the blocking pool.
     let mut input = Vec::new();
     for i in 0..12_000 {
         let (key, value) = (format!("pipe.{i}"), format!("v{i}"));
