@@ -75,9 +75,9 @@ pub async fn serve(config: config::Config, shutdown: CancellationToken) -> Resul
     let server = server::Server::bind(&config.socket, mode, config.socket.group_id()?).await?;
     let bucket_names: Vec<&str> = config.buckets.iter().map(|b| b.name.as_str()).collect();
     let metrics = metrics::Metrics::new(&bucket_names);
-    let client = nats::connect(&config.nats, Some(metrics.nats_reconnects.clone())).await?;
+    let nats = nats::connect(&config.nats, Some(metrics.nats_reconnects.clone())).await?;
     let cache = Arc::new(Cache::start(
-        client,
+        nats,
         config.buckets.clone(),
         &config.cache,
         config.nats.request_timeout,

@@ -5,13 +5,10 @@ use std::sync::Arc;
 
 use async_nats::jetstream::{self, kv, stream::StorageType};
 use async_nats::{ConnectOptions, Event};
+use tokio::sync::Notify;
 
 use crate::config::{BucketConfig, NatsConfig, Storage};
 
-/// Connects to NATS. The connection is established in the background and re-established forever
-/// after a loss, so the sidecar can start before NATS and outlive an outage.
-///
-/// `reconnects` counts every connection after the first.
 /// Messages a subscription may hold before async-nats drops them as a slow consumer. A feed's
 /// snapshot arrives as fast as the server sends it, in flow-control windows bigger than async-nats'
 /// default of 65,536 messages: with that default a million-key snapshot dropped thousands of
@@ -20,10 +17,48 @@ use crate::config::{BucketConfig, NatsConfig, Storage};
 /// it bounds what a feed that cannot keep up may hold (2^18 small messages: under 100 MiB).
 const SUBSCRIPTION_CAPACITY: usize = 1 << 18;
 
+/// A NATS client, and word of its connection's changes when its event callback is ours.
+pub struct Connected {
+    pub client: async_nats::Client,
+    pub(crate) events: Option<ConnectionEvents>,
+}
+
+/// A client connected elsewhere (by an embedder): nothing reports its connection's changes, so
+/// they are found by reading its state often.
+impl From<async_nats::Client> for Connected {
+    fn from(client: async_nats::Client) -> Self {
+        Connected {
+            client,
+            events: None,
+        }
+    }
+}
+
+/// Signalled by the client's event callback on every event (a connect, a disconnect, ...), so
+/// that whoever follows the connection's state need not poll it often to notice a change soon.
+#[derive(Clone, Default)]
+pub(crate) struct ConnectionEvents(Arc<Notify>);
+
+impl ConnectionEvents {
+    pub(crate) fn signal(&self) {
+        // Kept as a permit if nobody waits: an event is never missed.
+        self.0.notify_one();
+    }
+
+    pub(crate) async fn heard(&self) {
+        self.0.notified().await;
+    }
+}
+
+/// Connects to NATS. The connection is established in the background and re-established forever
+/// after a loss, so the sidecar can start before NATS and outlive an outage.
+///
+/// `reconnects` counts every connection after the first.
 pub async fn connect(
     config: &NatsConfig,
     reconnects: Option<prometheus::IntCounter>,
-) -> Result<async_nats::Client, ConnectError> {
+) -> Result<Connected, ConnectError> {
+    let events = ConnectionEvents::default();
     let connected_before = Arc::new(AtomicBool::new(false));
     let mut options = match &config.credentials_file {
         Some(path) => ConnectOptions::with_credentials_file(path)
@@ -65,29 +100,39 @@ pub async fn connect(
         .subscription_capacity(SUBSCRIPTION_CAPACITY)
         .retry_on_initial_connect()
         .max_reconnects(None)
-        .event_callback(move |event| {
-            let connected_before = connected_before.clone();
-            let reconnects = reconnects.clone();
-            async move {
-                match event {
-                    Event::Connected => {
-                        if connected_before.swap(true, Ordering::Relaxed) {
-                            if let Some(counter) = &reconnects {
-                                counter.inc();
+        .event_callback({
+            let events = events.clone();
+            move |event| {
+                events.signal();
+                let connected_before = connected_before.clone();
+                let reconnects = reconnects.clone();
+                async move {
+                    match event {
+                        Event::Connected => {
+                            if connected_before.swap(true, Ordering::Relaxed) {
+                                if let Some(counter) = &reconnects {
+                                    counter.inc();
+                                }
+                                tracing::info!("reconnected to NATS");
+                            } else {
+                                tracing::info!("connected to NATS");
                             }
-                            tracing::info!("reconnected to NATS");
-                        } else {
-                            tracing::info!("connected to NATS");
                         }
+                        Event::Disconnected => {
+                            tracing::warn!("disconnected from NATS; reconnecting")
+                        }
+                        other => tracing::warn!(event = %other, "NATS connection event"),
                     }
-                    Event::Disconnected => tracing::warn!("disconnected from NATS; reconnecting"),
-                    other => tracing::warn!(event = %other, "NATS connection event"),
                 }
             }
         });
-    async_nats::connect_with_options(config.servers.as_slice(), options)
+    let client = async_nats::connect_with_options(config.servers.as_slice(), options)
         .await
-        .map_err(ConnectError::Connect)
+        .map_err(ConnectError::Connect)?;
+    Ok(Connected {
+        client,
+        events: Some(events),
+    })
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -12,11 +12,21 @@ use std::time::Duration;
 
 use async_nats::connection::State;
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// How often the connection's state is read. async-nats offers no notification an embedder's
-/// client could share, and two atomic loads cost nothing at this rate.
+use crate::nats::ConnectionEvents;
+
+/// How often the connection's state is read when nothing reports its changes: a client an
+/// embedder connected, whose event callback nearkv does not own.
 const POLL_EVERY: Duration = Duration::from_millis(20);
+/// How often it is read while the client's event callback reports changes and has been quiet for
+/// [`STEADY_AFTER`]. Reading every 20 ms for nothing woke an idle sidecar 65 times a second (4.7
+/// ms of CPU a second); so it wakes about 5 times.
+const POLL_STEADY: Duration = Duration::from_secs(1);
+/// After an event, the state is read every [`POLL_EVERY`] this long: async-nats reports an event
+/// just before it records the new state, and the callback may run on another thread.
+const STEADY_AFTER: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Link {
@@ -34,21 +44,45 @@ impl Link {
     }
 }
 
-/// Publishes the client's [`Link`] whenever it changes, until `shutdown`.
+/// Publishes the client's [`Link`] whenever it changes, until `shutdown`. With `events`, the
+/// client's event callback wakes it on every change, and it reads the state often only around one.
 pub async fn monitor(
     client: async_nats::Client,
     link: watch::Sender<Link>,
+    events: Option<ConnectionEvents>,
     shutdown: CancellationToken,
 ) {
-    let mut ticks = tokio::time::interval(POLL_EVERY);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    follow(|| Link::of(&client), link, events, shutdown).await;
+}
+
+async fn follow(
+    current: impl Fn() -> Link,
+    link: watch::Sender<Link>,
+    events: Option<ConnectionEvents>,
+    shutdown: CancellationToken,
+) {
+    // As if an event had just come: the first connection may still be on its way.
+    let mut last_event = Instant::now();
     loop {
+        let every = match events {
+            Some(_) if last_event.elapsed() >= STEADY_AFTER => POLL_STEADY,
+            _ => POLL_EVERY,
+        };
         tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = ticks.tick() => {}
+            () = shutdown.cancelled() => return,
+            () = heard(events.as_ref()) => last_event = Instant::now(),
+            () = tokio::time::sleep(every) => {}
         }
-        let now = Link::of(&client);
+        let now = current();
         link.send_if_modified(|seen| std::mem::replace(seen, now) != now);
+    }
+}
+
+/// The next event of the client's connection; never, without `events`.
+async fn heard(events: Option<&ConnectionEvents>) {
+    match events {
+        Some(events) => events.heard().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -89,8 +123,90 @@ pub async fn reconnected(link: &mut watch::Receiver<Link>, connects: u64) {
 #[cfg(test)]
 mod tests {
     use std::cell::Cell;
+    use std::sync::{Arc, Mutex};
 
     use super::*;
+
+    const UP: Link = Link {
+        up: true,
+        connects: 1,
+    };
+    const DOWN: Link = Link {
+        up: false,
+        connects: 1,
+    };
+
+    /// Follows a state the test sets; returns the setter, the published link and the shutdown.
+    fn follow_state(
+        events: Option<ConnectionEvents>,
+    ) -> (Arc<Mutex<Link>>, watch::Receiver<Link>, CancellationToken) {
+        let state = Arc::new(Mutex::new(UP));
+        let (publish, link) = watch::channel(UP);
+        let shutdown = CancellationToken::new();
+        let read = state.clone();
+        tokio::spawn(follow(
+            move || *read.lock().unwrap(),
+            publish,
+            events,
+            shutdown.clone(),
+        ));
+        (state, link, shutdown)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_events_a_steady_connection_is_read_seldom_and_a_change_at_its_event() {
+        let events = ConnectionEvents::default();
+        let (state, mut link, shutdown) = follow_state(Some(events.clone()));
+        tokio::time::sleep(STEADY_AFTER + POLL_EVERY).await;
+
+        *state.lock().unwrap() = DOWN;
+        let fast_polls = tokio::time::timeout(POLL_EVERY * 10, link.changed()).await;
+        assert!(
+            fast_polls.is_err(),
+            "a steady connection was read every 20 ms"
+        );
+        tokio::time::timeout(POLL_STEADY, link.changed())
+            .await
+            .expect("read once a second even without an event")
+            .unwrap();
+        assert_eq!(*link.borrow_and_update(), DOWN);
+
+        let back = Link {
+            up: true,
+            connects: 2,
+        };
+        *state.lock().unwrap() = back;
+        let signalled = Instant::now();
+        events.signal();
+        link.changed().await.unwrap();
+        assert_eq!(
+            signalled.elapsed(),
+            Duration::ZERO,
+            "an event is read at once"
+        );
+        assert_eq!(*link.borrow_and_update(), back);
+
+        // Right after an event the state is read often: the event may come before the state.
+        *state.lock().unwrap() = DOWN;
+        tokio::time::timeout(POLL_EVERY * 2, link.changed())
+            .await
+            .expect("read often after an event")
+            .unwrap();
+        shutdown.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_events_the_state_is_read_often() {
+        let (state, mut link, shutdown) = follow_state(None);
+        tokio::time::sleep(STEADY_AFTER * 3).await;
+        *state.lock().unwrap() = DOWN;
+        tokio::time::timeout(POLL_EVERY * 2, link.changed())
+            .await
+            .expect("read every 20 ms")
+            .unwrap();
+        assert_eq!(*link.borrow_and_update(), DOWN);
+        shutdown.cancel();
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_published_link_older_than_the_write_is_not_taken_for_a_loss() {

@@ -42,7 +42,7 @@ pub use mirror::Mirror;
 pub use watch::{Watch, WatchItem};
 
 use crate::config::{BucketConfig, CacheConfig, NatsConfig};
-use crate::nats::{connect, ConnectError};
+use crate::nats::{connect, ConnectError, Connected};
 
 pub struct Cache {
     buckets: HashMap<String, Bucket, ahash::RandomState>,
@@ -61,9 +61,8 @@ impl Cache {
         nats: &NatsConfig,
         buckets: Vec<BucketConfig>,
     ) -> Result<Cache, ConnectError> {
-        let client = connect(nats, None).await?;
         Ok(Cache::start(
-            client,
+            connect(nats, None).await?,
             buckets,
             &CacheConfig::default(),
             nats.request_timeout,
@@ -71,16 +70,18 @@ impl Cache {
         ))
     }
 
-    /// Starts mirroring `buckets` over an existing NATS connection, saving the mirrors for warm
-    /// starts as `saving` says. `nats_timeout` bounds each NATS request; `default_timeout` bounds
-    /// reads and writes that do not carry their own.
+    /// Starts mirroring `buckets` over an existing NATS connection (an `async_nats::Client`, or
+    /// what [`crate::nats::connect`] made), saving the mirrors for warm starts as `saving` says.
+    /// `nats_timeout` bounds each NATS request; `default_timeout` bounds reads and writes that do
+    /// not carry their own.
     pub fn start(
-        client: async_nats::Client,
+        nats: impl Into<Connected>,
         buckets: Vec<BucketConfig>,
         saving: &CacheConfig,
         nats_timeout: Duration,
         default_timeout: Duration,
     ) -> Cache {
+        let Connected { client, events } = nats.into();
         let shutdown = CancellationToken::new();
         let mut js = async_nats::jetstream::new(client.clone());
         js.set_timeout(nats_timeout);
@@ -88,7 +89,12 @@ impl Cache {
         let mut order = Vec::new();
         let tasks = TaskTracker::new();
         let (link, link_receiver) = tokio::sync::watch::channel(link::Link::of(&client));
-        tasks.spawn(link::monitor(client.clone(), link, shutdown.clone()));
+        tasks.spawn(link::monitor(
+            client.clone(),
+            link,
+            events,
+            shutdown.clone(),
+        ));
         for config in buckets {
             let name = config.name.clone();
             let bucket = Bucket::spawn(state::Origin {
