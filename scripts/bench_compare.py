@@ -460,9 +460,9 @@ bucket: {r['nearkv idle']['rss_kib'] / 1024:.1f} MiB, {r['nearkv idle']['cpu_ms_
   machine's noise. Costs that were nearkv's alone: each reply the client read woke the sidecar's
   epoll for write space it had not asked for (19 below), and each wake-up polled two cancellation
   tokens and set a write timer (20 and 21 below). After those, redis-server still spends less user
-  CPU per GET (1.57 against 2.10 µs in 20's rounds); the kernel's share is the same on both. In
-  this run all three Redis-face rows are met, GET at 50 clients by 1%: a margin smaller than
-  this machine's swings from one run to the next.
+  CPU per GET (1.57 against 2.10 µs in 20's rounds); the kernel's share is the same on both. GET
+  at 50 clients sits within this machine's swings of 1.0: met by 1% in the run at 926835e (1.01),
+  missed by 1% in the run at c56a073 (0.99).
 - **Rows that move across their bound between runs.** Four rows changed between two runs of this
   script with no change to their path in between: get at 50 connections against Redis, the Redis
   face's GET and MGET at 50 clients, and the cold start. They were 1.05, 0.99, 1.02 and 1.08 in
@@ -478,6 +478,19 @@ bucket: {r['nearkv idle']['rss_kib'] / 1024:.1f} MiB, {r['nearkv idle']['cpu_ms_
   nats-server, gave p50 medians of 66.5 and 67.1 µs; five more interleaved rounds of the script's
   own Redis-face GET command (`-c 50 -n 400000`, redis-server first) gave medians of 101,652 and
   98,692 GETs/s (0.97).
+  In the run at c56a073 the raw floor, redis-server and direct NATS were all faster than in the
+  run at 926835e (raw get at 1 connection 19,527 against 7,178/s, redis-benchmark's GET at 50
+  clients 121,544 against 90,131/s, a direct NATS get at 1 client 6,895 against 4,466/s), while
+  nearkv's get at 50 connections measured the same (108,637 against 108,373/s); so the ratios
+  against them fell: get at 50 connections against Redis 1.20 → 0.89, get at 16 against direct
+  NATS 2.78 → 1.98, pre-encoded protocol v1 against redis-server 1.23 → 0.96. The one change
+  between those runs is how often the NATS connection's state is read (22 below). Right after
+  the run, the code before and after it, side by side on one nats-server, measured the same:
+  ten interleaved rounds of `redis-benchmark -c 50 -n 300000 -r 10000 -d 100 -t get` on their
+  Redis faces gave medians of 107,700 and 106,550 GETs/s; four of `nearkv bench --preencoded
+  --connections 50 --pipeline 16`, 889,900 and 883,100 gets/s; four of `nearkv bench
+  --connections 16`, 105,300 and 101,100, each within the spread of its rounds (for example
+  81,056-112,405 and 82,335-121,870 at 16 connections).
 - **Put/CAS throughput at 16 connections.** Every nearkv write costs nats-server a consumer
   delivery to the sidecar's watcher on top of the store and ack (that is how read-your-writes is
   kept), and costs the sidecar that event's decoding; with the generator on the same two cores the
