@@ -428,8 +428,9 @@ bucket: {r['nearkv idle']['rss_kib'] / 1024:.1f} MiB, {r['nearkv idle']['cpu_ms_
 
 ## Why the unmet targets are unmet (what the profiles say)
 
-- **get, 16 connections vs direct NATS ×3.** nearkv is at the raw socket floor here (compare the
-  `nearkv get c16 p1` and `raw get c16 p1` rows); on two cores shared by the load generator, the
+- **get, 16 connections vs direct NATS ×3.** nearkv is near the raw socket floor here (compare the
+  `nearkv get c16 p1` and `raw get c16 p1` rows: 0.91× the floor in the run at 926835e, 0.80× in
+  the run at c56a073); on two cores shared by the load generator, the
   sidecar and nats-server, the floor itself is less than 3× direct NATS gets. Only a cheaper round
   trip than a Unix-socket request/response could meet it.
 - **Pipelined get vs Redis.** The unmet row compares two generators: `nearkv bench` (MessagePack
