@@ -799,7 +799,7 @@ and with the criterion benches:
     (1.5% of the sidecar's user time under the same load). The writer now writes at once and
     starts the timer only when the socket's buffer is full. Seven interleaved rounds as in 20:
     user CPU per GET 2.35 → 2.17 µs, CPU per GET 6.42 → 6.25 µs (medians).
-22. **An idle sidecar wakes 5 times a second, not 65.** The NATS connection's state (up, and how
+22. **An idle sidecar wakes 5 times a second, not 68.** The NATS connection's state (up, and how
     many times established) was read every 20 ms, so that a write in flight fails at once when
     its connection drops and a feed is recreated as soon as the connection is back. Each read was
     a timer wake-up of the serving thread, plus a wake-up of its own through tokio's event fd
