@@ -548,6 +548,18 @@ impl Actor {
                 }
                 Err(end) => return end,
             };
+            if update.resumed && replacement.is_some() {
+                // A replacement is on its way, and it checks the stream itself. Checking it here
+                // would hold up the catch-up that keeps the mirror current meanwhile, for as long
+                // as NATS takes to answer: up to the request timeout while a JetStream cluster
+                // elects a meta leader, and then the whole feed was dropped and started over.
+                tracing::info!(
+                    revision = update.revision,
+                    "the old feed's consumer was recreated; waiting for the replacement instead"
+                );
+                feed_failed = true;
+                continue;
+            }
             if update.resumed {
                 // The consumer was lost (deleted, or NATS restarted) and recreated from the last
                 // delivered revision. Check the stream before applying anything from it: if the
